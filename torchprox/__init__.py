@@ -1,0 +1,5 @@
+"""torchprox: learn N:M (e.g. 2:4) sparsity masks with proximal optimization in PyTorch."""
+from . import prox
+
+__version__ = "0.1.0"
+__all__ = ["prox", "__version__"]
