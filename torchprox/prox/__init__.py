@@ -4,9 +4,12 @@ Every operator returns ``argmin_w ½ Σ (w − y)² / s + λ R(w)`` group by gro
 or a tensor shaped like ``y`` (a diagonal metric).
 """
 from .registry import available_prox, get_prox, register_prox
+from .group_lasso import group_lasso_penalty, prox_group_lasso
+from .l1 import prox_l1, prox_l1_
 from .nm import nm_mask, nm_penalty, project_nm, project_nm_, prox_nm, prox_nm_
 
 __all__ = [
     "available_prox", "get_prox", "register_prox",
+    "group_lasso_penalty", "prox_group_lasso", "prox_l1", "prox_l1_",
     "nm_mask", "nm_penalty", "project_nm", "project_nm_", "prox_nm", "prox_nm_",
 ]

@@ -71,3 +71,13 @@ def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
     if not step > 0:
         raise ValueError(f"step must be positive, got {step}")
     return step
+
+
+def check_lam(lam):
+    """λ as given when a tensor (no host sync); a Python λ must be finite and >= 0."""
+    if isinstance(lam, Tensor):
+        return lam
+    lam = float(lam)
+    if not (lam >= 0 and lam != float("inf")):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    return lam

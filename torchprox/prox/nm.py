@@ -12,13 +12,12 @@ when the group has at most ``n`` nonzeros. For 2:4 it is the sum of all triple p
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ._groups import check_float, check_nm, compute_dtype, group_step, group_view
+from ._groups import check_float, check_lam, check_nm, compute_dtype, group_step, group_view
 from .registry import register_prox
 
 __all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
@@ -252,7 +251,8 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     Algorithm (fixed work, vectorized over groups, no host sync):
 
     1. Signs separate: the minimizer has ``sign(w_i) = sign(y_i)`` and ``0 ≤ |w_i| ≤ |y_i|``, so we solve for
-       ``x = |w|`` given ``a = |y|``. A scalar step folds into ``lam · s``.
+       ``x = |w|`` given ``a = |y|``. A scalar step folds into ``lam · s``. Each group is scaled by a power of
+       two to max |a| ∈ [0.5, 1) (exact; R is homogeneous of degree n+1), so huge and tiny values are safe.
     2. The minimizer's support is enumerated. With a scalar step it is a top-k set of ``a`` (swapping two
        coordinates leaves R unchanged, so the quadratic term orders x like a), so the candidates are
        top-n (R = 0: keep them as they are), top-(n+1) and each larger top-k. With a tensor step (a diagonal
@@ -278,24 +278,25 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     """
     check_nm(n, m)
     check_float(y, "y")
-    if not isinstance(lam, Tensor):
-        lam = float(lam)
-        if not lam >= 0 or math.isinf(lam):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-        if lam == 0:
-            return y.clone()
+    lam = check_lam(lam)
+    if not isinstance(lam, Tensor) and lam == 0:
+        return y.clone()
     dtype = compute_dtype(y.dtype)
     g, restore = group_view(y, m, dim, name="y")
     s = group_step(step, y, m, dim, dtype)
     g = g.to(dtype)
-    a = g.abs()
+    # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
+    # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
+    scale = torch.ldexp(torch.ones_like(g[:, :1]), torch.frexp(g.abs().amax(-1, keepdim=True))[1])
+    a = g.abs() / scale
+    lam_g = lam * scale[:, 0] ** (n - 1) if n != 1 else lam
     if isinstance(s, Tensor) and s.dim() > 0:
-        x = _prox_metric(a, s, lam, n)
+        x = _prox_metric(a, s, lam_g, n)
     else:
         order = torch.sort(a, dim=-1, descending=True, stable=True)
-        xs = _prox_sorted(order.values, lam * s, n)
+        xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
-    return restore(torch.copysign(x, g).to(y.dtype))
+    return restore(torch.copysign(x * scale, g).to(y.dtype))
 
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:

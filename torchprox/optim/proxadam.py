@@ -1,0 +1,313 @@
+r"""ProxAdam: torch's Adam/AdamW step followed by a proximal step on each parameter group.
+
+The Adam part is *not* re-derived: :class:`ProxAdam` subclasses :class:`torch.optim.AdamW` and runs its
+``step`` (single-tensor, ``foreach`` or ``fused`` kernels, exactly as torch picks them), then applies each
+group's proximal operator, found by name in :mod:`torchprox.prox`'s registry, to the group's parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim import AdamW
+
+from ..prox.registry import get_prox
+
+__all__ = ["ProxAdam"]
+
+METRICS = ("identity", "adam")
+LAM_SCALINGS = ("constant", "lr")
+_PROX_KEYS = ("prox", "lam", "prox_kwargs", "metric", "lam_scaling")
+# Keyword names ProxAdam passes itself; a prox_kwargs entry may not shadow them.
+_RESERVED_KWARGS = ("y", "lam", "step")
+_PLAIN_TYPES = (bool, int, float, str, type(None))
+
+
+def _unhooked(fn: Callable) -> Callable:
+    """``fn`` without the step-hook/profiler wrapper ``Optimizer._patch_step_function`` puts on a class's step.
+
+    ``Optimizer`` wraps ``type(self).step`` so that step pre/post hooks run around it. Once an ``Adam`` or
+    ``AdamW`` instance exists, ``AdamW.step`` carries that wrapper too; calling it from ``ProxAdam.step``
+    (already wrapped itself) would run every hook twice. The wrapper is ``functools.wraps``-based and
+    marked ``hooked``, so we peel exactly those layers and keep torch's own ``no_grad``/differentiable one.
+    """
+    while getattr(fn, "hooked", False) and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+def _check_lam(lam: Any) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise ValueError(f"Invalid lam value: {lam!r} (lam must be a finite Python number >= 0)")
+    lam = float(lam)
+    if not (math.isfinite(lam) and lam >= 0.0):
+        raise ValueError(f"Invalid lam value: {lam} (lam must be a finite number >= 0)")
+    return lam
+
+
+def _check_prox(prox: Any) -> str | None:
+    if prox is None:
+        return None
+    if isinstance(prox, str):
+        get_prox(prox)  # ValueError naming the unknown prox and listing the registered ones
+        return prox
+    if callable(prox):
+        name = getattr(prox, "__name__", type(prox).__name__)
+        raise ValueError(
+            f"Invalid prox value: got the callable {name!r}; ProxAdam takes a prox by name so that its "
+            "state_dict stays plain data (torch.load(..., weights_only=True)). Register it with "
+            "@torchprox.prox.register_prox('my_prox') and pass prox='my_prox'"
+        )
+    raise ValueError(f"Invalid prox value: {prox!r} (expected a registered prox name, a str, or None)")
+
+
+def _check_prox_kwargs(prox_kwargs: Any) -> dict:
+    if prox_kwargs is None:
+        return {}
+    if not isinstance(prox_kwargs, dict):
+        raise ValueError(
+            f"Invalid prox_kwargs value: expected a dict of keyword arguments for the prox, "
+            f"got {type(prox_kwargs).__name__}"
+        )
+    out = {}
+    for key, value in prox_kwargs.items():
+        if not isinstance(key, str):
+            raise ValueError(f"Invalid prox_kwargs key: {key!r} (keys must be strings)")
+        if key in _RESERVED_KWARGS:
+            raise ValueError(f"Invalid prox_kwargs key: {key!r} is set by ProxAdam itself")
+        if not isinstance(value, _PLAIN_TYPES):
+            raise ValueError(
+                f"Invalid prox_kwargs[{key!r}] value: {type(value).__name__}; values must be plain "
+                "int/float/str/bool/None so the state_dict loads with weights_only=True"
+            )
+        out[key] = value
+    return out
+
+
+def _check_prox_group(group: dict) -> None:
+    """Validate and normalize the prox keys of a param group (or of the defaults) in place."""
+    group["prox"] = _check_prox(group["prox"])
+    group["lam"] = _check_lam(group["lam"])
+    group["prox_kwargs"] = _check_prox_kwargs(group["prox_kwargs"])
+    if group["metric"] not in METRICS:
+        raise ValueError(f"Invalid metric value: {group['metric']!r} (expected one of {', '.join(METRICS)})")
+    if group["lam_scaling"] not in LAM_SCALINGS:
+        raise ValueError(
+            f"Invalid lam_scaling value: {group['lam_scaling']!r} (expected one of {', '.join(LAM_SCALINGS)})"
+        )
+    if group["lam"] > 0 and group["prox"] is None:
+        raise ValueError(
+            f"Invalid prox value: None with lam={group['lam']} > 0; pass a prox name (e.g. prox='nm') or "
+            "set lam=0 for a group without a prox"
+        )
+
+
+class ProxAdam(AdamW):
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        prox: str | None = None,
+        lam: float = 0.0,
+        prox_kwargs: dict | None = None,
+        metric: str = "identity",
+        lam_scaling: str = "constant",
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        amsgrad: bool = False,
+    ) -> None:
+        prox_defaults = {
+            "prox": prox,
+            "lam": lam,
+            "prox_kwargs": prox_kwargs,
+            "metric": metric,
+            "lam_scaling": lam_scaling,
+        }
+        _check_prox_group(prox_defaults)
+        # Optimizer.__init__ replaces self.defaults with Adam's dict and then calls add_param_group for
+        # each group; the first add_param_group merges these in (see there).
+        self._pending_prox_defaults = prox_defaults
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its ``prox``, ``lam``, ``prox_kwargs``, ``metric`` and ``lam_scaling`` default
+        to the optimizer's and are validated like the constructor's arguments."""
+        pending = self.__dict__.pop("_pending_prox_defaults", None)
+        if pending is not None:
+            self.defaults.update(pending)
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        for key in _PROX_KEYS:
+            param_group.setdefault(key, self.defaults[key])
+        _check_prox_group(param_group)  # also copies prox_kwargs, so groups never share one dict
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        base = {"prox": None, "lam": 0.0, "prox_kwargs": {}, "metric": "identity", "lam_scaling": "constant"}
+        for key, value in base.items():
+            self.defaults.setdefault(key, value)
+            for group in self.param_groups:
+                group.setdefault(key, dict(value) if isinstance(value, dict) else value)
+
+    def step(self, closure=None):
+        """Perform a single optimization step: torch's AdamW step, then each group's prox.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        Returns:
+            the closure's loss, or None.
+        """
+        loss = _unhooked(AdamW.step)(self, closure)
+        self._apply_prox()
+        return loss
+
+    def _metric_step(self, group: dict, p: Tensor):
+        """Adam's diagonal metric for ``p``: ``lr / (sqrt(v̂) + eps)``, ``v̂ = v / (1 − β2^t)``.
+
+        Read from the state AdamW's step just wrote (``step`` is t, ``exp_avg_sq`` or, with amsgrad,
+        ``max_exp_avg_sq`` is v), with tensor ops only: ``step`` is a tensor (on CPU, or on the param's
+        device when capturable/fused) and is never turned into a Python number. The denominator is formed
+        as torch's Adam forms it, ``sqrt(v) / sqrt(1 − β2^t) + eps``.
+        """
+        state = self.state[p]
+        step_t = state["step"]
+        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        beta2 = group["betas"][1]
+        # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
+        t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
+        bias_correction2_sqrt = (1 - beta2**t).sqrt()
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+        return group["lr"] / denom
+
+    def _apply_prox(self) -> None:
+        found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            for group in self.param_groups:
+                name, lam = group["prox"], group["lam"]
+                if name is None or lam == 0:
+                    continue
+                fn = get_prox(name)
+                lam_eff = lam * group["lr"] if group["lam_scaling"] == "lr" else lam
+                kwargs = group["prox_kwargs"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    s = self._metric_step(group, p) if group["metric"] == "adam" else 1.0
+                    new = fn(p, lam_eff, step=s, **kwargs)
+                    if found_inf is not None:  # the fused kernel skipped this step: skip the prox too
+                        new = torch.where(found_inf.to(p.device) > 0, p, new)
+                    p.copy_(new)
+
+
+ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a proximal step on each param group.
+
+    .. math::
+       \begin{aligned}
+            &\rule{110mm}{0.4pt}                                                                 \\
+            &\textbf{input}      : \gamma \text{ (lr)}, \: \beta_1, \beta_2 \text{ (betas)},
+                \: \theta_0 \text{ (params)}, \: f(\theta) \text{ (objective)},
+                \: \epsilon \text{ (epsilon)}                                                    \\
+            &\hspace{13mm} \lambda_{wd} \text{ (weight decay)}, \: \lambda \text{ (lam)},
+                \: R \text{ (prox)}, \: \textit{metric}, \: \textit{lam\_scaling},
+                \: \textit{amsgrad}, \: \textit{maximize}                                        \\
+            &\textbf{initialize} : m_0 \leftarrow 0 \text{ (first moment)}, v_0 \leftarrow 0
+                \text{ (second moment)}, \: v_0^{max}\leftarrow 0                          \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                                 \\
+            &\textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do}                         \\
+            &\hspace{5mm}\textbf{if} \: \textit{maximize}:                                       \\
+            &\hspace{10mm}g_t           \leftarrow   -\nabla_{\theta} f_t (\theta_{t-1})         \\
+            &\hspace{5mm}\textbf{else}                                                           \\
+            &\hspace{10mm}g_t           \leftarrow   \nabla_{\theta} f_t (\theta_{t-1})          \\
+            &\hspace{5mm} \theta_t \leftarrow \theta_{t-1} - \gamma \lambda_{wd} \theta_{t-1}    \\
+            &\hspace{5mm}m_t           \leftarrow   \beta_1 m_{t-1} + (1 - \beta_1) g_t          \\
+            &\hspace{5mm}v_t           \leftarrow   \beta_2 v_{t-1} + (1-\beta_2) g^2_t          \\
+            &\hspace{5mm}\widehat{m_t} \leftarrow   m_t/\big(1-\beta_1^t \big)                   \\
+            &\hspace{5mm}\textbf{if} \: amsgrad                                                  \\
+            &\hspace{10mm} v_t^{max} \leftarrow \mathrm{max}(v_{t-1}^{max},v_t)                  \\
+            &\hspace{10mm}\widehat{v_t} \leftarrow v_t^{max}/\big(1-\beta_2^t \big)              \\
+            &\hspace{5mm}\textbf{else}                                                           \\
+            &\hspace{10mm}\widehat{v_t} \leftarrow   v_t/\big(1-\beta_2^t \big)                  \\
+            &\hspace{5mm}\theta_t \leftarrow \theta_t - \gamma \widehat{m_t}/
+                \big(\sqrt{\widehat{v_t}} + \epsilon \big)                                       \\
+            &\hspace{5mm}\textbf{if} \: \textit{lam\_scaling} = \text{lr}:
+                \: \lambda_t \leftarrow \lambda \gamma_t
+                \:\: \textbf{else} \: \lambda_t \leftarrow \lambda                               \\
+            &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}:
+                \: s_t \leftarrow \gamma / \big(\sqrt{\widehat{v_t}} + \epsilon \big)
+                \text{ (elementwise)} \:\: \textbf{else} \: s_t \leftarrow 1                     \\
+            &\hspace{5mm}\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
+                = \mathrm{argmin}_w \: \tfrac{1}{2} \textstyle\sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
+                + \lambda_t R(w)                                                                 \\
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+            &\bf{return} \:  \theta_t                                                     \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+       \end{aligned}
+
+    Everything above the two last lines is :class:`torch.optim.AdamW`'s step: ProxAdam subclasses AdamW and
+    runs its ``step`` unchanged (same single-tensor / ``foreach`` / ``fused`` kernels), then applies the prox
+    in place, under ``no_grad``, to every parameter of the group that has a gradient. With ``prox=None`` or
+    ``lam=0`` a group's update is bit for bit AdamW's. ``metric="identity"`` with ``lam_scaling="constant"``
+    is ProxSparse's update (a plain prox with a constant λ after each Adam step). ``metric="adam"`` measures
+    the prox in Adam's own diagonal metric, so the prox shrinks each weight in proportion to its Adam step
+    size; ``lam_scaling="lr"`` lets LR schedulers (warm-up, decay) act on λ too.
+
+    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor, and
+    Adam's ``step`` count is read as a tensor when forming the metric.
+
+    Args:
+        params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
+            parameter groups. A group dict may override any of the arguments below, including ``prox``,
+            ``lam``, ``prox_kwargs``, ``metric`` and ``lam_scaling``.
+        lr (float, Tensor, optional): learning rate γ (default: 1e-3).
+        betas (tuple[float | Tensor, float | Tensor], optional): β1, β2 (default: (0.9, 0.999)).
+        eps (float, optional): ε added to the denominator (default: 1e-8).
+        weight_decay (float, optional): decoupled (AdamW) weight decay λ_wd (default: 0, unlike AdamW's 1e-2).
+        prox (str, optional): the name of a proximal operator registered with
+            :func:`torchprox.prox.register_prox` (built-ins: ``"nm"``, ``"nm_projection"``, …), or None for
+            no prox. A callable is rejected: register it and pass its name, so that the optimizer's
+            ``state_dict`` holds only plain data and loads with ``torch.load(..., weights_only=True)``.
+        lam (float, optional): λ ≥ 0, the regularization strength (default: 0, no prox). ``lam=0`` skips
+            the prox (also for operators such as ``"nm_projection"`` that ignore λ).
+        prox_kwargs (dict, optional): extra keyword arguments for the prox, plain ``str → int/float/str/
+            bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
+            ``fn(p, lam_eff, step=s, **prox_kwargs)``.
+        metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
+            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``) (default: ``"identity"``).
+        lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
+            lr) (default: ``"constant"``).
+        foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`
+            (they select and configure torch's Adam kernels; the prox is applied per parameter either way).
+
+    Example:
+        >>> import torch
+        >>> from torchprox import ProxAdam
+        >>> model = torch.nn.Linear(16, 8)
+        >>> opt = ProxAdam([
+        ...     {"params": [model.weight], "prox": "nm", "lam": 0.1, "prox_kwargs": {"n": 2, "m": 4, "dim": 1}},
+        ...     {"params": [model.bias]},
+        ... ], lr=1e-3)
+        >>> model(torch.randn(4, 16)).square().mean().backward()
+        >>> opt.step()
+    """

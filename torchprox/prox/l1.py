@@ -1,0 +1,32 @@
+r"""The L1 norm and its proximal operator (soft thresholding)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._groups import check_float, check_lam
+from .registry import register_prox
+
+__all__ = ["prox_l1", "prox_l1_"]
+
+
+@register_prox("l1")
+def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
+    r"""Soft thresholding: ``argmin_w ½ Σ (w − y)² / s + lam · Σ |w|``, entry by entry.
+
+    Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a positive scalar or a
+    positive tensor broadcastable to ``y`` (a diagonal metric).
+
+    Example:
+        >>> import torch
+        >>> prox_l1(torch.tensor([-2.0, 0.3, 1.5]), lam=0.5)
+        tensor([-1.5000,  0.0000,  1.0000])
+    """
+    check_float(y, "y")
+    lam = check_lam(lam)
+    return torch.copysign((y.abs() - lam * step).clamp_min(0), y)
+
+
+def prox_l1_(y: Tensor, lam, step=1.0) -> Tensor:
+    """In-place :func:`prox_l1`."""
+    return y.copy_(prox_l1(y, lam, step))

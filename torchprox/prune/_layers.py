@@ -1,0 +1,149 @@
+"""Which dim a layer's weight is grouped along, how to name a layer in messages, and PEFT-style target
+selection (``"all-linear"``, names/suffixes, regex)."""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Iterable, Sequence
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+def _hf_conv1d_cls():
+    """``transformers.pytorch_utils.Conv1D`` if transformers is already imported, else None.
+
+    A module can only be a Conv1D if transformers was imported to build it, so this never imports
+    transformers (slow) just to answer "no".
+    """
+    mod = sys.modules.get("transformers.pytorch_utils")
+    return getattr(mod, "Conv1D", None) if mod is not None else None
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    cls = _hf_conv1d_cls()
+    return cls is not None and isinstance(module, cls)
+
+
+def layer_kind(module: nn.Module) -> str:
+    """The module's class name (the class before any parametrization was injected)."""
+    return parametrize.type_before_parametrizations(module).__name__
+
+
+def describe(module: nn.Module, qualname: str | None = None) -> str:
+    """``Linear 'model.layers.0.self_attn.q_proj'`` (or just the class name when the name is unknown)."""
+    kind = layer_kind(module)
+    return f"{kind} {qualname!r}" if qualname else kind
+
+
+def default_dim(module: nn.Module, name: str = "weight") -> int | None:
+    """The group dim of ``module.<name>``: the reduction (input) dim of its matrix multiply.
+
+    - ``nn.Linear`` (weight (out, in)) → 1
+    - ``transformers.pytorch_utils.Conv1D`` (weight (in, out)) → 0
+    - ``nn.Conv1d/2d/3d`` (weight (out, in/groups, *kernel)) → 1: groups of m consecutive input channels
+      at each (out, *kernel) position.
+    - anything else (transposed convs, embeddings, other tensor names) → None: pass ``dim=`` explicitly.
+    """
+    if name != "weight":
+        return None
+    if is_hf_conv1d(module):
+        return 0
+    if isinstance(module, nn.Linear):
+        return 1
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return 1
+    return None
+
+
+def dim_label(module: nn.Module, dim: int) -> str:
+    if is_hf_conv1d(module) and dim == 0:
+        return "input features"
+    if isinstance(module, nn.Linear) and dim == 1:
+        return "input features"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and dim == 1:
+        return "input channels per group"
+    return f"dim {dim}"
+
+
+def check_groupable(module: nn.Module, shape: Sequence[int], dim: int, m: int, qualname: str | None,
+                    name: str = "weight") -> None:
+    """ValueError naming the module, its shape and the fix when ``shape[dim]`` is not a multiple of m."""
+    size = shape[dim]
+    if size % m:
+        raise ValueError(
+            f"{describe(module, qualname)}: {name} of shape {tuple(shape)} cannot be grouped into N:M groups of "
+            f"m={m}: its size {size} along dim {dim} ({dim_label(module, dim)}) is not a multiple of {m}. "
+            f"Exclude this module (e.g. exclude=[{(qualname or '<name>')!r}]) or use an m that divides {size}; "
+            "torchprox never pads"
+        )
+
+
+def _compile_targets(targets) -> tuple[str, object]:
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return "all-linear", None
+        return "regex", re.compile(targets)
+    if isinstance(targets, re.Pattern):
+        return "regex", targets
+    if isinstance(targets, Iterable):
+        names = list(targets)
+        if not all(isinstance(t, str) for t in names):
+            raise TypeError(f"targets must be 'all-linear', a regex string or a list of names, got {targets!r}")
+        return "names", [t.lstrip(".") for t in names]
+    raise TypeError(f"targets must be 'all-linear', a regex string or a list of names, got {targets!r}")
+
+
+def name_matches(qualname: str, spec) -> bool:
+    """PEFT-style match: a list of names/suffixes (``"q_proj"`` matches ``"...self_attn.q_proj"``) or a
+    regex (full match of the qualified name)."""
+    kind, pat = spec
+    if kind == "regex":
+        return pat.fullmatch(qualname) is not None
+    if kind == "names":
+        return any(qualname == t or qualname.endswith("." + t) for t in pat)
+    raise AssertionError(kind)
+
+
+def _is_output_head(model: nn.Module, qualname: str, module: nn.Module, embedding_weights: set[int]) -> bool:
+    if qualname.split(".")[-1] == "lm_head":
+        return True
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        try:
+            out = get_out()
+        except (NotImplementedError, AttributeError):
+            out = None
+        if out is module:
+            return True
+    w = getattr(module, "weight", None)
+    return w is not None and id(w) in embedding_weights
+
+
+def select_modules(model: nn.Module, targets="all-linear", exclude=None):
+    """``[(qualname, module, explicit)]`` of the modules ``targets`` selects, minus ``exclude``.
+
+    ``"all-linear"``: every ``nn.Linear`` and HF ``Conv1D`` except the output head (a module named
+    ``lm_head``, the model's ``get_output_embeddings()``, or one whose weight is tied to an ``nn.Embedding``).
+    Otherwise every module whose qualified name matches (names/suffixes list or full-match regex); those are
+    ``explicit`` and a mismatching type or shape is an error for the caller to raise.
+    """
+    spec = _compile_targets(targets)
+    excl = _compile_targets(exclude) if exclude is not None else None
+    if excl is not None and excl[0] == "all-linear":
+        raise ValueError("exclude='all-linear' is not meaningful; pass names, suffixes or a regex")
+    embedding_weights = {id(mod.weight) for mod in model.modules() if isinstance(mod, nn.Embedding)}
+    out = []
+    for qualname, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in f".{qualname}.":
+            continue
+        if excl is not None and qualname and name_matches(qualname, excl):
+            continue
+        if spec[0] == "all-linear":
+            if (isinstance(module, nn.Linear) or is_hf_conv1d(module)) and not _is_output_head(
+                model, qualname, module, embedding_weights
+            ):
+                out.append((qualname, module, False))
+        elif qualname and name_matches(qualname, spec):
+            out.append((qualname, module, True))
+    return out
