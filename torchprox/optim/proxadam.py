@@ -193,7 +193,7 @@ class ProxAdam(AdamW):
         """
         state = self.state[p]
         step_t = state["step"]
-        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        v = state["exp_avg_sq"]
         beta2 = group["betas"][1]
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import _native
 from ._groups import check_float, check_lam, check_nm, compute_dtype, group_step, group_view
 from .registry import register_prox
 
@@ -85,6 +86,10 @@ def nm_mask(scores: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     g, restore = group_view(scores, m, dim, name="scores")
     if not g.is_floating_point():
         g = g.double()
+    elif g.dtype not in (torch.float32, torch.float64):
+        g = g.float()  # bf16/fp16 → float32 is exact: same ranks
+    if _native.usable(g, m):
+        return restore(_native.nm_mask_cpu(g, n, m))
     return restore(_ranks(g) < n)
 
 
@@ -285,18 +290,27 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     g, restore = group_view(y, m, dim, name="y")
     s = group_step(step, y, m, dim, dtype)
     g = g.to(dtype)
+    metric = isinstance(s, Tensor) and s.dim() > 0
+    if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
+        return restore(_native.prox_nm_cpu(g, float(lam * s), n, m).to(y.dtype))
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
     scale = torch.ldexp(torch.ones_like(g[:, :1]), torch.frexp(g.abs().amax(-1, keepdim=True))[1])
     a = g.abs() / scale
     lam_g = lam * scale[:, 0] ** (n - 1) if n != 1 else lam
-    if isinstance(s, Tensor) and s.dim() > 0:
+    if metric:
         x = _prox_metric(a, s, lam_g, n)
     else:
         order = torch.sort(a, dim=-1, descending=True, stable=True)
         xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
     return restore(torch.copysign(x * scale, g).to(y.dtype))
+
+
+def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
+    """Whether the fused CPU kernel serves this call: CPU float32/float64 groups, scalar step, CPU λ."""
+    scalars_on_cpu = all(not isinstance(v, Tensor) or (v.device.type == "cpu" and not v.requires_grad) for v in (lam, s))
+    return scalars_on_cpu and _native.usable(g, m)
 
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:

@@ -1,0 +1,99 @@
+"""Time the proximal operators and a ProxAdam step, each as a ratio to a reference measured in the same run.
+
+    python benchmarks/bench_prox.py [--size 4096] [--threads 2] [--repeat 5] [--device cpu]
+
+References: one out-of-place ``y.abs()`` pass over the same tensor (for the operators) and one
+``torch.optim.AdamW`` step over the same parameters (for ProxAdam). Times are medians of ``--repeat`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from torchprox import ProxAdam
+from torchprox.prox import nm_mask, project_nm, prox_nm
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device, repeat: int) -> float:
+    fn()  # warm-up (allocations, lazy init)
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, float, float]]:
+    y = torch.randn(size, size, device=device, dtype=dtype, generator=None)
+    ref = timeit(lambda: y.abs(), device, repeat)
+    rows = [("y.abs() (reference)", ref, 1.0)]
+    cases = [
+        ("prox_nm 2:4 lam=0.25", lambda: prox_nm(y, 0.25, 2, 4)),
+        ("prox_nm 2:4 lam=25", lambda: prox_nm(y, 25.0, 2, 4)),
+        ("prox_nm 2:4 lam=2500", lambda: prox_nm(y, 2500.0, 2, 4)),
+        ("prox_nm 4:8 lam=0.25", lambda: prox_nm(y, 0.25, 4, 8)),
+        ("prox_nm 4:8 lam=25", lambda: prox_nm(y, 25.0, 4, 8)),
+        ("project_nm 2:4", lambda: project_nm(y, 2, 4)),
+        ("nm_mask 2:4", lambda: nm_mask(y, 2, 4)),
+    ]
+    for name, fn in cases:
+        t = timeit(fn, device, repeat)
+        rows.append((name, t, t / ref))
+    return rows
+
+
+def bench_optimizer(shapes, device, dtype, repeat: int, lam: float = 0.1) -> list[tuple[str, float, float]]:
+    def make(opt_cls, **kw):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype).to(device)) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype).to(device) * 1e-3
+        return opt_cls(params, lr=1e-3, weight_decay=0.0, **kw)
+
+    adamw = make(torch.optim.AdamW)
+    ref = timeit(adamw.step, device, repeat)
+    rows = [(f"AdamW step, {len(shapes)} tensors (reference)", ref, 1.0)]
+    for metric in ("identity", "adam"):
+        opt = make(ProxAdam, prox="nm", lam=lam, prox_kwargs={"n": 2, "m": 4, "dim": -1}, metric=metric)
+        t = timeit(opt.step, device, repeat)
+        rows.append((f"ProxAdam step, 2:4, metric={metric}", t, t / ref))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, device {device}, dtype {dtype}, threads {torch.get_num_threads()}")
+    print(f"\n{args.size}x{args.size} tensor")
+    print(f"{'operation':42s} {'time (ms)':>10s} {'ratio':>8s}")
+    for name, t, r in bench_operators(args.size, device, dtype, args.repeat):
+        print(f"{name:42s} {t * 1e3:10.2f} {r:8.1f}x")
+    # The embedded default's target matrices (SmolLM2-135M: hidden 576, intermediate 1536), 2 of 30 layers.
+    layer = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    print(f"\noptimizer step over {2 * len(layer)} SmolLM2-135M-shaped matrices (2 decoder layers)")
+    print(f"{'operation':42s} {'time (ms)':>10s} {'ratio':>8s}")
+    for name, t, r in bench_optimizer(layer * 2, device, dtype, args.repeat):
+        print(f"{name:42s} {t * 1e3:10.2f} {r:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

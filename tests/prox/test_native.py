@@ -1,0 +1,94 @@
+"""The fused CPU kernel against the plain-torch path: same minimizer (objective), same masks, bit for bit."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torchprox.prox import _native, nm_mask, project_nm, prox_nm
+
+from .reference import nm_objective
+from .test_nm import PATTERNS, grouped, lams
+
+pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: fused kernel unavailable")
+
+
+def eager(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the fused kernel disabled (the plain-torch path)."""
+    saved, _native._LIB = _native._LIB, None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _native._LIB = saved
+
+
+@pytest.mark.parametrize("n,m", PATTERNS + [(4, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(data=st.data(), lam=lams)
+def test_prox_same_objective_as_eager(n, m, dtype, data, lam):
+    y = data.draw(grouped(m)).to(dtype)
+    fused, plain = prox_nm(y, lam, n, m), eager(prox_nm, y, lam, n, m)
+    f_fused = nm_objective(fused.double(), y.double(), lam, n)
+    f_plain = nm_objective(plain.double(), y.double(), lam, n)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (f_fused <= f_plain + tol * (1 + f_plain.abs())).all()
+    assert ((fused == 0) | (torch.sign(fused) == torch.sign(y))).all() and (fused.abs() <= y.abs()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_case_and_dims(dtype):
+    y = torch.tensor([1.0, 0.98, 0.96, 0.94], dtype=dtype)
+    assert abs(nm_objective(prox_nm(y, 1.1).double(), y.double(), 1.1, 2).item() - 0.89507) < 1e-4
+    big = torch.randn(6, 8, 5, dtype=dtype)
+    assert torch.equal(prox_nm(big, 0.3, dim=1), prox_nm(big.transpose(1, 2), 0.3, dim=2).transpose(1, 2))
+
+
+@pytest.mark.parametrize("n,m", PATTERNS + [(4, 8), (8, 16)])
+@given(data=st.data())
+def test_mask_bit_identical_to_eager(n, m, data):
+    scores = data.draw(grouped(m, ties=data.draw(st.booleans())))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        s = scores.to(dtype)
+        assert torch.equal(nm_mask(s, n, m), eager(nm_mask, s, n, m))
+        assert torch.equal(project_nm(s, n, m), eager(project_nm, s, n, m))
+
+
+def test_bf16_and_threads_agree():
+    y = torch.randn(64, 64)
+    out = prox_nm(y.bfloat16(), 0.5)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, prox_nm(y.bfloat16().float(), 0.5).bfloat16())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = prox_nm(y, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, prox_nm(y, 0.5))
+
+
+def test_non_finite_group_is_nan_and_others_untouched():
+    y = torch.tensor([[1.0, float("inf"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]])
+    out = prox_nm(y, 0.3)
+    assert out[0].isnan().all()
+    assert torch.equal(out[1], prox_nm(y[1:], 0.3)[0])
+
+
+def test_torch_compile_sees_an_opaque_op():
+    fn = torch.compile(lambda t: prox_nm(t, 0.4) * 2, backend="eager", fullgraph=False)
+    y = torch.randn(8, 16)
+    assert torch.equal(fn(y), prox_nm(y, 0.4) * 2)
+
+
+def test_build_cache_is_reused_and_can_be_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path))
+    monkeypatch.setattr(_native, "_LIB", False)
+    assert _native.library() is not None
+    built = list((tmp_path / "kernels").glob("nm_cpu-*.so"))
+    assert len(built) == 1 and not [p for p in (tmp_path / "kernels").iterdir() if p.is_dir()]
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_native, "_LIB", False)
+    assert _native.library() is not None and built[0].stat().st_mtime_ns == mtime
+    monkeypatch.setenv("TORCHPROX_NATIVE", "0")
+    monkeypatch.setattr(_native, "_LIB", False)
+    assert _native.library() is None
+    y = torch.randn(4, 8)  # the plain-torch path still serves every call
+    assert torch.equal(prox_nm(y, 25.0), project_nm(y))

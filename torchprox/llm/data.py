@@ -1,0 +1,486 @@
+"""Text data for calibration and evaluation: the built-in offline corpus, local files, token blocks.
+
+Everything here is deterministic and offline (nothing is ever downloaded).
+
+* :func:`builtin_articles` / :func:`builtin_corpus`: the 106 Wikipedia articles shipped in gensim 4.4.0's test
+  data (CC BY-SA), wiki markup stripped, split by article into calibration (first 74) and evaluation (last 32).
+* :func:`load_texts`: ``"builtin"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
+  or a ``datasets.Dataset`` with a ``"text"`` column -> list of documents.
+* :func:`split_texts`: the deterministic document split used for user sources (last 30% for evaluation).
+* :func:`tokenize_blocks`: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
+* :func:`calibration_blocks` / :func:`evaluation_blocks`: the two convenience wrappers.
+
+Example::
+
+    >>> from torchprox.llm.data import calibration_blocks, evaluation_blocks
+    >>> calib = calibration_blocks(tokenizer, "builtin", seqlen=512, n_blocks=64)   # (64, 512), random windows
+    >>> evalb = evaluation_blocks(tokenizer, "builtin", seqlen=512)                 # (32, 512), first 16,384 tokens
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import html
+import importlib.util
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = [
+    "GENSIM_DATA_FILE",
+    "builtin_articles",
+    "builtin_corpus",
+    "strip_wiki_markup",
+    "load_texts",
+    "split_texts",
+    "tokenize_blocks",
+    "calibration_blocks",
+    "evaluation_blocks",
+]
+
+#: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
+GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+#: Number of built-in articles that go to calibration (the rest is evaluation), as in the prototype.
+BUILTIN_N_CALIB = 74
+#: Fraction of documents used for calibration when splitting a user source (the rest is evaluation).
+CALIB_FRACTION = 0.7
+
+_GENSIM_HINT = (
+    "The built-in corpus is a data file shipped inside gensim 4.4.0 (only that file is used; gensim itself is "
+    "never imported). Install it without its dependencies: pip install --no-deps gensim==4.4.0"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Built-in corpus
+# ----------------------------------------------------------------------------------------------------------
+def _gensim_data_path() -> Path:
+    """Locate the wiki dump inside the installed gensim package without importing gensim."""
+    try:
+        spec = importlib.util.find_spec("gensim")
+    except (ImportError, ValueError):  # pragma: no cover - broken installs
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"gensim is not installed. {_GENSIM_HINT}")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / GENSIM_DATA_FILE
+        if path.is_file():
+            return path
+    raise RuntimeError(
+        f"gensim is installed but its test data file {GENSIM_DATA_FILE!r} is missing "
+        f"(looked in {list(spec.submodule_search_locations)}). {_GENSIM_HINT}"
+    )
+
+
+# Templates {{...}} and tables {|...|} nest; they are removed by a small depth-tracking scan over these tokens.
+# Table delimiters only count at the start of a line, so a template ending in "|}}" is not a table end.
+_BRACE_TOKEN = re.compile(r"\{\{|\}\}|^[ \t:]*\{\||^[ \t]*\|\}(?!\})", re.M)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_REF = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
+_DROP_TAG_BLOCK = re.compile(
+    r"<(math|gallery|timeline|score|syntaxhighlight|source|imagemap|graph|chem|ce)\b[^>]*>.*?</\1\s*>", re.S | re.I
+)
+_HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*/?>")
+_INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_EXT_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]+(?:\s+([^\]]*))?\]")
+_DROP_NAMESPACES = ("file", "image", "category", "media")
+_LINK_TOKEN = re.compile(r"\[\[|\]\]")
+_FILE_LINK = re.compile(r"\[\[\s*(?:file|image|category|media)\s*:", re.I)
+_INTERWIKI = re.compile(r"^[a-z]{2,3}(?:-[a-z]{2,8})*:")
+_HEADING = re.compile(r"^(={1,6})\s*(.*?)\s*\1\s*$", re.M)
+_BOLD_ITALIC = re.compile(r"'{2,5}")
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")
+_LIST_PREFIX = re.compile(r"^[*#:;]+\s*", re.M)
+_HRULE = re.compile(r"^-{4,}\s*$", re.M)
+_LEFTOVER = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _remove_nested(text: str) -> str:
+    """Delete every outermost ``{{...}}`` / ``{|...|}`` region (nested ones included).
+
+    Unmatched closers are left for :data:`_LEFTOVER`; an opener that is never closed only loses its own token
+    (rather than eating the rest of the article).
+    """
+    out: list[str] = []
+    stack: list[tuple[str, int]] = []  # (kind, start offset) of open regions
+    keep_from = 0
+    for tok in _BRACE_TOKEN.finditer(text):
+        s = tok.group().strip(" \t:")
+        if s in ("{{", "{|"):
+            stack.append((s, tok.start()))
+        elif stack and stack[-1][0] == ("{{" if s == "}}" else "{|"):
+            _, start = stack.pop()
+            if not stack:
+                out.append(text[keep_from:start])
+                keep_from = tok.end()
+    if stack:  # unclosed openers: drop the outermost opener token only, keep the rest
+        _, start = stack[0]
+        out.append(text[keep_from:start])
+        keep_from = start + 2
+    out.append(text[keep_from:])
+    return "".join(out)
+
+
+def _drop_file_links(text: str) -> str:
+    """Delete ``[[File:...]]``, ``[[Image:...]]``, ``[[Category:...]]`` links, balancing nested ``[[ ]]``.
+
+    A caption may hold links and single brackets (``[above]``), so a plain regex cannot find the end.
+    """
+    regions: list[tuple[int, int]] = []
+    stack: list[int] = []
+    for tok in _LINK_TOKEN.finditer(text):
+        if tok.group() == "[[":
+            stack.append(tok.start())
+        elif stack:
+            start = stack.pop()
+            if _FILE_LINK.match(text, start):
+                regions.append((start, tok.end()))
+    if not regions:
+        return text
+    out, keep_from = [], 0
+    for start, end in sorted(regions):
+        if start >= keep_from:  # regions inside an already deleted one are covered
+            out.append(text[keep_from:start])
+            keep_from = end
+        else:
+            keep_from = max(keep_from, end)
+    out.append(text[keep_from:])
+    return "".join(out)
+
+
+def _link_text(match: re.Match) -> str:
+    body = match.group(1)
+    target, sep, label = body.partition("|")
+    t = target.strip()
+    namespace = t.lstrip(":").split(":", 1)[0].strip().lower() if ":" in t else ""
+    if namespace in _DROP_NAMESPACES and not t.startswith(":"):
+        return ""  # images, files, categories (captions included)
+    if not sep and _INTERWIKI.match(t):
+        return ""  # interlanguage links such as [[de:Anarchismus]]
+    if sep and label.strip():
+        return label.split("|")[-1] if namespace in _DROP_NAMESPACES else label
+    return t.lstrip(":")
+
+
+def strip_wiki_markup(text: str) -> str:
+    """Turn MediaWiki source into plain text with a few regular expressions (no wiki parser).
+
+    Removes comments, ``<ref>`` footnotes, templates ``{{...}}`` (nested), tables ``{|...|}``, math/gallery
+    blocks, file/image/category and interlanguage links, HTML tags (their content kept), bold/italic quotes,
+    list markers and magic words; ``[[a|b]]`` becomes ``b`` and ``[[a]]`` becomes ``a``; ``[http://x label]``
+    becomes ``label``; a heading ``== History ==`` becomes the line ``History``. HTML entities are decoded.
+
+    Example::
+
+        >>> strip_wiki_markup("'''Albedo''' {{IPA|x}} is [[light|reflected light]].<ref>R</ref>")
+        'Albedo is reflected light.'
+    """
+    text = _COMMENT.sub("", text)
+    text = _REF.sub("", text)
+    text = _DROP_TAG_BLOCK.sub("", text)
+    text = _remove_nested(text)
+    text = _drop_file_links(text)
+    while True:  # innermost links first, so a file caption's links resolve before the file link is dropped
+        new = _INNER_LINK.sub(_link_text, text)
+        if new == text:
+            break
+        text = new
+    text = _EXT_LINK.sub(lambda m: m.group(1) or "", text)
+    text = _HTML_TAG.sub("", text)
+    text = _HEADING.sub(lambda m: m.group(2), text)
+    text = _BOLD_ITALIC.sub("", text)
+    text = _MAGIC_WORD.sub("", text)
+    text = _HRULE.sub("", text)
+    text = _LIST_PREFIX.sub("", text)
+    text = _LEFTOVER.sub("", text)
+    text = html.unescape(html.unescape(text))  # dumps often double-escape (&amp;nbsp;)
+    text = _SPACES.sub(" ", text)
+    text = re.sub(r" *\n *", "\n", text)
+    text = re.sub(r" ([,.;:])", r"\1", text)  # "word ." left behind by removed templates/refs
+    text = re.sub(r"\( *\)", "", text)  # "()" left by removed pronunciation templates
+    text = _SPACES.sub(" ", text)
+    text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_articles_cached() -> tuple[tuple[str, str], ...]:
+    path = _gensim_data_path()
+    articles = []
+    with bz2.open(path, "rb") as fh:
+        for _, elem in ET.iterparse(fh, events=("end",)):
+            if _local(elem.tag) != "page":
+                continue
+            fields = {_local(child.tag): child for child in elem}
+            title = (fields["title"].text or "").strip() if "title" in fields else ""
+            ns = (fields["ns"].text or "").strip() if "ns" in fields else "0"
+            text_el = None
+            if "revision" in fields:
+                for child in fields["revision"]:
+                    if _local(child.tag) == "text":
+                        text_el = child
+            raw = (text_el.text or "") if text_el is not None else ""
+            elem.clear()
+            if ns != "0" or "redirect" in fields or raw.lstrip().upper().startswith("#REDIRECT"):
+                continue
+            clean = strip_wiki_markup(raw)
+            if title and clean:
+                articles.append((title, clean))
+    return tuple(articles)
+
+
+def builtin_articles() -> list[tuple[str, str]]:
+    """The built-in offline corpus: ``[(title, plain_text), ...]`` in dump order (106 articles).
+
+    Read from gensim 4.4.0's test data file (see :data:`GENSIM_DATA_FILE`; only that file is needed, gensim is
+    not imported), main-namespace pages only, redirects and empty pages skipped, markup stripped with
+    :func:`strip_wiki_markup`. Deterministic; parsed once per process (~1 s) and cached.
+
+    Raises ImportError if gensim is not installed (``pip install --no-deps gensim==4.4.0``).
+    """
+    return list(_builtin_articles_cached())
+
+
+def builtin_corpus() -> tuple[list[str], list[str]]:
+    """``(calib_texts, eval_texts)`` of the built-in corpus, split by article.
+
+    Each document is ``" = {title} = \\n{text}"`` (WikiText-style title line). The first 74 articles are for
+    calibration, the remaining 32 for evaluation (≈490k / ≈230k SmolLM2 tokens); if a different gensim
+    release yields another article count, the first 70% (rounded) are for calibration.
+    """
+    docs = [f" = {title} = \n{text}" for title, text in builtin_articles()]
+    n_calib = BUILTIN_N_CALIB if len(docs) == 106 else max(1, min(len(docs) - 1, round(CALIB_FRACTION * len(docs))))
+    return docs[:n_calib], docs[n_calib:]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# User sources
+# ----------------------------------------------------------------------------------------------------------
+_TEXT_SUFFIXES = (".txt", ".md")
+
+
+def _read_text_file(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise ValueError(f"{path} looks like a binary file, not UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def load_texts(source: Any) -> list[str]:
+    """Load documents from a source; returns a list of strings (one per document).
+
+    ``source`` may be:
+
+    * ``"builtin"``: the built-in corpus, calibration then evaluation articles (see :func:`builtin_corpus`);
+    * a path (str or ``os.PathLike``) to a UTF-8 text file: one document;
+    * a path to a directory: every ``*.txt`` / ``*.md`` file directly inside it, sorted by name, one document
+      each;
+    * a list/tuple of strings: returned as a list;
+    * a ``datasets.Dataset`` with a ``"text"`` column (``datasets`` is not required otherwise).
+
+    Raises FileNotFoundError for a missing path and ValueError for a binary / non-UTF-8 file (naming it), an
+    empty directory or an unsupported object.
+
+    Example::
+
+        >>> docs = load_texts("my_corpus/")          # ["text of a.txt", "text of b.txt", ...]
+    """
+    if isinstance(source, str) and source == "builtin":
+        calib, evals = builtin_corpus()
+        return calib + evals
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"text source {str(source)!r} does not exist (expected 'builtin', a UTF-8 text file or a "
+                "directory of .txt/.md files)"
+            )
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _TEXT_SUFFIXES)
+            if not files:
+                raise ValueError(f"directory {path} contains no .txt or .md files")
+            return [_read_text_file(p) for p in files]
+        return [_read_text_file(path)]
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(t, str) for t in source):
+            raise ValueError("a list source must contain only strings")
+        return list(source)
+    column_names = getattr(source, "column_names", None)
+    if column_names is not None:
+        if isinstance(column_names, dict):  # datasets.DatasetDict
+            raise ValueError(f"got a DatasetDict with splits {sorted(column_names)}; pass one split, e.g. ds['train']")
+        if "text" not in column_names:
+            raise ValueError(f"dataset has no 'text' column (columns: {list(column_names)})")
+        return [t for t in source["text"] if isinstance(t, str)]
+    raise ValueError(
+        f"unsupported text source of type {type(source).__name__}: expected 'builtin', a path, a list of strings "
+        "or a datasets.Dataset with a 'text' column"
+    )
+
+
+def split_texts(texts: Sequence[str], eval_fraction: float = 1 - CALIB_FRACTION) -> tuple[list[str], list[str]]:
+    """Deterministic calibration / evaluation split of a user source: ``(calib_texts, eval_texts)``.
+
+    The last ``eval_fraction`` (30%) of the documents, rounded and at least one, are for evaluation; the rest
+    for calibration. A single document is first split into paragraphs (at blank lines, or at line breaks if it
+    has no blank lines) so that both parts are non-empty.
+
+    Example::
+
+        >>> split_texts(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
+        (['a', 'b', 'c', 'd', 'e', 'f', 'g'], ['h', 'i', 'j'])
+    """
+    docs = [t for t in texts if t.strip()]
+    if len(docs) == 1:
+        text = docs[0]
+        parts = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+        if len(parts) < 2:
+            parts = [p for p in text.splitlines() if p.strip()]
+        if len(parts) < 2:
+            raise ValueError("cannot split a single one-line document into calibration and evaluation parts")
+        docs = parts
+    if len(docs) < 2:
+        raise ValueError(f"need at least 2 non-empty documents to split, got {len(docs)}")
+    n_eval = min(len(docs) - 1, max(1, round(eval_fraction * len(docs))))
+    return docs[: len(docs) - n_eval], docs[len(docs) - n_eval :]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenization
+# ----------------------------------------------------------------------------------------------------------
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens, for HF tokenizers and simple stubs alike."""
+    if callable(tokenizer):
+        try:
+            out = tokenizer(text, add_special_tokens=False, verbose=False)
+        except TypeError:
+            out = tokenizer(text, add_special_tokens=False)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    elif hasattr(tokenizer, "encode"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        raise TypeError(f"tokenizer of type {type(tokenizer).__name__} is neither callable nor has .encode")
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    if ids and isinstance(ids[0], (list, tuple)):  # batched output for a single text
+        ids = ids[0]
+    return list(ids)
+
+
+def tokenize_blocks(
+    tokenizer: Any,
+    texts: str | Sequence[str],
+    seqlen: int,
+    n_blocks: int | None = None,
+    *,
+    max_tokens: int | None = None,
+    sample: str = "contiguous",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Tokenize documents into non-overlapping windows: a ``LongTensor`` of shape ``(B, seqlen)``.
+
+    The documents are joined with ``"\\n\\n"`` and tokenized once, without BOS or other special tokens. The
+    token stream (cut to its first ``max_tokens`` tokens if given) is split into ``len // seqlen``
+    non-overlapping windows (a trailing partial window is dropped). Then:
+
+    * ``sample="contiguous"`` (evaluation): the first ``n_blocks`` windows, or all of them if ``n_blocks`` is
+      None;
+    * ``sample="random"`` (calibration, as Wanda/SparseGPT draw random segments): ``n_blocks`` distinct windows
+      drawn with ``torch.Generator().manual_seed(seed)``, in drawn order. Windows never overlap, so no token
+      is seen twice.
+
+    ``tokenizer`` is a Hugging Face tokenizer or any object whose ``__call__`` returns ``{"input_ids": ids}``
+    (or whose ``encode`` returns ids). Raises ValueError if there are fewer tokens than needed (the message
+    gives both counts).
+
+    Example::
+
+        >>> blocks = tokenize_blocks(tok, ["first doc", "second doc"], seqlen=512, n_blocks=8, sample="random")
+        >>> blocks.shape
+        torch.Size([8, 512])
+    """
+    if not isinstance(seqlen, int) or seqlen < 1:
+        raise ValueError(f"seqlen must be a positive int, got {seqlen!r}")
+    if n_blocks is not None and (not isinstance(n_blocks, int) or n_blocks < 1):
+        raise ValueError(f"n_blocks must be a positive int or None, got {n_blocks!r}")
+    if max_tokens is not None and max_tokens < seqlen:
+        raise ValueError(f"max_tokens={max_tokens} is smaller than one block of seqlen={seqlen}")
+    if sample not in ("contiguous", "random"):
+        raise ValueError(f"sample must be 'contiguous' or 'random', got {sample!r}")
+    if sample == "random" and n_blocks is None:
+        raise ValueError("sample='random' needs n_blocks")
+    if isinstance(texts, str):
+        texts = [texts]
+    ids = torch.tensor(_encode(tokenizer, "\n\n".join(texts)), dtype=torch.long)
+    n_tok = ids.numel()
+    usable = n_tok if max_tokens is None else min(n_tok, max_tokens)
+    n_windows = usable // seqlen
+    needed = seqlen * (n_blocks or 1)
+    if n_windows < (n_blocks or 1):
+        where = f" (within max_tokens={max_tokens})" if max_tokens is not None and max_tokens < n_tok else ""
+        raise ValueError(
+            f"not enough text: {n_tok} tokens{where}, but {needed} are needed for "
+            f"{n_blocks or 1} block(s) of seqlen={seqlen}"
+        )
+    windows = ids[: n_windows * seqlen].view(n_windows, seqlen)
+    if sample == "random":
+        gen = torch.Generator().manual_seed(int(seed))
+        idx = torch.randperm(n_windows, generator=gen)[:n_blocks]
+        return windows[idx].clone()
+    return windows[: n_blocks or n_windows].clone()
+
+
+def _split_source(source: Any) -> tuple[list[str], list[str]]:
+    if isinstance(source, str) and source == "builtin":
+        return builtin_corpus()
+    return split_texts(load_texts(source))
+
+
+def calibration_blocks(
+    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, n_blocks: int = 64, seed: int = 0
+) -> torch.Tensor:
+    """``n_blocks`` random windows ``(n_blocks, seqlen)`` from the calibration part of ``source``.
+
+    ``"builtin"`` uses the first 74 articles; any other source (see :func:`load_texts`) is split with
+    :func:`split_texts` (first 70% of documents). Deterministic for a given ``seed``.
+
+    Example::
+
+        >>> calibration_blocks(tok, "builtin", seqlen=512, n_blocks=64).shape
+        torch.Size([64, 512])
+    """
+    calib, _ = _split_source(source)
+    return tokenize_blocks(tokenizer, calib, seqlen, n_blocks, sample="random", seed=seed)
+
+
+def evaluation_blocks(
+    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, max_tokens: int | None = 16384
+) -> torch.Tensor:
+    """The first ``max_tokens // seqlen`` contiguous windows ``(B, seqlen)`` of the evaluation part of ``source``.
+
+    ``"builtin"`` uses the last 32 articles; any other source is split with :func:`split_texts` (last 30% of
+    documents, at least one). ``max_tokens`` caps the tokens used (None: all full windows); a source with
+    fewer tokens gives fewer windows, and one with less than ``seqlen`` tokens raises ValueError.
+
+    Example::
+
+        >>> evaluation_blocks(tok, "builtin").shape   # first 16,384 evaluation tokens
+        torch.Size([32, 512])
+    """
+    _, evals = _split_source(source)
+    return tokenize_blocks(tokenizer, evals, seqlen, max_tokens=max_tokens, sample="contiguous")

@@ -1,0 +1,128 @@
+"""Perplexity of a causal LM over non-overlapping token windows.
+
+* :func:`perplexity`: ``exp(mean token NLL)`` over blocks ``(B, seqlen)``, the standard non-overlapping-window
+  perplexity (each block is scored on its own; the first token of a block is context only).
+* :func:`perplexity_texts`: the same from raw texts (tokenized with :func:`torchprox.llm.data.tokenize_blocks`).
+
+Example::
+
+    >>> from torchprox.llm.data import evaluation_blocks
+    >>> from torchprox.llm.evaluate import perplexity
+    >>> perplexity(model, evaluation_blocks(tokenizer, "builtin", seqlen=512))   # dense SmolLM2-135M ≈ 18
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data import tokenize_blocks
+
+__all__ = ["perplexity", "perplexity_texts"]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _progress(iterable, total: int, disable: bool, desc: str):
+    if disable:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def perplexity(
+    model: torch.nn.Module,
+    blocks: torch.Tensor,
+    batch_size: int = 1,
+    *,
+    disable: bool = False,
+    desc: str = "perplexity",
+) -> float:
+    """Perplexity ``exp(Σ NLL / Σ predicted tokens)`` of ``model`` over token blocks.
+
+    Args:
+        model: a causal LM whose forward takes ``input_ids`` and returns ``.logits`` (or a tensor)
+            of shape ``(batch, seqlen, vocab)``, e.g. any ``transformers`` ``*ForCausalLM``.
+        blocks: ``LongTensor (B, seqlen)`` (or ``(seqlen,)`` for one block), e.g. from
+            :func:`torchprox.llm.data.evaluation_blocks`. Each block is scored independently: token ``t`` is
+            predicted from tokens ``< t`` of the same block, so every block contributes ``seqlen - 1`` tokens.
+        batch_size: blocks per forward pass (does not change the result beyond float rounding).
+        disable: turn the tqdm progress bar off.
+
+    Runs under ``torch.inference_mode`` on the model's device with ``use_cache=False``, in eval mode (the
+    model's training flag is restored afterwards). The log-softmax is computed in float32 whatever the model
+    dtype.
+
+    Example::
+
+        >>> blocks = torch.randint(0, 64, (4, 32))
+        >>> ppl = perplexity(tiny_llama, blocks, batch_size=2)
+    """
+    if not isinstance(blocks, torch.Tensor):
+        blocks = torch.as_tensor(blocks)
+    if blocks.dim() == 1:
+        blocks = blocks.unsqueeze(0)
+    if blocks.dim() != 2 or blocks.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"blocks must be an integer tensor of shape (B, seqlen), got {tuple(blocks.shape)} "
+                         f"{blocks.dtype}")
+    n_blocks, seqlen = blocks.shape
+    if n_blocks == 0:
+        raise ValueError("blocks is empty")
+    if seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2 to predict any token, got {seqlen}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    starts = range(0, n_blocks, batch_size)
+    try:
+        with torch.inference_mode():
+            for start in _progress(starts, len(starts), disable, desc):
+                ids = blocks[start : start + batch_size].to(device=device, dtype=torch.long)
+                out = model(input_ids=ids, use_cache=False)
+                logits = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
+                logits = logits[:, :-1, :].float()
+                targets = ids[:, 1:]
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+                nll_sum += nll.double()
+                count += targets.numel()
+    finally:
+        model.train(was_training)
+    return math.exp(nll_sum.item() / count)
+
+
+def perplexity_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: str | Sequence[str],
+    seqlen: int = 512,
+    max_tokens: int | None = 16384,
+    *,
+    batch_size: int = 1,
+    disable: bool = False,
+) -> float:
+    """Perplexity over raw texts: joined with blank lines, tokenized without special tokens, cut into the first
+    ``max_tokens // seqlen`` non-overlapping windows of ``seqlen`` tokens (all full windows if ``max_tokens``
+    is None), then :func:`perplexity`.
+
+    Example::
+
+        >>> from torchprox.llm.data import builtin_corpus
+        >>> perplexity_texts(model, tokenizer, builtin_corpus()[1], seqlen=512, max_tokens=16384)
+    """
+    blocks = tokenize_blocks(tokenizer, texts, seqlen, max_tokens=max_tokens, sample="contiguous")
+    return perplexity(model, blocks, batch_size=batch_size, disable=disable)

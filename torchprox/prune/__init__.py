@@ -1,0 +1,46 @@
+r"""N:M pruning in the ``torch.nn.utils.prune`` call style.
+
+Learned masks (ProxSparse), built on ``torch.nn.utils.parametrize``:
+
+- :func:`learnable_nm` / :func:`learnable_nm_model`: the original weight W0 becomes a frozen, bit-exact
+  buffer; a learnable copy W (initialised to W0) is what the forward uses while the mask is learned.
+- :func:`prox_param_groups`: ProxAdam groups (prox ``"nm"`` with the right group dim per layer type, and a
+  plain group for the rest).
+- :func:`apply_learned_masks`: mask = top-n of m of |W|; the weight becomes W0 ⊙ mask, W is released.
+- :func:`frozen_weight_penalty`: ProxSparse's optional regularizer pulling W to 0 or W0.
+
+One-shot masks, as a ``torch.nn.utils.prune`` method: :class:`NMStructured`, :func:`nm_structured`.
+
+Finishing and checking: :func:`remove` / :func:`remove_all` (plain Parameters again), :func:`is_pruned`,
+:func:`is_nm`, :func:`nm_fraction`, :func:`sparsity_report`.
+
+Groups run along the reduction (input) dim: ``nn.Linear`` (out, in) → dim 1, transformers ``Conv1D``
+(in, out) → dim 0, ``nn.Conv{1,2,3}d`` (out, in/groups, *k) → dim 1: ``m`` consecutive input channels at
+each (output channel, kernel position), the layout of an implicit-GEMM convolution's reduction.
+
+Example:
+    >>> import torch
+    >>> from torchprox import ProxAdam
+    >>> from torchprox.prune import learnable_nm_model, prox_param_groups, apply_learned_masks, remove_all, is_nm
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> _ = learnable_nm_model(mlp, n=2, m=4)
+    >>> opt = ProxAdam(prox_param_groups(mlp, lam=0.1), lr=1e-2)
+    >>> for _ in range(3):
+    ...     mlp(torch.randn(32, 8)).square().mean().backward(); opt.step(); opt.zero_grad()
+    >>> _ = apply_learned_masks(mlp, optimizer=opt)
+    >>> _ = remove_all(mlp)
+    >>> is_nm(mlp[0].weight, 2, 4, dim=1) and is_nm(mlp[2].weight, 2, 4, dim=1)
+    True
+"""
+from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups
+from .oneshot import NMStructured, nm_structured
+from .parametrization import NMParametrization
+from .penalty import frozen_weight_penalty
+from .remove import is_pruned, remove, remove_all
+from .report import is_nm, nm_fraction, sparsity_report
+
+__all__ = [
+    "learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks", "frozen_weight_penalty",
+    "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
+    "sparsity_report", "NMParametrization",
+]

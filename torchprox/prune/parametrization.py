@@ -1,0 +1,189 @@
+r"""The frozen-weight N:M parametrization behind :func:`torchprox.prune.learnable_nm`.
+
+One :class:`NMParametrization` sits first in ``module.parametrizations[name]`` (a
+``torch.nn.utils.parametrize.ParametrizationList``) and has two states:
+
+``"learning"`` (after :func:`~torchprox.prune.learnable_nm`)
+    ``parametrizations[name].original`` is the learnable copy ``W`` (the module's own Parameter object,
+    initialised to W0) and ``forward(W) = W``: the module computes with W and the optimizer updates W.
+    The original weight ``W0`` is the persistent buffer ``parametrizations[name][0].w0``: frozen (a buffer
+    has no gradient and is in no optimizer), and bit exact under casts (see below).
+
+``"masked"`` (after :func:`~torchprox.prune.apply_learned_masks`)
+    ``mask`` is a bool buffer, exactly N:M (``n`` kept of every ``m`` along ``dim``), ``original`` holds
+    ``W0 ⊙ mask`` in place of W (same Parameter object, its storage replaced, ``requires_grad=False``),
+    ``w0`` is released and ``forward(X) = X ⊙ mask`` (so the weight stays N:M even if the user unfreezes
+    ``original`` for masked fine-tuning).
+
+Protection of W0:
+
+- ``model.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.double()`` never cast ``w0``: :meth:`_apply` probes
+  the conversion on an empty tensor and, when it would change the dtype, only moves ``w0`` (bit-exact copy).
+  Device moves apply, unless ``offload_w0=True``, which keeps ``w0`` on the CPU.
+- ``load_state_dict`` takes the stored ``w0`` bit for bit, with its own dtype (no silent rounding cast).
+- Loading a masked checkpoint into a learning-state layer (or the reverse) switches the layer's state first,
+  so ``state_dict`` round-trips in both states with the same module structure.
+
+State-dict keys (for ``Linear`` ``fc``): learning — ``fc.parametrizations.weight.original`` (W) and
+``fc.parametrizations.weight.0.w0`` (W0); masked — ``...original`` (W0 ⊙ mask) and ``...0.mask``.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..prox._groups import check_nm
+
+__all__ = ["NMParametrization", "nm_parametrizations", "get_nm_parametrization"]
+
+LEARNING = "learning"
+MASKED = "masked"
+
+
+class NMParametrization(nn.Module):
+    r"""Frozen-weight parametrization: ``forward(W) = W`` while learning, ``X ⊙ mask`` once masked.
+
+    Not meant to be built directly: use :func:`torchprox.prune.learnable_nm`.
+
+    Args:
+        w0: the original weight W0 (already a detached copy; stored as the persistent buffer ``w0``).
+        n, m: the N:M pattern (``0 < n < m``).
+        dim: the group dim of the weight (groups of ``m`` consecutive entries along it).
+        offload_w0: keep ``w0`` on the CPU through device moves.
+        orig_requires_grad: the weight's ``requires_grad`` before registration, restored by ``remove``.
+
+    Example:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> lin = learnable_nm(torch.nn.Linear(8, 2))
+        >>> p = lin.parametrizations.weight[0]
+        >>> p.state, p.n, p.m, p.dim, tuple(p.w0.shape)
+        ('learning', 2, 4, 1, (2, 8))
+    """
+
+    def __init__(self, w0: Tensor, n: int, m: int, dim: int, offload_w0: bool = False,
+                 orig_requires_grad: bool = True) -> None:
+        super().__init__()
+        check_nm(n, m)
+        self.n, self.m, self.dim = n, m, dim
+        self.offload_w0 = bool(offload_w0)
+        self.orig_requires_grad = bool(orig_requires_grad)
+        self.register_buffer("w0", w0)
+        self.register_buffer("mask", None)
+
+    @property
+    def state(self) -> str:
+        """``"learning"`` or ``"masked"``."""
+        return MASKED if self.mask is not None else LEARNING
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def forward(self, X: Tensor) -> Tensor:
+        mask = self.mask
+        return X if mask is None else X * mask
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """Assigning ``module.weight = value`` sets the learnable copy W (masked: ``original``); never W0."""
+        return value
+
+    def extra_repr(self) -> str:
+        return f"pattern={self.pattern}, dim={self.dim}, state={self.state}, offload_w0={self.offload_w0}"
+
+    # -- state switches ---------------------------------------------------------------------------------
+    def _to_masked(self, plist: parametrize.ParametrizationList, weight: Tensor, mask: Tensor) -> None:
+        """Release W and W0: ``original`` (same Parameter object) takes ``weight``, frozen; ``mask`` is kept."""
+        original = plist.original
+        with torch.no_grad():
+            original.requires_grad_(False)
+            original.grad = None
+            original.set_(weight)
+        self.w0 = None
+        self.mask = mask
+
+    def _to_learning(self, plist: parametrize.ParametrizationList) -> None:
+        """Back to the learning state with a placeholder ``w0`` (used only to load a learning checkpoint)."""
+        original = plist.original
+        device = torch.device("cpu") if self.offload_w0 else original.device
+        self.mask = None
+        self.w0 = torch.empty(original.shape, dtype=original.dtype, device=device)
+        original.requires_grad_(self.orig_requires_grad)
+
+    # -- W0 protection ------------------------------------------------------------------------------------
+    def _protected_w0(self, fn, w0: Tensor) -> Tensor:
+        """``w0`` after the conversion ``fn``: never a dtype change; no device move when offloaded."""
+        probe = fn(torch.empty(0, dtype=w0.dtype, device=w0.device))
+        if not isinstance(probe, Tensor):
+            return w0
+        if self.offload_w0 and probe.device != w0.device:
+            return w0
+        if probe.dtype != w0.dtype:
+            if w0.is_meta or probe.is_meta:  # no data to keep: only the placement matters
+                return torch.empty(w0.shape, dtype=w0.dtype, device=probe.device)
+            return w0.to(device=probe.device)  # bit-exact move, dtype kept
+        return fn(w0)
+
+    def _apply(self, fn, recurse: bool = True):
+        w0 = self._buffers.get("w0")
+        if w0 is None:
+            return super()._apply(fn, recurse)
+        self._buffers["w0"] = None  # keep torch's own conversion away from W0
+        try:
+            out = super()._apply(fn, recurse)
+            w0 = self._protected_w0(fn, w0)
+        finally:
+            self._buffers["w0"] = w0
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        src = state_dict.get(prefix + "w0")
+        cur = self.w0
+        if (isinstance(src, Tensor) and cur is not None and src.shape == cur.shape and src.dtype != cur.dtype
+                and src.is_floating_point()):
+            # Take the checkpoint's W0 with its own dtype: a copy_ into the current buffer would round it.
+            self.w0 = torch.empty(cur.shape, dtype=src.dtype, device=cur.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs) -> None:
+    """Load-state-dict pre-hook on the ParametrizationList: match the checkpoint's state (masked/learning)."""
+    p = plist[0]
+    if not isinstance(p, NMParametrization):
+        return
+    if p.mask is None and prefix + "0.mask" in state_dict:
+        original = plist.original
+        mask = torch.zeros(original.shape, dtype=torch.bool, device=original.device)
+        p._to_masked(plist, original.detach().clone(), mask)
+    elif p.w0 is None and prefix + "0.w0" in state_dict:
+        p._to_learning(plist)
+
+
+def get_nm_parametrization(module: nn.Module, name: str = "weight") -> NMParametrization | None:
+    """The :class:`NMParametrization` on ``module.<name>``, or None."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    p = module.parametrizations[name][0]
+    return p if isinstance(p, NMParametrization) else None
+
+
+def nm_parametrizations(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, parametrize.ParametrizationList,
+                                                           NMParametrization]]:
+    """``(qualname, module, tensor_name, parametrization_list, nm_parametrization)`` for every torchprox
+    N:M parametrization in ``model`` (each module once)."""
+    for qualname, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, plist in module.parametrizations.items():
+            if isinstance(plist[0], NMParametrization):
+                yield qualname, module, tensor_name, plist, plist[0]
+
+
+def qualified(qualname: str, tensor_name: str) -> str:
+    return f"{qualname}.{tensor_name}" if qualname else tensor_name
