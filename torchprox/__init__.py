@@ -1,6 +1,12 @@
-"""torchprox: learn N:M (e.g. 2:4) sparsity masks with proximal optimization in PyTorch."""
-from . import prox
+"""torchprox: learn N:M (e.g. 2:4) sparsity masks with proximal optimization in PyTorch.
+
+- :mod:`torchprox.prox`: proximal operators as pure tensor functions, found by name in a registry.
+- :class:`torchprox.ProxAdam`: torch's Adam/AdamW step, then each param group's prox.
+- :mod:`torchprox.prune`: frozen-weight parametrizations and a ``torch.nn.utils.prune``-style API.
+- :mod:`torchprox.llm`: the workflow for Hugging Face causal LMs (imported on demand; needs ``[llm]``).
+"""
+from . import prox, prune
 from .optim import ProxAdam
 
 __version__ = "0.1.0"
-__all__ = ["prox", "ProxAdam", "__version__"]
+__all__ = ["prox", "prune", "ProxAdam", "__version__"]

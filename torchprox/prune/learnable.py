@@ -22,31 +22,13 @@ from torch.nn.utils import parametrize
 
 from ..prox._groups import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, default_dim, describe, select_modules
-from .parametrization import (NMParametrization, _sync_state_on_load, get_nm_parametrization, nm_parametrizations,
+from ._layers import check_groupable, describe, resolve_dim, select_modules
+from .parametrization import (NMParametrization, sync_state_on_load, get_nm_parametrization, nm_parametrizations,
                               qualified)
 
 __all__ = ["learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks"]
 
 logger = logging.getLogger("torchprox.prune")
-
-
-def _resolve_dim(module: nn.Module, name: str, dim: int | None, qualname: str | None) -> int:
-    weight = getattr(module, name)
-    ndim = weight.dim()
-    if dim is None:
-        dim = default_dim(module, name)
-        if dim is None:
-            raise ValueError(
-                f"{describe(module, qualname)}: no default N:M group dim for its {name!r} of shape "
-                f"{tuple(weight.shape)}; torchprox knows nn.Linear (dim 1), transformers Conv1D (dim 0) and "
-                "nn.Conv1d/2d/3d (dim 1, input channels). Pass dim= explicitly (the reduction/input dim) "
-                "or exclude this module"
-            )
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
-        raise ValueError(f"{describe(module, qualname)}: dim={dim!r} is out of range for {name!r} of shape "
-                         f"{tuple(weight.shape)}")
-    return dim % ndim
 
 
 def _check_target(module: nn.Module, name: str, qualname: str | None) -> None:
@@ -72,7 +54,9 @@ def _register(module: nn.Module, name: str, n: int, m: int, dim: int, offload_w0
         w0 = weight.detach().to(device="cpu" if offload_w0 else weight.device, copy=True)
     p = NMParametrization(w0, n, m, dim, offload_w0=offload_w0, orig_requires_grad=weight.requires_grad)
     parametrize.register_parametrization(module, name, p)
-    module.parametrizations[name].register_load_state_dict_pre_hook(_sync_state_on_load)
+    plist = module.parametrizations[name]
+    plist.register_load_state_dict_pre_hook(sync_state_on_load)
+    plist.original.requires_grad_(True)  # W is learnable even in a frozen model; remove() restores the flag
 
 
 def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4, dim: int | None = None,
@@ -83,7 +67,8 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
     ``torch.nn.utils.parametrize``. Afterwards
 
     - ``module.parametrizations[name].original`` is W, the learnable copy (the module's own Parameter
-      object, so it starts equal to W0); the forward uses ``module.<name> = W``;
+      object, so it starts equal to W0; ``requires_grad=True`` even if the weight was frozen — :func:`remove`
+      restores the original flag); the forward uses ``module.<name> = W``;
     - ``module.parametrizations[name][0].w0`` is W0, a persistent buffer: no optimizer, ``zero_grad``,
       ``model.to(dtype)`` / ``.half()`` or ``load_state_dict`` changes it silently (see the parametrization).
 
@@ -113,7 +98,7 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
     """
     check_nm(n, m)
     _check_target(module, name, None)
-    dim = _resolve_dim(module, name, dim, None)
+    dim = resolve_dim(module, name, dim, None)
     check_groupable(module, tuple(getattr(module, name).shape), dim, m, None, name)
     _register(module, name, n, m, dim, offload_w0)
     return module
@@ -160,7 +145,7 @@ def learnable_nm_model(model: nn.Module, n: int = 2, m: int = 4, targets="all-li
             continue
         try:
             _check_target(module, "weight", qualname)
-            d = _resolve_dim(module, "weight", dim, qualname)
+            d = resolve_dim(module, "weight", dim, qualname)
             check_groupable(module, tuple(module.weight.shape), d, m, qualname)
             if uses[id(module.weight)] > 1:
                 raise ValueError(

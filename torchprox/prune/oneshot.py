@@ -12,8 +12,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..prox._groups import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, describe
-from .learnable import _resolve_dim
+from ._layers import check_groupable, describe, resolve_dim
 from .parametrization import get_nm_parametrization
 
 __all__ = ["NMStructured", "nm_structured"]
@@ -106,7 +105,7 @@ def nm_structured(module: nn.Module, name: str = "weight", n: int = 2, m: int = 
     if get_nm_parametrization(module, name) is not None:
         raise ValueError(f"{describe(module)}: {name!r} has a torchprox learnable N:M parametrization; use "
                          "apply_learned_masks / torchprox.prune.remove instead of one-shot pruning")
-    dim = _resolve_dim(module, name, dim, None)
+    dim = resolve_dim(module, name, dim, None)
     check_groupable(module, tuple(getattr(module, name).shape), dim, m, None, name)
     NMStructured.apply(module, name, n=n, m=m, dim=dim, importance_scores=importance_scores)
     return module

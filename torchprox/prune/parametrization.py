@@ -24,6 +24,8 @@ Protection of W0:
 - Loading a masked checkpoint into a learning-state layer (or the reverse) switches the layer's state first,
   so ``state_dict`` round-trips in both states with the same module structure.
 
+Serialization goes through ``state_dict`` (``torch.save(model)`` of a parametrized module is refused by
+``torch.nn.utils.parametrize`` itself; after :func:`~torchprox.prune.remove` the module pickles again).
 State-dict keys (for ``Linear`` ``fc``): learning — ``fc.parametrizations.weight.original`` (W) and
 ``fc.parametrizations.weight.0.w0`` (W0); masked — ``...original`` (W0 ⊙ mask) and ``...0.mask``.
 """
@@ -53,7 +55,8 @@ class NMParametrization(nn.Module):
         n, m: the N:M pattern (``0 < n < m``).
         dim: the group dim of the weight (groups of ``m`` consecutive entries along it).
         offload_w0: keep ``w0`` on the CPU through device moves.
-        orig_requires_grad: the weight's ``requires_grad`` before registration, restored by ``remove``.
+        orig_requires_grad: the weight's ``requires_grad`` before registration, restored by ``remove``
+            (W itself always requires grad while learning).
 
     Example:
         >>> import torch
@@ -111,7 +114,7 @@ class NMParametrization(nn.Module):
         device = torch.device("cpu") if self.offload_w0 else original.device
         self.mask = None
         self.w0 = torch.empty(original.shape, dtype=original.dtype, device=device)
-        original.requires_grad_(self.orig_requires_grad)
+        original.requires_grad_(True)
 
     # -- W0 protection ------------------------------------------------------------------------------------
     def _protected_w0(self, fn, w0: Tensor) -> Tensor:
@@ -151,7 +154,7 @@ class NMParametrization(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
-def _sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+def sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                         error_msgs) -> None:
     """Load-state-dict pre-hook on the ParametrizationList: match the checkpoint's state (masked/learning)."""
     p = plist[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune

@@ -48,17 +48,17 @@ def is_nm(tensor: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> bool:
     return bool((_nonzeros_per_group(tensor, m, dim) <= n).all())
 
 
-def _layer_state(module: nn.Module) -> tuple[str, int | None, str]:
-    """(state, dim, pattern-source) of ``module.weight``."""
+def _layer_state(module: nn.Module) -> tuple[str, int | None]:
+    """(state, group dim or None) of ``module.weight``."""
     p = get_nm_parametrization(module, "weight")
     if p is not None:
-        return p.state, p.dim, p.pattern
+        return p.state, p.dim
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == "weight":
             methods = getattr(hook, "_pruning_methods", (hook,))
             dims = [meth.dim for meth in methods if isinstance(meth, NMStructured)]
-            return "pruned", (dims[-1] if dims else None), ""
-    return "dense", None, ""
+            return "pruned", (dims[-1] if dims else None)
+    return "dense", None
 
 
 @torch.no_grad()
@@ -88,7 +88,7 @@ def sparsity_report(model: nn.Module, n: int = 2, m: int = 4) -> list[dict]:
     for qualname, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList):
             continue
-        state, dim, _ = _layer_state(module)
+        state, dim = _layer_state(module)
         if dim is None:
             dim = default_dim(module, "weight")
         weight = getattr(module, "weight", None) if dim is not None else None

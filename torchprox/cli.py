@@ -1,0 +1,295 @@
+"""``torchprox``: sparsify a Hugging Face causal LM to N:M, evaluate it, check it, or run the demo.
+
+    torchprox sparsify MODEL --data SRC --pattern 2:4 --method proxsparse --out DIR [--overwrite]
+    torchprox eval MODEL_OR_DIR --data SRC
+    torchprox check DIR
+    torchprox demo [--quick]
+
+MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local ``save_pretrained`` directory or a
+``.gguf`` file; SRC is ``builtin`` (the offline Wikipedia corpus), a UTF-8 text file or a directory of them.
+Nothing is downloaded, and the input model is never modified on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+MANIFEST = "torchprox.json"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _pattern(text: str) -> tuple[int, int]:
+    from .llm.sparsify import parse_pattern
+
+    try:
+        return parse_pattern(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
+
+def _check_out(out: Path, overwrite: bool, model: str) -> None:
+    if Path(model).expanduser().resolve() == out.resolve():
+        raise CLIError(f"--out {out} is the input model's directory; the input is never overwritten")
+    if out.exists() and not overwrite:
+        raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
+
+
+def _load(model: str):
+    from .llm.models import load_model
+
+    try:
+        return load_model(model)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise CLIError(str(err)) from None
+
+
+def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int = 0):
+    from .llm.data import calibration_blocks, evaluation_blocks
+
+    if tokenizer is None:
+        raise CLIError("the model directory holds no tokenizer; save one next to the model")
+    try:
+        if kind == "calib":
+            return calibration_blocks(tokenizer, data, seqlen=seqlen, n_blocks=count, seed=seed)
+        return evaluation_blocks(tokenizer, data, seqlen=seqlen, max_tokens=count)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+
+def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
+    from .llm.blocks import linear_group_dim, target_linears
+    from .prune import nm_fraction
+
+    out = {}
+    for name, mod in target_linears(model, targets):
+        dim = linear_group_dim(mod)
+        frac = float(nm_fraction(mod.weight.detach(), n, m, dim))
+        out[name] = {"shape": list(mod.weight.shape), "dim": dim, "nm_fraction": frac, "ok": frac == 1.0}
+    return out
+
+
+def save_sparse(model, tokenizer, out: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
+    """``save_pretrained`` + manifest into ``out``, atomically (a temporary sibling renamed into place)."""
+    out = out.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            if not overwrite:
+                raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _config_from_args(args):
+    from .llm.proxsparse import ProxSparseConfig
+
+    return ProxSparseConfig(lam=args.lam, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                            warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
+                            checkpoint_every=args.checkpoint_every)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    v = {"torchprox": __version__, "torch": torch.__version__}
+    try:
+        import transformers
+
+        v["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_sparsify(args) -> int:
+    from .llm.sparsify import sparsify
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, args.model)
+    n, m = args.pattern
+    model, tok = _load(args.model)
+    calib = None if args.method == "magnitude" else _blocks(
+        "calib", tok, args.data, args.seqlen, args.calib_blocks if args.method != "proxsparse"
+        else max(args.calib_blocks, args.steps * args.batch_size), args.seed)
+    targets = args.targets or None
+    kwargs: dict[str, Any] = {}
+    if args.method == "proxsparse":
+        from .llm.proxsparse import learn_masks
+
+        t0 = time.perf_counter()
+        ckpt = out.with_name(f"{out.name}.checkpoint") if args.checkpoint_every else None
+        report = learn_masks(model, calib, n, m, _config_from_args(args), targets=targets, checkpoint_dir=ckpt,
+                             resume=args.resume)
+        report.update(method="proxsparse", pattern=f"{n}:{m}", seconds=time.perf_counter() - t0)
+        report.pop("loss", None)
+    else:
+        report = sparsify(model, calib, n, m, method=args.method, targets=targets, **kwargs)
+        report.pop("layers", None)
+    layers = _layer_checks(model, n, m, targets)
+    manifest = {
+        "format": "torchprox-sparse/1", "pattern": f"{n}:{m}", "method": args.method, "source_model": args.model,
+        "data": args.data, "seqlen": args.seqlen, "targets": targets or "decoder-linears", "report": report,
+        "layers": layers, "versions": _versions(),
+    }
+    save_sparse(model, tok, out, manifest, overwrite=args.overwrite)
+    bad = [k for k, v in layers.items() if not v["ok"]]
+    print(f"wrote {out} ({len(layers)} layers {n}:{m}{', NOT N:M: ' + ', '.join(bad) if bad else ''})")
+    return 1 if bad else 0
+
+
+def cmd_eval(args) -> int:
+    from .llm.evaluate import perplexity
+
+    model, tok = _load(args.model)
+    blocks = _blocks("eval", tok, args.data, args.seqlen, args.max_tokens)
+    ppl = perplexity(model, blocks, batch_size=args.batch_size)
+    print(json.dumps({"model": args.model, "data": args.data, "tokens": int(blocks.numel()),
+                      "seqlen": args.seqlen, "perplexity": ppl}))
+    return 0
+
+
+def check_dir(path: Path) -> dict[str, Any]:
+    """Verify that every target layer listed in ``path/torchprox.json`` is exactly N:M in the saved weights.
+
+    Reads the safetensors files directly (no model is built). Returns ``{"pattern", "layers": {name: ok}}``.
+    """
+    from safetensors import safe_open
+
+    from .llm.sparsify import parse_pattern
+    from .prune import is_nm
+
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CLIError(f"{path} has no {MANIFEST}: not a torchprox output directory")
+    manifest = json.loads(manifest_path.read_text())
+    n, m = parse_pattern(manifest["pattern"])
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CLIError(f"{path} holds no *.safetensors weights")
+    tensors: dict[str, Path] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            tensors.update({k: f for k in st.keys()})
+    result = {}
+    for name, info in manifest["layers"].items():
+        key = f"{name}.weight"
+        if key not in tensors:
+            result[name] = False
+            continue
+        with safe_open(str(tensors[key]), "pt") as st:
+            result[name] = is_nm(st.get_tensor(key), n, m, dim=info["dim"])
+    return {"pattern": manifest["pattern"], "layers": result}
+
+
+def cmd_check(args) -> int:
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise CLIError(f"{path} is not a directory")
+    res = check_dir(path)
+    bad = [k for k, ok in res["layers"].items() if not ok]
+    print(f"{path}: {len(res['layers']) - len(bad)}/{len(res['layers'])} layers exactly {res['pattern']}")
+    for k in bad:
+        print(f"  NOT {res['pattern']}: {k}")
+    return 1 if bad else 0
+
+
+def cmd_demo(args) -> int:
+    from .llm.demo import run_demo
+
+    run_demo(quick=args.quick, out=Path(args.out) if args.out else None, threads=args.threads)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchprox", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sparsify", help="make a model's decoder linears N:M and save it")
+    s.add_argument("model", help="'default', a save_pretrained directory or a .gguf file")
+    s.add_argument("--data", default="builtin", help="'builtin', a UTF-8 text file or a directory of .txt files")
+    s.add_argument("--pattern", type=_pattern, default=(2, 4), help="n:m, e.g. 2:4 (n kept of every m)")
+    s.add_argument("--method", choices=["proxsparse", "magnitude", "wanda", "sparsegpt"], default="proxsparse")
+    s.add_argument("--out", required=True, help="output directory (save_pretrained + torchprox.json)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    s.add_argument("--targets", nargs="*", help="PEFT-style names/suffixes (default: every decoder linear)")
+    s.add_argument("--seqlen", type=int, default=512)
+    s.add_argument("--calib-blocks", type=int, default=64, help="calibration blocks (baselines)")
+    s.add_argument("--steps", type=int, default=200, help="proxsparse: optimizer steps")
+    s.add_argument("--batch-size", type=int, default=1, help="proxsparse: blocks per step")
+    s.add_argument("--lam", type=float, default=0.02, help="proxsparse: normalised lambda")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--warmup", type=float, default=0.1)
+    s.add_argument("--mask-scores", choices=["weight", "activation"], default="weight")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="proxsparse: checkpoint every K steps")
+    s.add_argument("--resume", action="store_true", help="proxsparse: continue from OUT.checkpoint")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sparsify)
+
+    e = sub.add_parser("eval", help="perplexity on held-out blocks")
+    e.add_argument("model")
+    e.add_argument("--data", default="builtin")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-tokens", type=int, default=16384)
+    e.add_argument("--batch-size", type=int, default=1)
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("check", help="verify every target layer of an output directory is exactly N:M")
+    c.add_argument("dir")
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("demo", help="learn a 2:4 mask for the embedded default and compare with the baselines")
+    d.add_argument("--quick", action="store_true", help="a shorter run (about 5 minutes on 2 cores)")
+    d.add_argument("--out", help="also save the ProxSparse model here")
+    d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"torchprox {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

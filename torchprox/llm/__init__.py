@@ -1,0 +1,22 @@
+"""N:M sparsity for Hugging Face causal LMs: data, ProxSparse learning, one-shot baselines, evaluation.
+
+Example::
+
+    >>> from torchprox.llm import load_default_model, calibration_blocks, evaluation_blocks, sparsify, perplexity
+    >>> model, tok = load_default_model()
+    >>> report = sparsify(model, calibration_blocks(tok, n_blocks=200), 2, 4, method="proxsparse", steps=200)
+    >>> perplexity(model, evaluation_blocks(tok))
+"""
+from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
+from .blocks import decoder_layers, target_linears
+from .data import builtin_corpus, calibration_blocks, evaluation_blocks, load_texts, tokenize_blocks
+from .evaluate import perplexity, perplexity_texts
+from .models import load_default_model, load_model
+from .proxsparse import ProxSparseConfig, learn_masks
+from .sparsify import METHODS, parse_pattern, sparsify
+
+__all__ = [
+    "magnitude_prune", "sparsegpt_prune", "wanda_prune", "decoder_layers", "target_linears", "builtin_corpus",
+    "calibration_blocks", "evaluation_blocks", "load_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
+    "load_default_model", "load_model", "ProxSparseConfig", "learn_masks", "METHODS", "parse_pattern", "sparsify",
+]

@@ -1,0 +1,311 @@
+r"""ProxSparse for causal LMs: learn an N:M mask end to end, then apply it to the original, frozen weights.
+
+For every target matrix W (initialised to the original W0, which stays frozen and bit-exact) the run solves,
+over calibration batches x,
+
+    min_W  L(W; x) + Σ_matrices λ_W · R(W),      R(W) = Σ_groups e_{n+1}(|w_g|)   (zero iff N:M),
+
+with :class:`torchprox.ProxAdam`: an Adam step on the language-model loss L, then the exact prox of λ_W·R
+(identity metric and a constant λ, as in the paper). After the last step the mask is the top-n of every
+group of |W| and the model's weight becomes ``W0 ⊙ mask``: no kept weight is ever updated.
+
+**Normalised λ.** R is homogeneous of degree n+1 in |w| and prox_{λR}(c·y) = c·prox_{c^{n-1}λR}(y), so the
+same λ means very different things on matrices of different scale. With ``lam_normalization="rms"`` (the
+default) the given ``lam`` is read on the scale of a matrix whose entries have unit RMS:
+
+    λ_W = lam / rms(W0)^(n-1),       rms(W0) = sqrt(mean(W0²)),
+
+which makes one setting transfer across layers and models. ``lam_normalization="none"`` uses ``lam`` as is
+(the paper's λ). The learning rate can be normalised the same way (``lr_normalization="rms"``:
+lr_W = lr · rms(W0)), since Adam's step is in absolute weight units.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..optim import ProxAdam
+from ..prune import apply_learned_masks, learnable_nm_model, nm_fraction, remove_all
+from ..prune.parametrization import nm_parametrizations
+from .blocks import target_linears
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProxSparseConfig", "learn_masks"]
+
+
+@dataclass
+class ProxSparseConfig:
+    """Settings of a ProxSparse run (plain data: saved in checkpoints and manifests).
+
+    Attributes:
+        lam: λ of the N:M regularizer (normalised per matrix, see the module docstring).
+        lr: peak Adam learning rate (normalised per matrix when ``lr_normalization="rms"``).
+        steps: optimizer steps; each sees ``batch_size`` calibration blocks.
+        batch_size: blocks per step.
+        warmup: fraction of steps of linear warm-up, followed by linear decay to 0.
+        grad_clip: max global gradient norm (``None``: no clipping).
+        lam_normalization: ``"rms"`` or ``"none"``.
+        lr_normalization: ``"rms"`` or ``"none"``.
+        metric, lam_scaling: ProxAdam's options (``"identity"``, ``"constant"`` reproduce the paper).
+        mask_scores: ``"weight"`` (top-n of |W|, the paper) or ``"activation"`` (top-n of |W|·‖X_j‖₂ with
+            input norms from the calibration blocks).
+        log_every: steps between checks of the fraction of groups already N:M.
+        checkpoint_every: steps between checkpoints (0: none) when a checkpoint directory is given.
+        seed: seed of anything random in the run.
+    """
+
+    lam: float = 0.02
+    lr: float = 1e-3
+    steps: int = 200
+    batch_size: int = 1
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    lam_normalization: str = "rms"
+    lr_normalization: str = "none"
+    metric: str = "identity"
+    lam_scaling: str = "constant"
+    mask_scores: str = "weight"
+    log_every: int = 10
+    checkpoint_every: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got steps={self.steps}, batch_size={self.batch_size}")
+        if not (self.lam >= 0 and math.isfinite(self.lam)):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        for key, allowed in (("lam_normalization", ("rms", "none")), ("lr_normalization", ("rms", "none")),
+                             ("mask_scores", ("weight", "activation"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _rms(t: Tensor) -> float:
+    return float(t.detach().double().square().mean().sqrt().clamp_min(1e-12))
+
+
+def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], list[str]]:
+    """One ProxAdam group per learnable matrix, with its own λ_W (and lr_W)."""
+    groups, names = [], []
+    for qualname, module, tname, plist, p in nm_parametrizations(model):
+        if p.state != "learning":
+            continue
+        scale = _rms(p.w0)
+        lam = cfg.lam / scale ** (p.n - 1) if cfg.lam_normalization == "rms" else cfg.lam
+        lr = cfg.lr * scale if cfg.lr_normalization == "rms" else cfg.lr
+        groups.append({
+            "params": [plist.original], "prox": "nm", "lam": lam, "lr": lr, "initial_lr": lr,
+            "prox_kwargs": {"n": p.n, "m": p.m, "dim": p.dim}, "metric": cfg.metric, "lam_scaling": cfg.lam_scaling,
+        })
+        names.append(qualname)
+    return groups, names
+
+
+def _schedule(cfg: ProxSparseConfig):
+    warm = max(1, round(cfg.warmup * cfg.steps)) if cfg.warmup > 0 else 0
+
+    def factor(step: int) -> float:  # step = number of optimizer steps taken so far
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
+
+    return factor
+
+
+def _nm_fraction(model: nn.Module) -> float:
+    done = total = 0
+    for _, _, _, plist, p in nm_parametrizations(model):
+        if p.state == "learning":
+            frac = nm_fraction(plist.original.detach(), p.n, p.m, p.dim)
+            groups = plist.original.numel() // p.m
+            done += float(frac) * groups
+            total += groups
+    return done / max(total, 1)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _batches(calib: Tensor, cfg: ProxSparseConfig) -> Tensor:
+    """The block indices of every step, (steps, batch_size): a seeded permutation, cycled as needed."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    need = cfg.steps * cfg.batch_size
+    perms = [torch.randperm(calib.shape[0], generator=gen) for _ in range(-(-need // calib.shape[0]))]
+    return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
+
+
+@torch.no_grad()
+def _input_norms(model: nn.Module, modules: dict[str, nn.Module], calib: Tensor, batch_size: int) -> dict[str, Tensor]:
+    """‖X_j‖₂ of every input feature of each target, over the calibration blocks (dense model)."""
+    sq: dict[str, Tensor] = {}
+    hooks = []
+    for name, mod in modules.items():
+        def hook(_m, args, _name=name):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sq[_name] = sq.get(_name, 0) + x.square().sum(0)
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, calib.shape[0], batch_size):
+            model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.sqrt() for k, v in sq.items()}
+
+
+def learn_masks(
+    model: nn.Module,
+    calib: Tensor,
+    n: int = 2,
+    m: int = 4,
+    config: ProxSparseConfig | None = None,
+    *,
+    targets=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    offload_w0: bool = False,
+) -> dict[str, Any]:
+    """Learn an N:M mask for the decoder linears of ``model`` with ProxSparse and apply it in place.
+
+    Args:
+        model: a Hugging Face causal LM (its weights are the W0 that the mask is applied to).
+        calib: ``LongTensor (B, seqlen)`` calibration blocks; step i uses ``batch_size`` of them, in a seeded
+            order (cycled when there are fewer than ``steps × batch_size``).
+        n, m: the pattern.
+        config: :class:`ProxSparseConfig` (defaults if None).
+        targets: PEFT-style targets (see :func:`torchprox.llm.blocks.target_linears`); default every linear
+            layer inside the decoder blocks.
+        checkpoint_dir: where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps (atomically).
+        resume: continue from ``checkpoint_dir/checkpoint.pt``; the result equals an uninterrupted run.
+        progress: a tqdm bar with the loss and the fraction of groups already N:M.
+        offload_w0: keep the frozen W0 copies on CPU.
+
+    Returns:
+        a report: ``{"config", "steps", "tokens", "seconds", "seconds_per_step", "loss" (per step),
+        "nm_fraction" (logged (step, fraction) pairs), "peak_rss_gb"}``. On return every target weight is
+        exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter is unchanged.
+    """
+    cfg = config or ProxSparseConfig()
+    if calib.dim() != 2:
+        raise ValueError(f"calib must be a LongTensor (B, seqlen), got shape {tuple(calib.shape)}")
+    names = [name for name, _ in target_linears(model, targets, m=m)]
+    modules = dict(model.named_modules())
+    act_norms = (_input_norms(model, {k: modules[k] for k in names}, calib, cfg.batch_size)
+                 if cfg.mask_scores == "activation" else None)
+    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    learnable_nm_model(model, n=n, m=m, targets=names, offload_w0=offload_w0)
+    groups, group_names = _param_groups(model, cfg)
+    opt = ProxAdam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    order = _batches(calib, cfg)
+    losses: list[float] = []
+    fractions: list[tuple[int, float]] = []
+    start = 0
+    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if resume:
+        if ckpt is None or not ckpt.exists():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
+        state = torch.load(ckpt, weights_only=True)
+        if state["config"] != cfg.to_dict() or state["targets"] != group_names:
+            raise ValueError(f"{ckpt} was written by a run with other settings or targets; start a new run")
+        with torch.no_grad():
+            for group, w in zip(groups, state["weights"]):
+                group["params"][0].copy_(w)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, losses, fractions = state["step"], state["loss"], [tuple(f) for f in state["nm_fraction"]]
+        logger.info("resumed from %s at step %d", ckpt, start)
+    device = next(model.parameters()).device
+    params = [g["params"][0] for g in groups]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="proxsparse", unit="step")
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.train()
+    try:
+        for step in range(start, cfg.steps):
+            ids = calib[order[step]].to(device)
+            out = model(input_ids=ids, labels=ids, use_cache=False)
+            out.loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(float(out.loss.detach()))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                fractions.append((step + 1, _nm_fraction(model)))
+                logger.info("step %d loss %.4f N:M groups %.2f%%", step + 1, losses[-1], 100 * fractions[-1][1])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", nm=f"{100 * fractions[-1][1]:.1f}%" if fractions else "-")
+            if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save({
+                    "config": cfg.to_dict(), "targets": group_names, "step": step + 1, "loss": losses,
+                    "nm_fraction": fractions, "weights": [p.detach() for p in params],
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                }, ckpt)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
+        with torch.no_grad():
+            for name, p in zip(group_names, params):
+                dim = modules[name].parametrizations.weight[0].dim
+                shape = [1] * p.dim()
+                shape[dim] = -1
+                p.mul_(act_norms[name].to(p.dtype).view(shape))
+    apply_learned_masks(model, optimizer=opt)
+    remove_all(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(requires.get(name, True))
+    steps_run = cfg.steps - start
+    return {
+        "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
+        "seconds": seconds, "seconds_per_step": seconds / max(steps_run, 1), "loss": losses,
+        "nm_fraction": fractions, "targets": len(group_names), "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def _peak_rss_gb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except (ImportError, AttributeError):
+        return float("nan")
+
+
+def config_json(cfg: ProxSparseConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -1,0 +1,75 @@
+"""One call for every N:M method: the learned one (ProxSparse) and the one-shot baselines."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..prox._groups import check_nm
+from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
+from .proxsparse import ProxSparseConfig, learn_masks
+
+__all__ = ["METHODS", "sparsify", "parse_pattern"]
+
+METHODS = ("proxsparse", "magnitude", "wanda", "sparsegpt")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"2:4"`` → ``(2, 4)``; ValueError for anything that is not ``n:m`` with ``0 < n < m``."""
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"pattern {pattern!r} is not of the form 'n:m' (e.g. '2:4': 2 kept of every 4)")
+    n, m = int(parts[0]), int(parts[1])
+    check_nm(n, m)
+    return n, m
+
+
+def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, method: str = "proxsparse", *,
+             targets=None, config: ProxSparseConfig | None = None, progress: bool = True,
+             **kwargs: Any) -> dict[str, Any]:
+    """Make the decoder linears of ``model`` exactly N:M, in place, with ``method``:
+
+    - ``"proxsparse"``: learn the mask end to end (:func:`torchprox.llm.proxsparse.learn_masks`, settings in
+      ``config`` or as keyword arguments of :class:`ProxSparseConfig`), then ``W0 ⊙ mask``;
+    - ``"magnitude"``: top-n of |W|; ``"wanda"``: top-n of |W|·‖X_j‖₂ (sequential over blocks);
+    - ``"sparsegpt"``: the OBS solver with its weight update (blocksize 128, dampening 0.01, sequential).
+
+    Args:
+        calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
+        targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
+        kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
+
+    Returns:
+        ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, ...method report}``.
+
+    Example::
+
+        >>> report = sparsify(model, calib, 2, 4, method="wanda")
+        >>> min(report["layers"].values())
+        1.0
+    """
+    check_nm(n, m)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "magnitude" and calib is None:
+        raise ValueError(f"method {method!r} needs calibration blocks (calib=LongTensor (B, seqlen))")
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"method": method, "pattern": f"{n}:{m}"}
+    if method == "proxsparse":
+        if config is not None and kwargs:
+            raise ValueError("pass either config= or ProxSparseConfig fields as keywords, not both")
+        cfg = config or ProxSparseConfig(**kwargs)
+        report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress))
+        from .baselines import _report
+        from .blocks import target_linears
+
+        report["layers"] = _report(target_linears(model, targets, m=m), n, m)
+    elif method == "magnitude":
+        report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
+    elif method == "wanda":
+        report["layers"] = wanda_prune(model, calib, n, m, targets, progress=progress, **kwargs)
+    else:
+        report["layers"] = sparsegpt_prune(model, calib, n, m, targets=targets, progress=progress, **kwargs)
+    report["seconds"] = time.perf_counter() - t0
+    return report
