@@ -10,19 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 from torchprox.llm.evaluate import perplexity, perplexity_texts  # noqa: E402
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+from .tiny import tiny_llama  # noqa: E402
 
 
 def manual_ppl(model, blocks):

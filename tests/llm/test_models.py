@@ -20,29 +20,7 @@ from torchprox.llm.models import (  # noqa: E402
     load_model,
 )
 
-
-def tiny_llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-
-    vocab = {f"w{i}": i for i in range(63)}
-    vocab["[UNK]"] = 63
-    backend = Tokenizer(tok_models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+from .tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture

@@ -9,12 +9,7 @@ from torchprox.llm.proxsparse import ProxSparseConfig, learn_masks  # noqa: E402
 from torchprox.llm.sparsify import METHODS, parse_pattern, sparsify  # noqa: E402
 from torchprox.prune import is_nm  # noqa: E402
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(cfg).eval()
+from .tiny import tiny_llama  # noqa: E402
 
 
 @pytest.fixture
