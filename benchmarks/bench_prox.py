@@ -71,6 +71,39 @@ def bench_optimizer(shapes, device, dtype, repeat: int, lam: float = 0.1) -> lis
     return rows
 
 
+def bench_learning_step(repeat: int, seqlen: int = 256) -> None:
+    """Step-time breakdown of mask learning on the embedded default: forward+backward, Adam, prox."""
+    from torch.optim import AdamW
+
+    from torchprox.llm import load_default_model
+    from torchprox.llm.blocks import target_linears
+    from torchprox.llm.proxsparse import ProxSparseConfig, _param_groups
+    from torchprox.optim.proxadam import _unhooked
+    from torchprox.prune import learnable_nm_model
+
+    model, _ = load_default_model()
+    names = [n for n, _ in target_linears(model)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    learnable_nm_model(model, targets=names)
+    groups, _ = _param_groups(model, ProxSparseConfig())
+    opt = ProxAdam(groups, lr=1e-3)
+    ids = torch.randint(0, model.config.vocab_size, (1, seqlen), generator=torch.Generator().manual_seed(0))
+
+    def fwd_bwd():
+        opt.zero_grad(set_to_none=False)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+
+    fwd_bwd()
+    t_fb = timeit(fwd_bwd, torch.device("cpu"), repeat)
+    t_adam = timeit(lambda: _unhooked(AdamW.step)(opt), torch.device("cpu"), repeat)
+    t_prox = timeit(opt._apply_prox, torch.device("cpu"), repeat)
+    total = t_fb + t_adam + t_prox
+    print(f"\nmask-learning step on SmolLM2-135M ({len(names)} matrices, 1x{seqlen} tokens)")
+    for name, t in (("forward+backward", t_fb), ("Adam", t_adam), ("prox (2:4)", t_prox)):
+        print(f"{name:42s} {t * 1e3:10.1f} {t / total:8.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
@@ -78,6 +111,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    ap.add_argument("--layers", type=int, default=30, help="decoder layers of SmolLM2-shaped matrices")
+    ap.add_argument("--llm", action="store_true", help="also the step breakdown on the embedded default model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -87,12 +122,16 @@ def main() -> None:
     print(f"{'operation':42s} {'time (ms)':>10s} {'ratio':>8s}")
     for name, t, r in bench_operators(args.size, device, dtype, args.repeat):
         print(f"{name:42s} {t * 1e3:10.2f} {r:8.1f}x")
-    # The embedded default's target matrices (SmolLM2-135M: hidden 576, intermediate 1536), 2 of 30 layers.
+    # The embedded default's target matrices (SmolLM2-135M: hidden 576, intermediate 1536, 30 layers).
     layer = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
-    print(f"\noptimizer step over {2 * len(layer)} SmolLM2-135M-shaped matrices (2 decoder layers)")
+    shapes = layer * args.layers
+    print(f"\noptimizer step over {len(shapes)} SmolLM2-135M-shaped matrices ({args.layers} decoder layers, "
+          f"{sum(a * b for a, b in shapes) / 1e6:.1f}M weights)")
     print(f"{'operation':42s} {'time (ms)':>10s} {'ratio':>8s}")
-    for name, t, r in bench_optimizer(layer * 2, device, dtype, args.repeat):
+    for name, t, r in bench_optimizer(shapes, device, dtype, args.repeat):
         print(f"{name:42s} {t * 1e3:10.2f} {r:8.1f}x")
+    if args.llm:
+        bench_learning_step(args.repeat)
 
 
 if __name__ == "__main__":

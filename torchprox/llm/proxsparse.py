@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import ProxAdam
-from ..prune import apply_learned_masks, learnable_nm_model, nm_fraction, remove_all
+from ..prune import apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all
 from ..prune.parametrization import nm_parametrizations
 from .blocks import target_linears
 
@@ -60,6 +60,10 @@ class ProxSparseConfig:
         metric, lam_scaling: ProxAdam's options (``"identity"``, ``"constant"`` reproduce the paper).
         mask_scores: ``"weight"`` (top-n of |W|, the paper) or ``"activation"`` (top-n of |W|·‖X_j‖₂ with
             input norms from the calibration blocks).
+        frozen_lam: weight of the paper's "frozen weight" regularizer, added to the loss as
+            ``frozen_lam · mean_ij (W_ij (W_ij − W0_ij) / W0_ij)²`` over all target weights (zero when every
+            weight is either 0 or its original value; 0 disables it). It keeps the trained network close to
+            the ``W0 ⊙ mask`` that is finally used.
         log_every: steps between checks of the fraction of groups already N:M.
         checkpoint_every: steps between checkpoints (0: none) when a checkpoint directory is given.
         seed: seed of anything random in the run.
@@ -76,6 +80,7 @@ class ProxSparseConfig:
     metric: str = "identity"
     lam_scaling: str = "constant"
     mask_scores: str = "weight"
+    frozen_lam: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 0
     seed: int = 0
@@ -242,6 +247,7 @@ def learn_masks(
         logger.info("resumed from %s at step %d", ckpt, start)
     device = next(model.parameters()).device
     params = [g["params"][0] for g in groups]
+    n_weights = sum(p.numel() for p in params)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -254,7 +260,10 @@ def learn_masks(
         for step in range(start, cfg.steps):
             ids = calib[order[step]].to(device)
             out = model(input_ids=ids, labels=ids, use_cache=False)
-            out.loss.backward()
+            loss = out.loss
+            if cfg.frozen_lam:
+                loss = loss + cfg.frozen_lam / n_weights * frozen_weight_penalty(model)
+            loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

@@ -193,7 +193,7 @@ class ProxAdam(AdamW):
         """
         state = self.state[p]
         step_t = state["step"]
-        v = state["exp_avg_sq"]
+        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         beta2 = group["betas"][1]
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
@@ -203,7 +203,8 @@ class ProxAdam(AdamW):
 
     def _apply_prox(self) -> None:
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps
-        with torch.set_grad_enabled(self.defaults["differentiable"]):
+        differentiable = self.defaults["differentiable"]
+        with torch.set_grad_enabled(differentiable):
             for group in self.param_groups:
                 name, lam = group["prox"], group["lam"]
                 if name is None or lam == 0:
@@ -215,7 +216,13 @@ class ProxAdam(AdamW):
                     if p.grad is None:
                         continue
                     s = self._metric_step(group, p) if group["metric"] == "adam" else 1.0
-                    new = fn(p, lam_eff, step=s, **kwargs)
+                    # differentiable: the prox reads a clone, so the in-place update of p below does not
+                    # overwrite what autograd saved for the prox's backward. Otherwise a detached alias: the
+                    # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
+                    # requires_grad under no_grad), so kernels without autograd, e.g. the fused CPU N:M
+                    # kernel, serve it.
+                    y = p.clone() if differentiable else p.detach()
+                    new = fn(y, lam_eff, step=s, **kwargs)
                     if found_inf is not None:  # the fused kernel skipped this step: skip the prox too
                         new = torch.where(found_inf.to(p.device) > 0, p, new)
                     p.copy_(new)

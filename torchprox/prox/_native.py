@@ -70,7 +70,7 @@ def library() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(_build(cxx)))
                 i64, i32, f64, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
                 for name in ("torchprox_prox_nm_f32", "torchprox_prox_nm_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, f64, i32]
+                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, ptr, i32]
                 for name in ("torchprox_nm_mask_f32", "torchprox_nm_mask_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, i32]
                 lib.torchprox_max_m.restype = i32
@@ -87,7 +87,7 @@ def usable(t: Tensor, m: int) -> bool:
     return (
         t.device.type == "cpu"
         and t.dtype in (torch.float32, torch.float64)
-        and not t.requires_grad
+        and not (t.requires_grad and torch.is_grad_enabled())
         and m <= 32
         and library() is not None
     )
@@ -97,17 +97,21 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 @torch.library.custom_op("torchprox::prox_nm_cpu", mutates_args=(), device_types="cpu")
-def prox_nm_cpu(groups: Tensor, lam: float, n: int, m: int) -> Tensor:
-    """argmin_w ½‖w − y‖² + lam e_{n+1}(|w|) for each row of ``groups`` (G, m), float32/float64, on CPU."""
+def prox_nm_cpu(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
+    """argmin_w ½‖w − y‖² + lam e_{n+1}(|w|) for each row of ``groups`` (G, m), float32/float64, on CPU.
+
+    ``lam`` is a 0-d CPU tensor, read by the kernel itself (no ``.item()``).
+    """
     y = groups.contiguous()
+    lam64 = lam.detach().to(torch.float64).contiguous()
     out = torch.empty_like(y)
     fn = getattr(library(), f"torchprox_prox_nm_{_SUFFIX[y.dtype]}")
-    fn(y.data_ptr(), out.data_ptr(), y.shape[0], n, m, float(lam), torch.get_num_threads())
+    fn(y.data_ptr(), out.data_ptr(), y.shape[0], n, m, lam64.data_ptr(), torch.get_num_threads())
     return out
 
 
 @prox_nm_cpu.register_fake
-def _(groups: Tensor, lam: float, n: int, m: int) -> Tensor:
+def _(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
     return torch.empty_like(groups)
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _native, _triton
 from ._groups import check_float, check_lam, check_nm, compute_dtype, group_step, group_view
 from .registry import register_prox
 
@@ -292,7 +292,10 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     g = g.to(dtype)
     metric = isinstance(s, Tensor) and s.dim() > 0
     if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
-        return restore(_native.prox_nm_cpu(g, float(lam * s), n, m).to(y.dtype))
+        lam_s = lam * s if isinstance(lam, Tensor) or isinstance(s, Tensor) else torch.tensor(lam * s, dtype=torch.float64)
+        return restore(_native.prox_nm_cpu(g, lam_s, n, m).to(y.dtype))
+    if not metric and _triton.serves(g, lam, s, m):  # the fused Triton kernel (CUDA): λ read on the device
+        return restore(_triton.prox_nm_triton(g, lam * s, n, m).to(y.dtype))
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
     scale = torch.ldexp(torch.ones_like(g[:, :1]), torch.frexp(g.abs().amax(-1, keepdim=True))[1])
@@ -309,7 +312,10 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
 
 def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
     """Whether the fused CPU kernel serves this call: CPU float32/float64 groups, scalar step, CPU λ."""
-    scalars_on_cpu = all(not isinstance(v, Tensor) or (v.device.type == "cpu" and not v.requires_grad) for v in (lam, s))
+    scalars_on_cpu = all(
+        not isinstance(v, Tensor) or (v.device.type == "cpu" and not (v.requires_grad and torch.is_grad_enabled()))
+        for v in (lam, s)
+    )
     return scalars_on_cpu and _native.usable(g, m)
 
 

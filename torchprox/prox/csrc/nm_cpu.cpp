@@ -155,11 +155,12 @@ void nm_mask(const T* scores, uint8_t* mask, int64_t groups, int n, int m, int t
 
 extern "C" {
 int torchprox_max_m() { return kMaxM; }
-void torchprox_prox_nm_f32(const float* y, float* out, int64_t g, int n, int m, double lam, int t) {
-  prox_nm<float>(y, out, g, n, m, lam, t);
+// lam is read through a pointer (a 0-d float64 tensor's storage), so callers never turn it into a number.
+void torchprox_prox_nm_f32(const float* y, float* out, int64_t g, int n, int m, const double* lam, int t) {
+  prox_nm<float>(y, out, g, n, m, *lam, t);
 }
-void torchprox_prox_nm_f64(const double* y, double* out, int64_t g, int n, int m, double lam, int t) {
-  prox_nm<double>(y, out, g, n, m, lam, t);
+void torchprox_prox_nm_f64(const double* y, double* out, int64_t g, int n, int m, const double* lam, int t) {
+  prox_nm<double>(y, out, g, n, m, *lam, t);
 }
 void torchprox_nm_mask_f32(const float* s, uint8_t* mask, int64_t g, int n, int m, int t) {
   nm_mask<float>(s, mask, g, n, m, t);
