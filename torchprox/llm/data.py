@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ._packages import package_file
+
 __all__ = [
     "GENSIM_DATA_FILE",
     "builtin_articles",
@@ -41,8 +43,6 @@ __all__ = [
     "calibration_blocks",
     "evaluation_blocks",
 ]
-
-from ._packages import package_file
 
 #: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
 GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ._packages import package_file
+
 __all__ = [
     "DEFAULT_MODEL_NAMES",
     "default_model_path",
@@ -38,8 +40,6 @@ __all__ = [
     "load_default_model",
     "load_model",
 ]
-
-from ._packages import package_file
 
 logger = logging.getLogger(__name__)
 
