@@ -1,0 +1,223 @@
+"""The Triton kernel of prox_nm against the CPU path: same minimizer (objective), signs, bounds, edge cases.
+
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (``TORCHPROX_TRITON_INTERPRET=1``, set
+per test), which is slow: the inputs stay small. With CUDA the same tests run the compiled kernel.
+"""
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from torchprox.prox import _native, _triton, prox_nm  # noqa: E402
+from torchprox.prox._triton import _sorting_network, prox_nm_triton  # noqa: E402
+
+from .reference import nm_objective  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow in the interpreter: discarded lanes
+
+
+@pytest.fixture
+def device(monkeypatch):
+    """'cuda' when there is a GPU, else 'cpu' with the kernel interpreted."""
+    if CUDA:
+        monkeypatch.delenv("TORCHPROX_TRITON_INTERPRET", raising=False)
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        return "cuda"
+    monkeypatch.setenv("TORCHPROX_TRITON_INTERPRET", "1")
+    return "cpu"
+
+
+def sample(groups, m, dtype, seed):
+    """Rows with mixed scales, exact ties and zeros."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(groups, m, generator=gen, dtype=torch.float64)
+    y = y * torch.exp2(torch.randint(-3, 4, (groups, 1), generator=gen)).double()
+    y[::7, 1] = y[::7, 0]  # ties
+    y[::5, -1] = 0.0  # zeros
+    y[::11, 2:] = -y[::11, 2:3]
+    return y.to(dtype)
+
+
+def cpu_prox(y, lam, n, m):
+    return prox_nm(y.cpu(), lam, n, m)
+
+
+def check_against_cpu(y, w, lam, n, m, tol):
+    y, w = y.cpu().double(), w.cpu().double()
+    ref = cpu_prox(y, lam, n, m)
+    f = nm_objective(w, y, lam, n)
+    f_ref = nm_objective(ref, y, lam, n)
+    assert ((f - f_ref).abs() <= tol * (1 + f_ref.abs())).all(), (f - f_ref).abs().max()
+    assert ((w == 0) | (torch.sign(w) == torch.sign(y))).all()
+    assert (w.abs() <= y.abs()).all()
+
+
+CASES = [
+    # (n, m, dtype, lams): the interpreter's cost grows with m and the loops' length (float64, small λ).
+    (2, 4, torch.float32, (0.02, 0.3, 1.1, 4.0)),
+    (2, 4, torch.float64, (0.05, 0.5, 2.0)),
+    (1, 4, torch.float32, (0.2, 1.5)),
+    (3, 4, torch.float32, (0.1, 1.0)),
+    (4, 8, torch.float32, (0.1, 0.6)),
+    (2, 8, torch.float32, (0.4,)),
+    (3, 6, torch.float32, (0.3,)),
+]
+
+
+@pytest.mark.parametrize("n,m,dtype,lams", CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_same_objective_as_cpu(device, n, m, dtype, lams):
+    y = sample(256, m, dtype, seed=n * 100 + m)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for lam in lams:
+        w = prox_nm_triton(y.to(device), lam, n, m)
+        assert w.dtype == dtype and w.device.type == device and w.shape == y.shape
+        check_against_cpu(y, w, lam, n, m, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_case(device, dtype):
+    y = torch.tensor([[1.0, 0.98, 0.96, 0.94]], dtype=dtype)
+    w = prox_nm_triton(y.to(device), 1.1, 2, 4).cpu()
+    assert abs(nm_objective(w.double(), y.double(), 1.1, 2).item() - 0.89507) < 1e-4
+    assert w[0, 3] == 0 and (w[0, :3] > 0).all()
+
+
+def test_ties_zeros_and_signs(device):
+    rows = [
+        [1.0, 1.0, 1.0, 1.0],
+        [-1.0, 1.0, -1.0, 1.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [-0.0, 0.0, 0.5, 0.5],
+        [0.5, 0.0, 0.5, 0.0],
+        [2.0, -2.0, 0.25, 2.0],
+        [0.0, 0.0, 0.0, 3.0],
+    ]
+    y = torch.tensor(rows)
+    for lam in (0.05, 0.5, 3.0):
+        w = prox_nm_triton(y.to(device), lam, 2, 4).cpu()
+        ref = cpu_prox(y, lam, 2, 4)
+        check_against_cpu(y, w, lam, 2, 4, 1e-5)
+        assert torch.equal(w == 0, ref == 0)  # ties: the lower index is kept, like the CPU kernel
+        assert torch.equal(torch.signbit(w), torch.signbit(y))  # copysign: zeroed entries keep y's sign
+    zero = prox_nm_triton(torch.zeros(3, 4, device=device), 0.7, 2, 4)
+    assert torch.equal(zero.cpu(), torch.zeros(3, 4))
+
+
+def test_lambda_zero_returns_y(device):
+    y = sample(64, 4, torch.float32, seed=3)
+    assert torch.equal(prox_nm_triton(y.to(device), 0.0, 2, 4).cpu(), y)
+
+
+def ldexp(t, k):
+    """t · 2^k in two exact steps (2^k itself may not be representable); for results in the normal range."""
+    return t * 2.0 ** (k // 2) * 2.0 ** (k - k // 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scale_invariance_huge_and_tiny(device, dtype):
+    """prox_λ(2^k y) = 2^k prox_{2^{k(n-1)} λ}(y) holds bit for bit: the kernel scales by exact powers of two.
+    n = 1 (λ unscaled) reaches the ends of the exponent range: max |y| ≥ 2^(emax−1) and subnormal inputs."""
+    base = sample(64, 4, dtype, seed=5).clamp(-0.999, 0.999)
+    base = torch.where(base.abs() < 0.05, torch.full_like(base, 0.05), base).to(device)
+    top = 128 if dtype == torch.float32 else 1024  # 2^top overflows; max |y| ∈ [2^(top−1), 2^top)
+    for k in (top, 60, -60):
+        y = ldexp(base, k)
+        assert torch.isfinite(y).all()
+        got = prox_nm_triton(y, 0.4, 1, 4)
+        assert torch.isfinite(got).all()
+        assert torch.equal(got, ldexp(prox_nm_triton(base, 0.4, 1, 4), k))
+    tiny = -140 if dtype == torch.float32 else -1060  # subnormal inputs and results
+    y = base * 2.0**tiny
+    got = prox_nm_triton(y, 0.4, 1, 4)
+    assert torch.equal(got, prox_nm_triton(ldexp(y, -tiny), 0.4, 1, 4) * 2.0**tiny)
+    for k in (100, -100):  # n = 2: λ scales with 2^-k
+        y = ldexp(base, k)
+        got = prox_nm_triton(y, 0.4 * 2.0**-k, 2, 4)
+        assert torch.equal(got, ldexp(prox_nm_triton(base, 0.4, 2, 4), k))
+        check_against_cpu(y, got, 0.4 * 2.0**-k, 2, 4, 1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(device, dtype):
+    y = sample(128, 4, torch.float32, seed=7).to(dtype)
+    w = prox_nm_triton(y.to(device), 0.3, 2, 4).cpu()
+    assert w.dtype == dtype
+    assert torch.equal(w, prox_nm_triton(y.float().to(device), 0.3, 2, 4).cpu().to(dtype))
+    check_against_cpu(y.float(), w.float(), 0.3, 2, 4, 1e-2)
+
+
+def test_tensor_lambda_matches_float(device):
+    y = sample(128, 4, torch.float32, seed=9).to(device)
+    w = prox_nm_triton(y, 0.3, 2, 4)
+    assert torch.equal(prox_nm_triton(y, torch.tensor(0.3, device=device), 2, 4), w)
+    assert torch.equal(prox_nm_triton(y, torch.tensor([0.3], dtype=torch.float64, device=device), 2, 4), w)
+    assert torch.equal(prox_nm_triton(y, torch.tensor(0.3), 2, 4), w)  # a CPU λ for any device
+    y64 = y.double()
+    lam64 = torch.tensor(0.1 + 2**-40, dtype=torch.float64)  # float64 λ is passed without rounding to float32
+    assert torch.equal(prox_nm_triton(y64, lam64.to(device), 2, 4), prox_nm_triton(y64, lam64.item(), 2, 4))
+    check_against_cpu(y64, prox_nm_triton(y64, lam64.item(), 2, 4), lam64.item(), 2, 4, 1e-12)
+
+
+def test_non_finite_group_is_nan_and_others_untouched(device):
+    y = torch.tensor([[1.0, float("inf"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0], [float("nan"), 0.0, 1.0, 2.0]])
+    w = prox_nm_triton(y.to(device), 0.3, 2, 4).cpu()
+    assert w[0].isnan().all() and w[2].isnan().all()
+    assert torch.equal(w[1], prox_nm_triton(y[1:2].to(device), 0.3, 2, 4).cpu()[0])
+
+
+def test_empty_and_validation(device):
+    assert prox_nm_triton(torch.empty(0, 4, device=device), 0.3, 2, 4).shape == (0, 4)
+    with pytest.raises(ValueError):
+        prox_nm_triton(torch.zeros(2, 4, device=device), 0.3, 2, 8)
+    with pytest.raises(ValueError):
+        prox_nm_triton(torch.zeros(2, 32, device=device), 0.3, 2, 32)
+
+
+def test_prox_nm_dispatches_to_triton(device, monkeypatch):
+    """prox_nm (scalar step) reaches the kernel for the groups that the CPU kernel does not serve."""
+    calls = []
+    real = _triton.prox_nm_triton
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_triton, "prox_nm_triton", spy)
+    monkeypatch.setattr(_native, "_LIB", None)  # on CPU (interpreting), route past the fused CPU kernel
+    y = sample(32, 8, torch.float32, seed=11).reshape(16, 16).to(device)
+    w = prox_nm(y, 0.3, 2, 4, step=0.5, dim=1)
+    assert len(calls) == 1
+    assert torch.equal(w, real(y.reshape(-1, 4), 0.3 * 0.5, 2, 4).reshape(16, 16))
+    wt = prox_nm(y.t(), torch.tensor(0.3, device=device), 2, 4, dim=0)  # a 0-d λ on the device; another dim
+    assert len(calls) == 2 and torch.equal(wt, real(y.reshape(-1, 4), 0.3, 2, 4).reshape(16, 16).t())
+    prox_nm(y, 0.3, 2, 4, step=torch.full_like(y, 0.5))  # a tensor step (metric): not this kernel
+    assert len(calls) == 2
+
+
+def test_usable(monkeypatch):
+    monkeypatch.setenv("TORCHPROX_TRITON_INTERPRET", "1")
+    t = torch.zeros(4, 4)
+    assert _triton.usable(t, 4) and _triton.usable(t.bfloat16(), 4)
+    assert not _triton.usable(t, 16) and not _triton.usable(t.int(), 4)  # m > 8: the plain-torch path
+    assert not _triton.usable(t.requires_grad_(), 4)
+    with torch.no_grad():
+        assert _triton.usable(t, 4)
+    monkeypatch.delenv("TORCHPROX_TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not _triton.usable(torch.zeros(4, 4), 4)  # CPU tensors only when interpreting
+
+
+@pytest.mark.parametrize("m", range(2, 17))
+def test_sorting_network_sorts(m):
+    net = _sorting_network(m)
+    assert all(p < q < m for p, q in net)
+    inputs = itertools.product((0, 1), repeat=m) if m <= 10 else torch.randint(0, 3, (2000, m)).tolist()
+    for v in inputs:  # the 0-1 principle (exhaustive up to m = 10)
+        v = list(v)
+        for p, q in net:
+            if v[q] > v[p]:
+                v[p], v[q] = v[q], v[p]
+        assert v == sorted(v, reverse=True)
