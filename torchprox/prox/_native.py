@@ -27,7 +27,7 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "nm_cpu.cpp"
-_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
 

@@ -1,10 +1,15 @@
 // Fused CPU kernels for N:M sparsity: the exact prox of lam * e_{n+1}(|w|) (scalar step) and the top-n mask.
 //
-// One pass over memory, one group of m at a time, OpenMP across groups. The algorithm is the one documented
-// in torchprox/prox/nm.py (prox_nm): per-group power-of-two scaling, a stable descending sort, the n-sparse
-// candidate, the (n+1)-support solved by monotone Newton on a convex scalar function, larger top-k supports by
-// exact coordinate descent from two starts, and the best objective kept (strict <, so sparser wins ties).
-// Loops stop as soon as an iterate no longer changes (capped), so small groups of work stay small.
+// The algorithm is the one documented in torchprox/prox/nm.py (prox_nm): per-group power-of-two scaling, a
+// descending sort (ties: lower index first), the n-sparse candidate, the (n+1)-support solved by monotone
+// Newton on a convex scalar function, larger top-k supports by exact coordinate descent from two starts, and
+// the candidate with the smallest objective (strict <, so the sparser one wins ties).
+//
+// Layout: groups are processed in blocks of kLanes, structure-of-arrays (value[i][lane]), so every step is a
+// short loop over lanes that the compiler vectorizes: the iterations of many groups are interleaved instead
+// of one group's dependent chain of divisions and square roots running alone. Iterations stop when every
+// lane of the block has converged (or at a cap), so the work adapts to lambda without per-group branches.
+// OpenMP splits the blocks over threads.
 //
 // Built once by torchprox/prox/_native.py with the system C++ compiler and loaded with ctypes.
 #include <cmath>
@@ -15,74 +20,195 @@
 namespace {
 
 constexpr int kMaxM = 32;
+constexpr int kLanes = 16;
 
 template <typename T> struct Iters;
-template <> struct Iters<float> { static constexpr int newton = 40, sweeps = 60; };
-template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 200; };
+// Caps, and the step below which an iterate counts as converged (values are scaled into [0, 1)).
+template <> struct Iters<float> { static constexpr int newton = 40, sweeps = 60; static constexpr float tol = 1e-6f; };
+template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 200; static constexpr double tol = 1e-12; };
 
-// e_k of x[0..len) skipping index `skip` (skip = -1: none); O(len * k).
+#define LANES _Pragma("omp simd") for (int l = 0; l < kLanes; ++l)
+
+// e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes].
 template <typename T>
-inline T esym(const T* x, int len, int k, int skip) {
-  T e[kMaxM + 1];
-  e[0] = 1;
-  for (int r = 1; r <= k; ++r) e[r] = 0;
+inline void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
+  T e[kMaxM + 1][kLanes];
+  LANES e[0][l] = 1;
+  for (int r = 1; r <= k; ++r) LANES e[r][l] = 0;
   for (int j = 0; j < len; ++j) {
     if (j == skip) continue;
-    for (int r = k; r >= 1; --r) e[r] += x[j] * e[r - 1];
+    for (int r = k; r >= 1; --r) LANES e[r][l] += x[j][l] * e[r - 1][l];
   }
-  return e[k];
+  LANES out[l] = e[k][l];
+}
+
+// f = 1/2 sum (x - b)^2 + lam e_{n+1}(x), per lane.
+template <typename T>
+inline void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, const T* lam, T* f) {
+  T r[kLanes];
+  esym(x, m, n + 1, -1, r);
+  LANES f[l] = lam[l] * r[l];
+  for (int i = 0; i < m; ++i) LANES { T d = x[i][l] - b[i][l]; f[l] += T(0.5) * d * d; }
 }
 
 template <typename T>
-inline T objective(const T* x, const T* b, int m, int n, T lam) {
-  T q = 0;
-  for (int i = 0; i < m; ++i) { T d = x[i] - b[i]; q += d * d; }
-  return T(0.5) * q + lam * esym(x, m, n + 1, -1);
+inline void keep_best(T (*best)[kLanes], T* best_f, const T (*cand)[kLanes], const T* f, int m) {
+  bool better[kLanes];
+  LANES better[l] = f[l] < best_f[l];
+  for (int i = 0; i < m; ++i) LANES best[i][l] = better[l] ? cand[i][l] : best[i][l];
+  LANES best_f[l] = better[l] ? f[l] : best_f[l];
 }
 
-// Interior minimizer of 1/2 sum (u_i - b_i)^2 + lam prod u_i on k = n+1 sorted coordinates (see
-// nm.py::_solve_product): Newton from z = b_{k-1} on the convex psi(z) = lam prod u_i(z) + z - b_{k-1}.
 template <typename T>
-inline void solve_product(const T* b, int k, T lam, T* u) {
-  const T bk = b[k - 1];
-  T gaps[kMaxM];
-  for (int i = 0; i < k - 1; ++i) { T g = b[i] * b[i] - bk * bk; gaps[i] = g > 0 ? g : 0; }
-  T z = bk;
+inline T pow2(int e) { return std::ldexp(T(1), e); }
+
+// One block of kLanes groups (the last one padded with zeros by the caller).
+template <typename T, int NT, int MT>
+void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
+  const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
   const T tiny = std::numeric_limits<T>::min();
-  for (int it = 0; it < Iters<T>::newton; ++it) {
-    T d = 2 * z - bk, d2 = d * d, prod = 1, dlog = 0;
-    for (int i = 0; i < k - 1; ++i) {
-      T ri = std::sqrt(d2 + gaps[i]);
-      T ui = (b[i] + ri) * T(0.5);
-      prod *= ui;
-      T den = ri * ui;
-      dlog += d / (den > tiny ? den : tiny);
-    }
-    T psi = lam * prod + z - bk;
-    T dpsi = 1 + lam * prod * dlog;
-    T znew = dpsi > 0 ? z - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
-    if (znew < 0) znew = 0;
-    if (znew > bk) znew = bk;
-    if (znew == z) break;
-    z = znew;
+  T b[kMaxM][kLanes], best[kMaxM][kLanes], cand[kMaxM][kLanes], grown[kMaxM][kLanes];
+  int idx[kMaxM][kLanes];
+  T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes];
+  bool finite[kLanes];
+  for (int i = 0; i < m; ++i) LANES {
+    b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
+    idx[i][l] = i;
   }
-  T d = 2 * z - bk, d2 = d * d;
-  for (int i = 0; i < k - 1; ++i) u[i] = (b[i] + std::sqrt(d2 + gaps[i])) * T(0.5);
-  u[k - 1] = z;
+  // Sort descending, ties by lower index (odd-even transposition network: m rounds).
+  for (int round = 0; round < m; ++round)
+    for (int i = round & 1; i + 1 < m; i += 2) LANES {
+      const bool swap = b[i + 1][l] > b[i][l] || (b[i + 1][l] == b[i][l] && idx[i + 1][l] < idx[i][l]);
+      const T bi = b[i][l], bj = b[i + 1][l];
+      const int ii = idx[i][l], ij = idx[i + 1][l];
+      b[i][l] = swap ? bj : bi; b[i + 1][l] = swap ? bi : bj;
+      idx[i][l] = swap ? ij : ii; idx[i + 1][l] = swap ? ii : ij;
+    }
+  // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
+  // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
+  T half_up[kLanes], half_down[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const T amax = b[0][l];
+    finite[l] = amax <= std::numeric_limits<T>::max();
+    int e = 0;
+    if (finite[l] && amax > 0) std::frexp(amax, &e);
+    half_up[l] = pow2<T>(e / 2);
+    scale[l] = pow2<T>(e - e / 2);
+    half_down[l] = pow2<T>(-(e / 2));
+    // lam * 2^(e (n-1)), saturated: a lambda beyond the largest float acts like an infinite one (top n).
+    const double lg = std::ldexp(double(lam), e * (n - 1));
+    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
+  }
+  for (int i = 0; i < m; ++i) LANES {
+    const T inv = T(1) / scale[l];  // exact: a power of two
+    b[i][l] = finite[l] ? b[i][l] * half_down[l] * inv : T(0);
+  }
+
+  // Candidate 1: the top n as they are (R = 0).
+  LANES best_f[l] = 0;
+  for (int i = 0; i < m; ++i) LANES {
+    best[i][l] = i < n ? b[i][l] : T(0);
+    best_f[l] += i < n ? T(0) : T(0.5) * b[i][l] * b[i][l];
+  }
+  // Candidate 2: the top n+1, exactly: Newton from z = b_n on psi(z) = lam prod u_i(z) + z - b_n.
+  const int k1 = n + 1;
+  T z[kLanes], gaps[kMaxM][kLanes];
+  for (int i = 0; i < k1 - 1; ++i) LANES {
+    const T g = b[i][l] * b[i][l] - b[k1 - 1][l] * b[k1 - 1][l];
+    gaps[i][l] = g > 0 ? g : T(0);
+  }
+  bool active[kLanes];  // a lane stops at its own convergence, so groups never influence each other
+  LANES { z[l] = b[k1 - 1][l]; active[l] = true; }
+  for (int it = 0; it < Iters<T>::newton; ++it) {
+    T prod[kLanes], dlog[kLanes], d[kLanes];
+    int running = 0;
+    LANES { d[l] = 2 * z[l] - b[k1 - 1][l]; prod[l] = 1; dlog[l] = 0; }
+    for (int i = 0; i < k1 - 1; ++i) LANES {
+      const T ri = std::sqrt(d[l] * d[l] + gaps[i][l]);
+      const T ui = (b[i][l] + ri) * T(0.5);
+      prod[l] *= ui;
+      const T den = ri * ui;
+      dlog[l] += d[l] / (den > tiny ? den : tiny);
+    }
+    LANES {
+      const T psi = lam_g[l] * prod[l] + z[l] - b[k1 - 1][l];
+      const T dpsi = 1 + lam_g[l] * prod[l] * dlog[l];
+      T zn = dpsi > 0 ? z[l] - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
+      zn = zn < 0 ? T(0) : (zn > b[k1 - 1][l] ? b[k1 - 1][l] : zn);
+      const bool moving = std::fabs(zn - z[l]) > Iters<T>::tol;
+      z[l] = active[l] ? zn : z[l];
+      active[l] = active[l] && moving;
+      running += active[l];
+    }
+    if (!running) break;
+  }
+  for (int i = 0; i < m; ++i) LANES cand[i][l] = 0;
+  for (int i = 0; i < k1 - 1; ++i) LANES {
+    const T d = 2 * z[l] - b[k1 - 1][l];
+    cand[i][l] = (b[i][l] + std::sqrt(d * d + gaps[i][l])) * T(0.5);
+  }
+  LANES cand[k1 - 1][l] = z[l];
+  objective(cand, b, m, n, lam_g, f);
+  keep_best(best, best_f, cand, f, m);
+  std::memcpy(grown, cand, sizeof(T) * kLanes * m);
+  // Candidates 3..: the top k > n+1, by coordinate descent from x = b and from the previous solution.
+  for (int k = n + 2; k <= m; ++k) {
+    for (int start = 0; start < 2; ++start) {
+      for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
+      bool active[kLanes];
+      LANES active[l] = true;
+      for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
+        T change[kLanes], c[kLanes];
+        int running = 0;
+        LANES change[l] = 0;
+        for (int i = k - 1; i >= 0; --i) {
+          esym(cand, k, n, i, c);
+          LANES {
+            T v = b[i][l] - lam_g[l] * c[l];
+            v = v < 0 ? T(0) : v;
+            const T dv = std::fabs(v - cand[i][l]);
+            change[l] = dv > change[l] ? dv : change[l];
+            cand[i][l] = active[l] ? v : cand[i][l];
+          }
+        }
+        LANES {
+          active[l] = active[l] && change[l] > Iters<T>::tol;
+          running += active[l];
+        }
+        if (!running) break;
+      }
+      objective(cand, b, m, n, lam_g, f);
+      keep_best(best, best_f, cand, f, m);
+    }
+    std::memcpy(grown, cand, sizeof(T) * kLanes * m);
+  }
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int l = 0; l < lanes; ++l)
+    for (int i = 0; i < m; ++i) {
+      const int j = idx[i][l];
+      out[l * m + j] = finite[l] ? std::copysign(best[i][l] * scale[l] * half_up[l], y[l * m + j]) : nan;
+    }
 }
 
-// Exact coordinate descent on the first k coordinates, last to first, until a sweep changes nothing.
-template <typename T>
-inline void coordinate_descent(const T* b, int k, int n, T lam, T* x) {
-  for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-    bool changed = false;
-    for (int i = k - 1; i >= 0; --i) {
-      T v = b[i] - lam * esym(x, k, n, i);
-      if (v < 0) v = 0;
-      if (v != x[i]) { x[i] = v; changed = true; }
-    }
-    if (!changed) break;
+template <typename T, int NT, int MT>
+void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
+  const int64_t blocks = (groups + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t g0 = blk * kLanes;
+    const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
+    prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam);
   }
+}
+
+template <typename T>
+void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int threads) {
+  const T lam = T(lam_d);
+  if (n == 2 && m == 4) return prox_nm_loop<T, 2, 4>(y, out, groups, n, m, lam, threads);
+  if (n == 1 && m == 4) return prox_nm_loop<T, 1, 4>(y, out, groups, n, m, lam, threads);
+  if (n == 1 && m == 2) return prox_nm_loop<T, 1, 2>(y, out, groups, n, m, lam, threads);
+  if (n == 4 && m == 8) return prox_nm_loop<T, 4, 8>(y, out, groups, n, m, lam, threads);
+  prox_nm_loop<T, 0, 0>(y, out, groups, n, m, lam, threads);
 }
 
 // Stable descending argsort of a[0..m) (insertion sort: ties keep the lower index first).
@@ -93,50 +219,6 @@ inline void argsort_desc(const T* a, int m, int* idx) {
     while (j > 0 && a[idx[j - 1]] < a[i]) { idx[j] = idx[j - 1]; --j; }
     idx[j] = i;
   }
-}
-
-template <typename T>
-void prox_group(const T* y, T* out, int n, int m, T lam) {
-  T a[kMaxM], b[kMaxM], best[kMaxM], cand[kMaxM], grown[kMaxM];
-  int idx[kMaxM];
-  T amax = 0;
-  for (int i = 0; i < m; ++i) { a[i] = std::fabs(y[i]); if (!(a[i] <= amax)) amax = a[i]; }
-  if (!std::isfinite(amax)) { for (int i = 0; i < m; ++i) out[i] = std::numeric_limits<T>::quiet_NaN(); return; }
-  if (amax == 0) { for (int i = 0; i < m; ++i) out[i] = y[i]; return; }
-  int e;
-  std::frexp(amax, &e);
-  const T scale = std::ldexp(T(1), e);
-  const T lam_g = n == 1 ? lam : lam * std::pow(scale, T(n - 1));
-  for (int i = 0; i < m; ++i) a[i] /= scale;
-  argsort_desc(a, m, idx);
-  for (int i = 0; i < m; ++i) b[i] = a[idx[i]];
-  // top-n: R = 0
-  T best_f = 0;
-  for (int i = 0; i < m; ++i) { best[i] = i < n ? b[i] : 0; if (i >= n) best_f += b[i] * b[i]; }
-  best_f *= T(0.5);
-  // top-(n+1): exact
-  for (int i = 0; i < m; ++i) cand[i] = 0;
-  solve_product(b, n + 1, lam_g, cand);
-  T f = objective(cand, b, m, n, lam_g);
-  if (f < best_f) { best_f = f; std::memcpy(best, cand, sizeof(T) * m); }
-  std::memcpy(grown, cand, sizeof(T) * m);
-  // larger top-k: coordinate descent from b and from the previous solution
-  for (int k = n + 2; k <= m; ++k) {
-    for (int start = 0; start < 2; ++start) {
-      for (int i = 0; i < m; ++i) cand[i] = i < k ? (start == 0 ? b[i] : grown[i]) : 0;
-      coordinate_descent(b, k, n, lam_g, cand);
-      f = objective(cand, b, m, n, lam_g);
-      if (f < best_f) { best_f = f; std::memcpy(best, cand, sizeof(T) * m); }
-    }
-    std::memcpy(grown, cand, sizeof(T) * m);
-  }
-  for (int i = 0; i < m; ++i) out[idx[i]] = std::copysign(best[i] * scale, y[idx[i]]);
-}
-
-template <typename T>
-void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t g = 0; g < groups; ++g) prox_group<T>(y + g * m, out + g * m, n, m, T(lam));
 }
 
 template <typename T>
