@@ -53,14 +53,35 @@ inline void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, 
 
 template <typename T>
 inline void keep_best(T (*best)[kLanes], T* best_f, const T (*cand)[kLanes], const T* f, int m) {
-  bool better[kLanes];
-  LANES better[l] = f[l] < best_f[l];
-  for (int i = 0; i < m; ++i) LANES best[i][l] = better[l] ? cand[i][l] : best[i][l];
-  LANES best_f[l] = better[l] ? f[l] : best_f[l];
+  for (int i = 0; i < m; ++i) LANES best[i][l] = f[l] < best_f[l] ? cand[i][l] : best[i][l];
+  LANES best_f[l] = f[l] < best_f[l] ? f[l] : best_f[l];
 }
 
+// Powers of two and binary exponents from the bit patterns (libm's ldexp/frexp cost ~10 ns a call).
+template <typename T> struct Bits;
+template <> struct Bits<float> { using U = uint32_t; static constexpr int mant = 23, bias = 127, emask = 0xff; };
+template <> struct Bits<double> { using U = uint64_t; static constexpr int mant = 52, bias = 1023, emask = 0x7ff; };
+
+// 2^e for e in the normal range of T.
 template <typename T>
-inline T pow2(int e) { return std::ldexp(T(1), e); }
+inline T pow2(int e) {
+  const typename Bits<T>::U u = static_cast<typename Bits<T>::U>(e + Bits<T>::bias) << Bits<T>::mant;
+  T out;
+  std::memcpy(&out, &u, sizeof(T));
+  return out;
+}
+
+// e with x = f 2^e, f in [0.5, 1) (as frexp), for finite x > 0.
+template <typename T>
+inline int exponent(T x) {
+  typename Bits<T>::U u;
+  std::memcpy(&u, &x, sizeof(T));
+  const int field = static_cast<int>((u >> Bits<T>::mant) & Bits<T>::emask);
+  if (field != 0) return field - (Bits<T>::bias - 1);
+  int e;  // subnormal
+  std::frexp(x, &e);
+  return e;
+}
 
 // One block of kLanes groups (the last one padded with zeros by the caller).
 template <typename T, int NT, int MT>
@@ -70,7 +91,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   T b[kMaxM][kLanes], best[kMaxM][kLanes], cand[kMaxM][kLanes], grown[kMaxM][kLanes];
   int idx[kMaxM][kLanes];
   T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes];
-  bool finite[kLanes];
+  T finite[kLanes];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
   for (int i = 0; i < m; ++i) LANES {
     b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
     idx[i][l] = i;
@@ -89,19 +110,19 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   T half_up[kLanes], half_down[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     const T amax = b[0][l];
-    finite[l] = amax <= std::numeric_limits<T>::max();
-    int e = 0;
-    if (finite[l] && amax > 0) std::frexp(amax, &e);
+    finite[l] = amax <= std::numeric_limits<T>::max() ? T(1) : T(0);
+    const int e = finite[l] != 0 && amax > 0 ? exponent(amax) : 0;
     half_up[l] = pow2<T>(e / 2);
     scale[l] = pow2<T>(e - e / 2);
     half_down[l] = pow2<T>(-(e / 2));
     // lam * 2^(e (n-1)), saturated: a lambda beyond the largest float acts like an infinite one (top n).
-    const double lg = std::ldexp(double(lam), e * (n - 1));
+    const int el = e * (n - 1);
+    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
     lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
   }
   for (int i = 0; i < m; ++i) LANES {
     const T inv = T(1) / scale[l];  // exact: a power of two
-    b[i][l] = finite[l] ? b[i][l] * half_down[l] * inv : T(0);
+    b[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv : T(0);
   }
 
   // Candidate 1: the top n as they are (R = 0).
@@ -117,11 +138,10 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     const T g = b[i][l] * b[i][l] - b[k1 - 1][l] * b[k1 - 1][l];
     gaps[i][l] = g > 0 ? g : T(0);
   }
-  bool active[kLanes];  // a lane stops at its own convergence, so groups never influence each other
-  LANES { z[l] = b[k1 - 1][l]; active[l] = true; }
+  T active[kLanes];  // 1 until the lane converges: each group stops on its own, never influenced by others
+  LANES { z[l] = b[k1 - 1][l]; active[l] = 1; }
   for (int it = 0; it < Iters<T>::newton; ++it) {
     T prod[kLanes], dlog[kLanes], d[kLanes];
-    int running = 0;
     LANES { d[l] = 2 * z[l] - b[k1 - 1][l]; prod[l] = 1; dlog[l] = 0; }
     for (int i = 0; i < k1 - 1; ++i) LANES {
       const T ri = std::sqrt(d[l] * d[l] + gaps[i][l]);
@@ -135,12 +155,13 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
       const T dpsi = 1 + lam_g[l] * prod[l] * dlog[l];
       T zn = dpsi > 0 ? z[l] - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
       zn = zn < 0 ? T(0) : (zn > b[k1 - 1][l] ? b[k1 - 1][l] : zn);
-      const bool moving = std::fabs(zn - z[l]) > Iters<T>::tol;
-      z[l] = active[l] ? zn : z[l];
-      active[l] = active[l] && moving;
-      running += active[l];
+      const T moving = std::fabs(zn - z[l]) > Iters<T>::tol ? T(1) : T(0);
+      z[l] = active[l] != 0 ? zn : z[l];
+      active[l] *= moving;
     }
-    if (!running) break;
+    T running = 0;
+    LANES running += active[l];
+    if (running == 0) break;
   }
   for (int i = 0; i < m; ++i) LANES cand[i][l] = 0;
   for (int i = 0; i < k1 - 1; ++i) LANES {
@@ -155,11 +176,10 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   for (int k = n + 2; k <= m; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      bool active[kLanes];
-      LANES active[l] = true;
+      T active[kLanes];
+      LANES active[l] = 1;
       for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
         T change[kLanes], c[kLanes];
-        int running = 0;
         LANES change[l] = 0;
         for (int i = k - 1; i >= 0; --i) {
           esym(cand, k, n, i, c);
@@ -168,14 +188,15 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
             v = v < 0 ? T(0) : v;
             const T dv = std::fabs(v - cand[i][l]);
             change[l] = dv > change[l] ? dv : change[l];
-            cand[i][l] = active[l] ? v : cand[i][l];
+            cand[i][l] = active[l] != 0 ? v : cand[i][l];
           }
         }
+        T running = 0;
         LANES {
-          active[l] = active[l] && change[l] > Iters<T>::tol;
+          active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
           running += active[l];
         }
-        if (!running) break;
+        if (running == 0) break;
       }
       objective(cand, b, m, n, lam_g, f);
       keep_best(best, best_f, cand, f, m);
@@ -186,7 +207,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   for (int l = 0; l < lanes; ++l)
     for (int i = 0; i < m; ++i) {
       const int j = idx[i][l];
-      out[l * m + j] = finite[l] ? std::copysign(best[i][l] * scale[l] * half_up[l], y[l * m + j]) : nan;
+      out[l * m + j] = finite[l] != 0 ? std::copysign(best[i][l] * scale[l] * half_up[l], y[l * m + j]) : nan;
     }
 }
 
