@@ -52,7 +52,7 @@ def main() -> None:
                                warmup=args.warmup, metric=args.metric, lam_normalization=args.lam_normalization,
                                mask_scores=args.mask_scores, frozen_lam=args.frozen_lam)
         calib = calibration_blocks(tok, "builtin", seqlen=args.seqlen, n_blocks=args.steps * args.batch_size)
-        rep = learn_masks(model, calib, 2, 4, cfg, progress=False)
+        rep = learn_masks(model, calib, 2, 4, cfg, progress=True)
         row.update(config=cfg.to_dict(), seqlen=args.seqlen, tokens=rep["tokens"],
                    seconds_per_step=rep["seconds_per_step"], nm_fraction=rep["nm_fraction"][-1][1],
                    loss_first10=sum(rep["loss"][:10]) / 10, loss_last10=sum(rep["loss"][-10:]) / 10)

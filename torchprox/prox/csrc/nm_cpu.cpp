@@ -203,11 +203,15 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     }
     std::memcpy(grown, cand, sizeof(T) * kLanes * m);
   }
+  // A value the prox leaves unchanged is written back from y itself, bit for bit (scaling a subnormal down
+  // and up again would round it).
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (int l = 0; l < lanes; ++l)
     for (int i = 0; i < m; ++i) {
       const int j = idx[i][l];
-      out[l * m + j] = finite[l] != 0 ? std::copysign(best[i][l] * scale[l] * half_up[l], y[l * m + j]) : nan;
+      const T yj = y[l * m + j];
+      const T w = best[i][l] == b[i][l] ? yj : std::copysign(best[i][l] * scale[l] * half_up[l], yj);
+      out[l * m + j] = finite[l] != 0 ? w : nan;
     }
 }
 
