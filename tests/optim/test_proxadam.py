@@ -421,17 +421,23 @@ def test_learns_and_ends_exactly_2_4(metric, lam):
     assert _is_nm(w.detach()) and (w.detach() != 0).sum() > 0
 
 
-def test_plain_adam_regression_loss_decreases_and_stays_dense():
-    x, y = _regression(1)
-    w = torch.zeros(4, 8).requires_grad_()
-    opt = ProxAdam([w], lr=0.1)
+def _fit(w, opt, x, y, steps):
+    """``steps`` of least squares ``‖x wᵀ − y‖²``; returns (first loss, last loss tensor)."""
     first = None
-    for _ in range(100):
+    for _ in range(steps):
         opt.zero_grad()
         loss = (x @ w.t() - y).square().mean()
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
+    return first, loss
+
+
+def test_plain_adam_regression_loss_decreases_and_stays_dense():
+    x, y = _regression(1)
+    w = torch.zeros(4, 8).requires_grad_()
+    opt = ProxAdam([w], lr=0.1)
+    first, loss = _fit(w, opt, x, y, steps=100)
     assert loss.item() < 1e-2 * first
     assert not _is_nm(w.detach())
 
@@ -444,13 +450,7 @@ def test_l1_prox_gives_exact_zeros():
     y = x @ w_true.t()
     w = torch.zeros(4, 8).requires_grad_()
     opt = ProxAdam([w], lr=0.05, prox="l1", lam=0.02)
-    first = None
-    for _ in range(100):
-        opt.zero_grad()
-        loss = (x @ w.t() - y).square().mean()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else loss.item()
+    first, loss = _fit(w, opt, x, y, steps=100)
     assert loss.item() < 0.2 * first
     zeros = w.detach() == 0
     assert 0 < int(zeros.sum()) < w.numel()
