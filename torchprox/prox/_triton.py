@@ -17,8 +17,9 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
 5. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
    becomes NaN.
 
-Iterations, as in the CPU kernel: a loop stops once no group of the block moved by more than a tolerance
-(1e-5 in float32, 1e-10 in float64, on values scaled into [0, 1)) in its last step, or at the CPU kernel's caps
+Iterations: a loop stops once no group of the block moved by more than a tolerance
+(1e-5 in float32, 1e-10 in float64, on values scaled into [0, 1); the CPU kernel stops each group on its own
+at 1e-6 / 1e-12) in its last step, or at the CPU kernel's caps
 (Newton 40 / 80 iterations, 60 / 200 coordinate-descent sweeps). The check is a reduction over the block every
 few steps, inside a fixed-count loop whose remaining steps are skipped (a uniform branch): no host sync
 anywhere, and λ may be a 0-d CUDA tensor read by the kernel. A group whose block-mates converge more slowly
