@@ -29,7 +29,7 @@ class DemoSettings:
     """What the demo runs. ``FULL`` fits in about 20 minutes on 2 CPU cores, ``QUICK`` in about 5.
 
     FULL: ProxSparse learns for 120 steps of 512 tokens (about 5 s a step on 2 cores, 10 minutes); Wanda and
-    SparseGPT calibrate on 32 blocks of 512 tokens (their papers use 128; 64 changes little here); every method
+    SparseGPT calibrate on 32 blocks of 512 tokens (benchmarks/results uses 64, the papers 128); every method
     is scored on the first 16,384 held-out tokens (about 40 s each).
     """
 
