@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..prox import nm_mask
 from ..prox._groups import check_nm
+from ..prune.report import nm_fraction as _nm_fraction
 from .blocks import (
     block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
 )
@@ -42,8 +43,7 @@ logger = logging.getLogger(__name__)
 
 def nm_fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
     """Fraction of the groups of ``m`` consecutive entries along ``dim`` with at most ``n`` nonzeros."""
-    nnz = (weight != 0).movedim(dim, -1).reshape(-1, m).sum(-1)
-    return float((nnz <= n).float().mean()) if nnz.numel() else 1.0
+    return float(_nm_fraction(weight.detach(), n, m, dim))
 
 
 def _report(selected, n: int, m: int) -> dict[str, float]:

@@ -7,7 +7,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..prox._groups import check_nm
-from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
+from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
+from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, learn_masks
 
 __all__ = ["METHODS", "sparsify", "parse_pattern"]
@@ -61,9 +62,6 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
             raise ValueError("pass either config= or ProxSparseConfig fields as keywords, not both")
         cfg = config or ProxSparseConfig(**kwargs)
         report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress))
-        from .baselines import _report
-        from .blocks import target_linears
-
         report["layers"] = _report(target_linears(model, targets, m=m), n, m)
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
