@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-MANIFEST = "torchprox.json"
+from .llm.export import MANIFEST, save_sparse  # noqa: F401 (re-exported for the CLI tests)
 
 
 class CLIError(Exception):
@@ -79,30 +77,6 @@ def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, An
         frac = float(nm_fraction(mod.weight.detach(), n, m, dim))
         out[name] = {"shape": list(mod.weight.shape), "dim": dim, "nm_fraction": frac, "ok": frac == 1.0}
     return out
-
-
-def save_sparse(model, tokenizer, out: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
-    """``save_pretrained`` + manifest into ``out``, atomically (a temporary sibling renamed into place)."""
-    out = out.expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            if not overwrite:
-                raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _config_from_args(args):
@@ -286,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except CLIError as err:
+    except (CLIError, FileExistsError) as err:
         print(f"torchprox {args.command}: error: {err}", file=sys.stderr)
         return 2
 

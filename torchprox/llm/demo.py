@@ -17,6 +17,7 @@ import torch
 
 from .data import calibration_blocks, evaluation_blocks
 from .evaluate import perplexity
+from .export import save_sparse
 from .models import load_default_model
 from .proxsparse import ProxSparseConfig, learn_masks
 from .sparsify import sparsify
@@ -78,8 +79,6 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
         rows.append({"method": method, "perplexity": ppl, "seconds": seconds, **info})
         print(f"  {method:10s} perplexity {ppl:10.2f}   ({seconds:.0f} s)", flush=True)
         if method == "proxsparse" and out is not None:
-            from ..cli import save_sparse
-
             save_sparse(model, tok, out, {"format": "torchprox-sparse/1", "pattern": "2:4", "method": method,
                                            "source_model": "default", "report": rows[-1]}, overwrite=True)
     _print_table(rows, s)
