@@ -41,9 +41,21 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
+def _cpu_id() -> bytes:
+    """The CPU's model and feature flags: -march=native code is only reused on the same kind of CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.processor().encode()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(keep)).encode()
+
+
 def _build(cxx: str) -> Path:
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cxx, *_FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([cxx, *_FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
     target = cache_dir() / f"nm_cpu-{key}.so"
     if target.exists():
         return target
