@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim import AdamW
 
 from ..prox.registry import get_prox
+from ._sharded import local_shard
 
 __all__ = ["ProxAdam"]
 
@@ -193,7 +194,7 @@ class ProxAdam(AdamW):
         """
         state = self.state[p]
         step_t = state["step"]
-        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        v = local_shard(state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"])
         beta2 = group["betas"][1]
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
@@ -216,6 +217,7 @@ class ProxAdam(AdamW):
                     if p.grad is None:
                         continue
                     s = self._metric_step(group, p) if group["metric"] == "adam" else 1.0
+                    p = local_shard(p, kwargs)  # a DTensor (FSDP2): the prox runs on this rank's shard
                     # differentiable: the prox reads a clone, so the in-place update of p below does not
                     # overwrite what autograd saved for the prox's backward. Otherwise a detached alias: the
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
