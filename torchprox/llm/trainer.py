@@ -1,0 +1,179 @@
+r"""Learning N:M masks with the Hugging Face ``transformers.Trainer``: no patching, one callback.
+
+:class:`torchprox.ProxAdam` is a ``torch.optim.Optimizer``, so the Trainer takes it as it is::
+
+    learnable_nm_model(model, n=2, m=4)                       # W0 frozen, W learnable (torchprox.prune)
+    opt = ProxAdam(prox_param_groups(model, lam=...), lr=1e-4)
+    sched = transformers.get_linear_schedule_with_warmup(opt, 10, steps)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=ds,
+                                   optimizers=(opt, sched), callbacks=[NMMaskCallback()])
+    trainer.train()          # every optimizer step: Adam on W, then prox_nm on W (ProxAdam.step)
+    # at the end NMMaskCallback chose mask = top-n of m of |W| and set weight = W0 ⊙ mask (exactly N:M)
+
+The Trainer wraps the optimizer (accelerate's ``AcceleratedOptimizer``) and calls its ``step()`` after each
+gradient-accumulation cycle (after gradient clipping), so the prox runs once per update, as in ProxSparse.
+With ``lam_scaling="lr"`` the scheduler also scales λ.
+
+:class:`NMMaskCallback` adds progress to the Trainer's logs and finishes the run:
+
+- ``on_log``: ``nm_fraction`` (fraction of all N:M groups of the learnable weights W that already have at
+  most n nonzeros, counted over all layers: Σ_layers #N:M groups / Σ_layers #groups) and
+  ``nm_layers_done`` (layers whose W is entirely N:M) are added to the logs dict (seen by the callbacks after
+  this one, e.g. the progress printer), to ``state.log_history`` and to the ``torchprox.llm.trainer`` logger.
+- ``on_train_end``: :func:`torchprox.prune.apply_learned_masks` (with the optimizer, so its Adam moments
+  for W are freed) and :func:`torchprox.prune.remove_all`: the model's target weights become plain
+  Parameters equal to ``W0 ⊙ mask``, ready for ``save_pretrained`` / :func:`torchprox.llm.export.save_sparse`.
+
+FSDP (``fully_shard``) is not supported through the Trainer (it refuses ``optimizers=`` with FSDP); see
+``docs/distributed.md`` for sharded training. Under DDP every rank applies the same masks.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from ..prune import apply_learned_masks, nm_fraction, remove_all
+from ..prune.parametrization import nm_parametrizations
+
+__all__ = ["NMMaskCallback", "nm_progress"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
+
+
+def nm_progress(model: nn.Module) -> dict[str, Any] | None:
+    r"""How far the learnable (learning-state) N:M weights W of ``model`` are from being exactly N:M.
+
+    For layer l with weight W_l of ``numel_l`` entries in groups of m along its group dim,
+    ``groups_l = numel_l / m`` and ``ok_l`` = the number of groups with at most n nonzeros. Returns
+
+    ``{"nm_fraction": Σ ok_l / Σ groups_l, "nm_layers_done": #{l : ok_l = groups_l}, "nm_layers": #layers}``
+
+    or None when the model has no learning-state N:M layer. (One host sync per layer: for logging.)
+
+    Example:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> lin = learnable_nm(torch.nn.Linear(8, 2))
+        >>> with torch.no_grad():
+        ...     _ = lin.parametrizations.weight.original[0].zero_()   # row 0: 2 groups, both N:M now
+        >>> nm_progress(lin)
+        {'nm_fraction': 0.5, 'nm_layers_done': 0, 'nm_layers': 1}
+    """
+    ok = total = done = layers = 0
+    for _, _, _, plist, p in nm_parametrizations(model):
+        if p.state != "learning":
+            continue
+        w = plist.original.detach()
+        if _is_dtensor(w):
+            w = w.full_tensor()
+        groups = w.numel() // p.m
+        good = round(float(nm_fraction(w, p.n, p.m, p.dim)) * groups)
+        ok, total, layers = ok + good, total + groups, layers + 1
+        done += good == groups
+    if layers == 0:
+        return None
+    return {"nm_fraction": ok / total if total else 1.0, "nm_layers_done": done, "nm_layers": layers}
+
+
+def _prox_covered(model: nn.Module, optimizer) -> tuple[int, int]:
+    """(learnable N:M weights in a param group with a prox and lam > 0, learnable N:M weights)."""
+    learnable = {id(plist.original) for _, _, _, plist, p in nm_parametrizations(model) if p.state == "learning"}
+    covered = set()
+    for group in getattr(optimizer, "param_groups", ()):
+        if group.get("prox") is not None and group.get("lam", 0) > 0:
+            covered.update(id(q) for q in group["params"] if id(q) in learnable)
+    return len(covered), len(learnable)
+
+
+class NMMaskCallback(TrainerCallback):
+    r"""A ``transformers.TrainerCallback`` for learning N:M masks with :class:`torchprox.ProxAdam`.
+
+    Logs the fraction of N:M groups of the learnable weights (see :func:`nm_progress`) at every Trainer log
+    and, at the end of training, applies the learned masks: ``weight = W0 ⊙ top-n-of-m(|W|)``, exactly N:M.
+
+    Args:
+        apply_at_end: apply the masks in ``on_train_end`` (False: leave the model learning, e.g. to resume).
+        remove: after applying, bake the weights into plain Parameters (:func:`torchprox.prune.remove_all`),
+            so that ``save_pretrained`` writes the usual keys and any runtime loads the checkpoint.
+        check_optimizer: in ``on_train_begin``, raise ValueError if the optimizer passed as ``optimizers=``
+            has no learnable N:M weight in a group with a prox and λ > 0, and warn when no optimizer was passed
+            (the usual mistake: the Trainer then builds a plain AdamW and no mask is learned).
+
+    After training, ``self.masks`` holds ``{qualified weight name: bool mask}`` and ``self.final`` the
+    :func:`nm_progress` of the learned W just before the masks were applied.
+    """
+
+    def __init__(self, apply_at_end: bool = True, remove: bool = True, check_optimizer: bool = True) -> None:
+        self.apply_at_end = apply_at_end
+        self.remove = remove
+        self.check_optimizer = check_optimizer
+        self.masks: dict[str, Any] = {}
+        self.final: dict[str, Any] | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if model is None:
+            return
+        if next((p for *_, p in nm_parametrizations(model) if p.state == "learning"), None) is None:
+            logger.warning("NMMaskCallback: %s has no learnable N:M layer (call torchprox.prune."
+                           "learnable_nm_model before building the Trainer); nothing to learn", type(model).__name__)
+            return
+        if self.check_optimizer and optimizer is None:
+            # The Trainer hands callbacks the optimizer given as optimizers=(...); None means it builds its own.
+            logger.warning("NMMaskCallback: no optimizer was passed to the Trainer; unless create_optimizer is "
+                           "overridden to return a ProxAdam, the Trainer's AdamW learns no N:M mask. Pass "
+                           "optimizers=(ProxAdam(prox_param_groups(model, lam=...)), scheduler)")
+        elif self.check_optimizer:
+            covered, learnable = _prox_covered(model, optimizer)
+            if covered == 0:
+                raise ValueError(
+                    f"NMMaskCallback: none of the {learnable} learnable N:M weights is in an optimizer param group "
+                    f"with a prox and lam > 0 (optimizer: {type(getattr(optimizer, 'optimizer', optimizer)).__name__})"
+                    "; pass optimizers=(ProxAdam(prox_param_groups(model, lam=...)), scheduler) to the Trainer"
+                )
+            if covered < learnable:
+                logger.warning("NMMaskCallback: only %d of %d learnable N:M weights have a prox in the optimizer",
+                               covered, learnable)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if model is None:
+            return
+        stats = nm_progress(model)
+        if stats is None:
+            return
+        if logs is not None:
+            logs.update(stats)
+        # Trainer.log appended a copy of logs (plus "step") to log_history just before this event.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(stats)
+        if state.is_world_process_zero:
+            logger.info("step %d: %.2f%% of N:M groups done, %d/%d layers exactly N:M", state.global_step,
+                        100 * stats["nm_fraction"], stats["nm_layers_done"], stats["nm_layers"])
+
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if not self.apply_at_end or model is None:
+            return
+        if any(_is_dtensor(plist.original) for *_, plist, _ in nm_parametrizations(model)):
+            raise ValueError("NMMaskCallback: the learnable weights are sharded DTensors (FSDP2); gather the full "
+                             "state dict and apply the masks on an unsharded model (see docs/distributed.md)")
+        self.final = nm_progress(model)
+        self.masks = apply_learned_masks(model, optimizer=optimizer)
+        if self.remove:
+            remove_all(model)
+        if self.final is not None:
+            state.log_history.append({"nm_masks_applied": len(self.masks),
+                                      "nm_fraction_before_masking": self.final["nm_fraction"],
+                                      "step": state.global_step})
+            if state.is_world_process_zero:
+                logger.info("applied %d learned N:M masks (%.2f%% of groups were already N:M)", len(self.masks),
+                            100 * self.final["nm_fraction"])
