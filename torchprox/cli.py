@@ -68,15 +68,9 @@ def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int 
 
 
 def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
-    from .llm.blocks import linear_group_dim, target_linears
-    from .prune import nm_fraction
+    from .llm.export import layer_checks
 
-    out = {}
-    for name, mod in target_linears(model, targets):
-        dim = linear_group_dim(mod)
-        frac = float(nm_fraction(mod.weight.detach(), n, m, dim))
-        out[name] = {"shape": list(mod.weight.shape), "dim": dim, "nm_fraction": frac, "ok": frac == 1.0}
-    return out
+    return layer_checks(model, n, m, targets)
 
 
 def _config_from_args(args):
@@ -88,18 +82,9 @@ def _config_from_args(args):
 
 
 def _versions() -> dict[str, str]:
-    import torch
+    from .llm.export import _versions as versions
 
-    from . import __version__
-
-    v = {"torchprox": __version__, "torch": torch.__version__}
-    try:
-        import transformers
-
-        v["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return v
+    return versions()
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -153,36 +138,14 @@ def cmd_eval(args) -> int:
 
 
 def check_dir(path: Path) -> dict[str, Any]:
-    """Verify that every target layer listed in ``path/torchprox.json`` is exactly N:M in the saved weights.
+    """:func:`torchprox.llm.export.check_sparse` with its errors as CLI errors:
+    ``{"pattern", "layers": {name: ok}, "nm_fraction", "ok"}``."""
+    from .llm.export import check_sparse
 
-    Reads the safetensors files directly (no model is built). Returns ``{"pattern", "layers": {name: ok}}``.
-    """
-    from safetensors import safe_open
-
-    from .llm.sparsify import parse_pattern
-    from .prune import is_nm
-
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CLIError(f"{path} has no {MANIFEST}: not a torchprox output directory")
-    manifest = json.loads(manifest_path.read_text())
-    n, m = parse_pattern(manifest["pattern"])
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CLIError(f"{path} holds no *.safetensors weights")
-    tensors: dict[str, Path] = {}
-    for f in files:
-        with safe_open(str(f), "pt") as st:
-            tensors.update({k: f for k in st.keys()})
-    result = {}
-    for name, info in manifest["layers"].items():
-        key = f"{name}.weight"
-        if key not in tensors:
-            result[name] = False
-            continue
-        with safe_open(str(tensors[key]), "pt") as st:
-            result[name] = is_nm(st.get_tensor(key), n, m, dim=info["dim"])
-    return {"pattern": manifest["pattern"], "layers": result}
+    try:
+        return check_sparse(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
 
 
 def cmd_check(args) -> int:

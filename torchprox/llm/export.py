@@ -1,20 +1,101 @@
-"""Writing a sparsified model: ``save_pretrained`` plus a ``torchprox.json`` manifest, atomically."""
+r"""Exporting an N:M-sparse causal LM: a dense checkpoint with verified N:M zeros, plus what it saves.
+
+- :func:`sparse_manifest` / :func:`save_sparse`: ``save_pretrained`` (plain ``AutoModelForCausalLM
+  .from_pretrained`` loads it, no torchprox needed) plus a ``torchprox.json`` manifest (pattern, per-layer
+  N:M check, versions), written atomically.
+- :func:`check_sparse`: re-reads the saved safetensors and verifies every layer of the manifest is exactly
+  N:M (the ``torchprox check`` command).
+- :func:`to_semi_structured`: on a CUDA GPU (compute capability >= 8.0, fp16/bf16), every 2:4 ``nn.Linear``
+  weight becomes a ``torch.sparse.to_sparse_semi_structured`` tensor (cuSPARSELt/CUTLASS 2:4 kernels).
+- :func:`memory_report`: dense bytes vs the bytes of the compressed N:M representation, per target layer and
+  in total.
+"""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "save_sparse"]
+import torch
+from torch import nn
+
+__all__ = ["MANIFEST", "FORMAT", "save_sparse", "sparse_manifest", "layer_checks", "check_sparse",
+           "to_semi_structured", "memory_report", "compressed_bytes"]
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "torchprox.json"
+FORMAT = "torchprox-sparse/1"
+
+# ------------------------------------------------------------------------------------------------ manifest
 
 
-def save_sparse(model, tokenizer, out: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
-    """``save_pretrained`` + manifest into ``out``, atomically (a temporary sibling renamed into place)."""
-    out = out.expanduser()
+def layer_checks(model: nn.Module, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
+    """``{qualified name: {"shape", "dim", "nm_fraction", "ok"}}`` for every target linear of ``model``
+    (the decoder linears by default, see :func:`torchprox.llm.target_linears`); ``ok`` iff exactly N:M along
+    the layer's input dim."""
+    from ..prune import nm_fraction
+    from .blocks import linear_group_dim, target_linears
+
+    out = {}
+    for name, mod in target_linears(model, targets):
+        dim = linear_group_dim(mod)
+        frac = float(nm_fraction(mod.weight.detach(), n, m, dim))
+        out[name] = {"shape": list(mod.weight.shape), "dim": dim, "nm_fraction": frac, "ok": frac == 1.0}
+    return out
+
+
+def _versions() -> dict[str, str]:
+    from .. import __version__
+
+    v = {"torchprox": __version__, "torch": torch.__version__}
+    try:
+        import transformers
+
+        v["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def sparse_manifest(model: nn.Module, n: int = 2, m: int = 4, targets=None, **fields: Any) -> dict[str, Any]:
+    """The ``torchprox.json`` manifest of a sparse ``model``: ``format``, ``pattern`` (``"n:m"``), ``targets``,
+    ``layers`` (:func:`layer_checks`), ``versions``, plus any extra plain-data ``fields`` (method, report...).
+
+    Example::
+
+        >>> save_sparse(model, tok, Path("out"), sparse_manifest(model, 2, 4, method="proxsparse"))
+    """
+    manifest = {"format": FORMAT, "pattern": f"{n}:{m}", "targets": targets or "decoder-linears",
+                "layers": layer_checks(model, n, m, targets), "versions": _versions()}
+    manifest.update(fields)
+    return manifest
+
+
+def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool = False) -> None:
+    """``save_pretrained`` + manifest into ``out``, atomically (a temporary sibling renamed into place).
+
+    The model must hold plain weights (no torchprox parametrization left): the checkpoint then has the
+    usual keys and plain ``transformers.AutoModelForCausalLM.from_pretrained(out)`` loads it.
+
+    Raises:
+        ValueError: the model still has torchprox N:M parametrizations (call
+            :func:`torchprox.prune.apply_learned_masks` and :func:`torchprox.prune.remove_all` first).
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    from ..prune.parametrization import nm_parametrizations
+
+    left = [q for q, *_ in nm_parametrizations(model)]
+    if left:
+        raise ValueError(f"{len(left)} module(s) of {type(model).__name__} still have a torchprox N:M "
+                         f"parametrization (e.g. {left[0]!r}); call torchprox.prune.apply_learned_masks(model) and "
+                         "torchprox.prune.remove_all(model) before saving, so the checkpoint has plain weights")
+    out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -34,3 +115,246 @@ def save_sparse(model, tokenizer, out: Path, manifest: dict[str, Any], overwrite
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} has no {MANIFEST}: not a torchprox output directory")
+    return json.loads(manifest_path.read_text())
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no *.safetensors weights")
+    return files
+
+
+def _safetensors_header(file: Path) -> dict[str, dict]:
+    """``{key: {"dtype", "shape", "data_offsets"}}`` from a safetensors header (8-byte LE length + JSON)."""
+    with open(file, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def check_sparse(path) -> dict[str, Any]:
+    r"""Verify that every layer listed in ``path/torchprox.json`` is exactly N:M in the saved weights.
+
+    Reads the safetensors files directly (no model is built, shards of a sharded checkpoint included): for
+    each layer ``name`` of the manifest, ``name.weight`` must have at most n nonzeros in every m consecutive
+    entries along the manifest's ``dim`` for that layer. A layer missing from the weights fails.
+
+    Returns:
+        ``{"pattern": "n:m", "layers": {name: bool}, "nm_fraction": {name: float or None}, "ok": bool}``.
+    Raises:
+        FileNotFoundError: ``path`` is not a directory, has no manifest or no ``*.safetensors``.
+        ValueError: the manifest's pattern is invalid.
+    """
+    from safetensors import safe_open
+
+    from ..prune import nm_fraction
+    from .sparsify import parse_pattern
+
+    path = Path(path)
+    manifest = _read_manifest(path)
+    n, m = parse_pattern(manifest["pattern"])
+    where = {key: f for f in _safetensors_files(path) for key in _safetensors_header(f)}
+    layers: dict[str, bool] = {}
+    fractions: dict[str, float | None] = {}
+    for name, info in manifest["layers"].items():
+        key = f"{name}.weight"
+        if key not in where:
+            layers[name], fractions[name] = False, None
+            continue
+        with safe_open(str(where[key]), "pt") as st:
+            frac = float(nm_fraction(st.get_tensor(key), n, m, dim=info["dim"]))
+        layers[name], fractions[name] = frac == 1.0, frac
+    return {"pattern": manifest["pattern"], "layers": layers, "nm_fraction": fractions,
+            "ok": bool(layers) and all(layers.values())}
+
+
+# ------------------------------------------------------------------------------------------------ 2:4 on GPU
+
+
+def _semi_structured_constraints(dtype: torch.dtype) -> tuple[int, int] | None:
+    """(min rows, min cols) of a 2:4 weight for the backend torch will use (cuSPARSELt, or CUTLASS when
+    forced); both dims must be multiples of them."""
+    from torch.sparse import SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT, \
+        SparseSemiStructuredTensorCUTLASS
+
+    cls = SparseSemiStructuredTensorCUTLASS if SparseSemiStructuredTensor._FORCE_CUTLASS else \
+        SparseSemiStructuredTensorCUSPARSELT
+    conf = cls._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+    return None if conf is None else (conf.sparse_min_rows, conf.sparse_min_cols)
+
+
+def _check_semi_structured_device(name: str, weight: torch.Tensor) -> None:
+    need = ("torch.sparse.to_sparse_semi_structured needs a CUDA GPU with compute capability >= 8.0 "
+            "(Ampere or newer) and fp16/bf16 weights")
+    if weight.device.type != "cuda":
+        raise ValueError(f"nn.Linear {name!r}: weight of shape {tuple(weight.shape)} is a {weight.dtype} tensor on "
+                         f"{weight.device}; {need}. Move the model first, e.g. model.to('cuda', torch.float16)")
+    major, minor = torch.cuda.get_device_capability(weight.device)
+    if (major, minor) < (8, 0):
+        raise ValueError(f"nn.Linear {name!r}: {weight.device} has compute capability {major}.{minor}; {need}")
+    if weight.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"nn.Linear {name!r}: weight dtype {weight.dtype}; {need}. Cast the model first, e.g. "
+                         "model.half() or model.bfloat16()")
+
+
+@torch.no_grad()
+def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, Any]:
+    r"""Replace every exactly-2:4 ``nn.Linear`` weight of ``model`` by a semi-structured sparse tensor.
+
+    Each ``nn.Linear`` whose weight (out, in) has at most 2 nonzeros in every 4 consecutive inputs (dim 1)
+    gets ``weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)``:
+    the kept values (out, in/2) plus 2-bit indices, multiplied by the sparse tensor cores (cuSPARSELt, or
+    CUTLASS). Dense linears (e.g. ``lm_head``) are left as they are; a 2:4 layer whose shape the backend
+    does not accept (both dims must be multiples of the backend's minimum, e.g. 16 x 16 for fp16 with
+    cuSPARSELt, 32 x 64 with CUTLASS) is skipped with a warning. Every layer is validated before any is
+    converted. Inference only: the converted weights are frozen.
+
+    Args:
+        model: a 2:4-sparse model on a CUDA GPU with compute capability >= 8.0, in fp16 or bf16, with plain
+            weights (:func:`torchprox.prune.remove_all` first).
+        n, m: must be 2 and 4 (the only pattern of the sparse tensor cores).
+    Returns:
+        ``{"converted": [qualified names], "skipped": {name: reason}}``.
+    Raises:
+        ValueError: another pattern; a 2:4 weight on the CPU, on a GPU older than compute capability 8.0, or
+            not fp16/bf16 (the message names the layer, its shape, device and dtype, and the fix).
+    """
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    from ..prune import is_nm
+
+    if (n, m) != (2, 4):
+        raise ValueError(f"to_semi_structured: pattern {n}:{m} is not supported; semi-structured sparse tensors "
+                         "(NVIDIA sparse tensor cores) hold exactly 2:4")
+    todo, skipped = [], {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or isinstance(mod.weight, SparseSemiStructuredTensor):
+            continue
+        weight = mod.weight
+        if weight.dim() != 2 or weight.shape[1] % 4 or not is_nm(weight.detach(), 2, 4, dim=1):
+            continue
+        _check_semi_structured_device(name, weight)
+        rows, cols = weight.shape
+        min_rows, min_cols = _semi_structured_constraints(weight.dtype)
+        if rows % min_rows or cols % min_cols:
+            skipped[name] = (f"shape {tuple(weight.shape)}: both dims must be multiples of ({min_rows}, {min_cols}) "
+                             f"for {weight.dtype}")
+            continue
+        todo.append((name, mod))
+    for name, mod in todo:
+        mod.weight = nn.Parameter(to_sparse_semi_structured(mod.weight.detach().contiguous()), requires_grad=False)
+    if skipped:
+        logger.warning("to_semi_structured: %d 2:4 layer(s) kept dense:\n  %s", len(skipped),
+                       "\n  ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return {"converted": [name for name, _ in todo], "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def compressed_bytes(numel: int, element_size: int, n: int = 2, m: int = 4) -> dict[str, int]:
+    r"""Bytes of an N:M matrix of ``numel`` entries stored compressed, as semi-structured kernels store it.
+
+    Kept values: ``numel · n/m`` entries of ``element_size`` bytes. Metadata: the position of every kept
+    value inside its group of m, ``⌈log2 m⌉`` bits each (2 bits for 2:4; cuSPARSELt and CUTLASS pack
+    exactly these 4 bits per group of 4)::
+
+        values   = numel · n/m · element_size
+        metadata = ⌈numel · n/m · ⌈log2 m⌉ / 8⌉
+        2:4 fp16: (0.5 · 2 + 0.5 · 2/8) / 2 = 1.125 / 2 bytes per weight = 56.25 % of dense (1.78× smaller)
+
+    Example:
+        >>> compressed_bytes(4096 * 4096, 2)
+        {'dense': 33554432, 'values': 16777216, 'metadata': 2097152, 'compressed': 18874368}
+    """
+    kept = numel * n // m
+    values = kept * element_size
+    metadata = math.ceil(kept * math.ceil(math.log2(m)) / 8)
+    return {"dense": numel * element_size, "values": values, "metadata": metadata, "compressed": values + metadata}
+
+
+def _row(shape, dtype: str, element_size: int, n: int, m: int, is_nm: bool | None) -> dict[str, Any]:
+    numel = math.prod(shape)
+    b = compressed_bytes(numel, element_size, n, m)
+    return {"shape": list(shape), "dtype": dtype, "is_nm": is_nm, "dense_bytes": b["dense"],
+            "values_bytes": b["values"], "metadata_bytes": b["metadata"], "compressed_bytes": b["compressed"]}
+
+
+def memory_report(model_or_dir, n: int | None = None, m: int | None = None, targets=None) -> dict[str, Any]:
+    r"""Dense bytes vs the bytes of the compressed N:M representation (see :func:`compressed_bytes`).
+
+    ``model_or_dir`` is a model (its target linears, by default every decoder linear, see
+    :func:`torchprox.llm.target_linears`; pattern ``n:m``, default 2:4) or a directory written by
+    :func:`save_sparse` (its manifest's layers and pattern; sizes and dtypes are read from the safetensors
+    headers, N:M-ness with :func:`check_sparse`). Only layers that are exactly N:M (``is_nm``) can be stored
+    compressed; the totals count the others as dense.
+
+    Returns:
+        ``{"pattern", "layers": {name: {"shape", "dtype", "is_nm", "dense_bytes", "values_bytes",
+        "metadata_bytes", "compressed_bytes"}}, "targets_dense_bytes", "targets_compressed_bytes",
+        "model_dense_bytes", "model_compressed_bytes", "ratio"}`` where ``model_*`` counts every stored tensor
+        (a model: its ``state_dict`` tensors, shared ones once; a directory: every tensor of the checkpoint)
+        and ``ratio`` =
+        model_compressed / model_dense.
+    """
+    if isinstance(model_or_dir, nn.Module):
+        n, m = (2 if n is None else n), (4 if m is None else m)
+        layers = _model_layers(model_or_dir, n, m, targets)
+        seen, total = set(), 0
+        for t in model_or_dir.state_dict(keep_vars=True).values():  # what save_pretrained stores
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    else:
+        path = Path(model_or_dir)
+        manifest = _read_manifest(path)
+        from .sparsify import parse_pattern
+
+        pn, pm = parse_pattern(manifest["pattern"])
+        if (n is not None and n != pn) or (m is not None and m != pm):
+            raise ValueError(f"{path}: the manifest says {pn}:{pm}, not {n}:{m}; pass n=None, m=None")
+        n, m = pn, pm
+        headers = {k: v for f in _safetensors_files(path) for k, v in _safetensors_header(f).items()}
+        check = check_sparse(path)["layers"]
+        layers = {}
+        for name in manifest["layers"]:
+            info = headers.get(f"{name}.weight")
+            if info is None:
+                raise ValueError(f"{path}: layer {name!r} of the manifest has no weight {name}.weight in the "
+                                 "safetensors files")
+            layers[name] = _row(info["shape"], info["dtype"], _SAFETENSORS_BYTES[info["dtype"]], n, m, check[name])
+        total = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in headers.values())
+    dense = sum(r["dense_bytes"] for r in layers.values())
+    comp = sum(r["compressed_bytes"] if r["is_nm"] else r["dense_bytes"] for r in layers.values())
+    model_comp = total - dense + comp
+    return {"pattern": f"{n}:{m}", "layers": layers, "targets_dense_bytes": dense, "targets_compressed_bytes": comp,
+            "model_dense_bytes": total, "model_compressed_bytes": model_comp,
+            "ratio": model_comp / total if total else 1.0}
+
+
+def _model_layers(model: nn.Module, n: int, m: int, targets) -> dict[str, dict[str, Any]]:
+    from ..prune import is_nm
+    from .blocks import linear_group_dim, target_linears
+
+    out = {}
+    for name, mod in target_linears(model, targets):
+        w = mod.weight.detach()
+        dtype = str(w.dtype).removeprefix("torch.")
+        out[name] = _row(tuple(w.shape), dtype, w.element_size(), n, m, is_nm(w, n, m, dim=linear_group_dim(mod)))
+    return out

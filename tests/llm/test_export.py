@@ -1,0 +1,157 @@
+"""Export of an N:M-sparse tiny Llama: plain-transformers reload, check_sparse, semi-structured 2:4, memory."""
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from torchprox import ProxAdam  # noqa: E402
+from torchprox.cli import main  # noqa: E402
+from torchprox.llm import (MANIFEST, check_sparse, magnitude_prune, memory_report, save_sparse,  # noqa: E402
+                           sparse_manifest, to_semi_structured)
+from torchprox.llm.export import compressed_bytes  # noqa: E402
+from torchprox.prune import apply_learned_masks, is_nm, learnable_nm_model, prox_param_groups, remove_all  # noqa: E402
+
+from .tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+IDS = torch.arange(40).remainder(63).view(2, 20)
+
+
+def learned_sparse_model():
+    """ProxAdam-learned 2:4 masks on a tiny Llama, applied and baked (the ProxSparse path)."""
+    model = tiny_llama()
+    assert len(learnable_nm_model(model, n=2, m=4)) == 14  # every decoder linear, not lm_head
+    opt = ProxAdam(prox_param_groups(model, lam=3.0), lr=1e-3)
+    for _ in range(3):
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    apply_learned_masks(model, optimizer=opt)
+    remove_all(model)
+    return model
+
+
+def magnitude_sparse_model():
+    model = tiny_llama()
+    magnitude_prune(model, 2, 4)
+    return model
+
+
+@pytest.mark.parametrize("make", [learned_sparse_model, magnitude_sparse_model])
+def test_saved_dir_reloads_with_plain_transformers(make, tmp_path, capsys):
+    model = make()
+    out = tmp_path / "sparse"
+    save_sparse(model, tiny_tokenizer(), out, sparse_manifest(model, 2, 4, method=make.__name__))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["pattern"] == "2:4" and manifest["method"] == make.__name__ and len(manifest["layers"]) == 14
+    assert all(v["ok"] for v in manifest["layers"].values())
+
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()  # no torchprox involved
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, model.eval()(IDS).logits)
+    for name in manifest["layers"]:
+        assert is_nm(reloaded.get_submodule(name).weight, 2, 4, dim=1)
+
+    report = check_sparse(out)
+    assert report["ok"] and report["pattern"] == "2:4" and set(report["layers"]) == set(manifest["layers"])
+    assert all(f == 1.0 for f in report["nm_fraction"].values())
+    assert main(["check", str(out)]) == 0 and "14/14 layers exactly 2:4" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".sparse.tmp-*"))  # the atomic write left no temporary directory
+
+
+def test_check_sparse_finds_a_dense_or_missing_layer(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = magnitude_sparse_model()
+    out = tmp_path / "sparse"
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4))
+    weights = load_file(out / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"][0, :4] = 1.0  # one group of 4 nonzeros
+    del weights["model.layers.0.self_attn.q_proj.weight"]
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    report = check_sparse(out)
+    assert not report["ok"]
+    assert report["layers"]["model.layers.1.mlp.down_proj"] is False
+    assert 0.9 < report["nm_fraction"]["model.layers.1.mlp.down_proj"] < 1.0
+    assert report["layers"]["model.layers.0.self_attn.q_proj"] is False
+    assert report["nm_fraction"]["model.layers.0.self_attn.q_proj"] is None
+    assert sum(report["layers"].values()) == 12
+    with pytest.raises(FileNotFoundError, match=MANIFEST):
+        check_sparse(tmp_path)
+
+
+def test_save_sparse_refuses_a_parametrized_model(tmp_path):
+    model = tiny_llama()
+    learnable_nm_model(model)
+    with pytest.raises(ValueError, match="remove_all"):
+        save_sparse(model, None, tmp_path / "out", {})
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_semi_structured_needs_cuda_fp16(tmp_path):
+    model = magnitude_sparse_model()
+    with pytest.raises(ValueError, match=r"CUDA GPU with compute capability >= 8\.0.*fp16/bf16") as err:
+        to_semi_structured(model)
+    assert "model.layers.0.self_attn.q_proj" in str(err.value) and "(32, 32)" in str(err.value)
+    assert type(model.model.layers[0].self_attn.q_proj.weight) is torch.nn.Parameter  # nothing converted
+    with pytest.raises(ValueError, match="exactly 2:4"):
+        to_semi_structured(model, n=1, m=4)
+    assert to_semi_structured(tiny_llama()) == {"converted": [], "skipped": {}}  # no 2:4 layer: nothing to do
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs a CUDA GPU with compute capability >= 8.0")
+def test_to_semi_structured_on_cuda():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(config).eval()
+    magnitude_prune(model, 2, 4)
+    model = model.to("cuda", torch.float16)
+    ids = torch.randint(0, 64, (4, 32), device="cuda")
+    with torch.no_grad():
+        dense = model(ids).logits.float()
+        result = to_semi_structured(model)
+        assert len(result["converted"]) == 14 and not result["skipped"]
+        assert isinstance(model.model.layers[0].mlp.up_proj.weight, torch.sparse.SparseSemiStructuredTensor)
+        sparse = model(ids).logits.float()
+    torch.testing.assert_close(sparse, dense, rtol=2e-2, atol=2e-2)
+
+
+def test_compressed_bytes_arithmetic():
+    # 2:4 fp16 4096 x 4096: half the values (16 MiB) + 2 bits per kept value (2 MiB) = 18 MiB vs 32 MiB.
+    assert compressed_bytes(4096 * 4096, 2) == {"dense": 32 << 20, "values": 16 << 20, "metadata": 2 << 20,
+                                                "compressed": 18 << 20}
+    # 1:4 needs 2 bits per kept value too; 2:8 needs 3.
+    assert compressed_bytes(64, 4, 1, 4)["metadata"] == 4 and compressed_bytes(64, 4, 2, 8)["metadata"] == 6
+
+
+def test_memory_report_model_and_dir_agree(tmp_path):
+    model = magnitude_sparse_model()
+    with torch.no_grad():  # make one target dense again: it must count as dense
+        model.model.layers[1].mlp.up_proj.weight.fill_(0.5)
+    rep = memory_report(model)
+    q = rep["layers"]["model.layers.0.self_attn.q_proj"]
+    assert q == {"shape": [32, 32], "dtype": "float32", "is_nm": True, "dense_bytes": 4096, "values_bytes": 2048,
+                 "metadata_bytes": 128, "compressed_bytes": 2176}
+    assert rep["layers"]["model.layers.1.mlp.up_proj"]["is_nm"] is False
+    dense_targets = sum(r["dense_bytes"] for r in rep["layers"].values())
+    assert rep["targets_dense_bytes"] == dense_targets
+    up = rep["layers"]["model.layers.1.mlp.up_proj"]
+    assert rep["targets_compressed_bytes"] == sum(r["compressed_bytes"] for r in rep["layers"].values()) \
+        - up["compressed_bytes"] + up["dense_bytes"]
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert rep["model_dense_bytes"] == total  # LlamaForCausalLM's rotary buffer is not persistent
+    assert rep["model_compressed_bytes"] == total - rep["targets_dense_bytes"] + rep["targets_compressed_bytes"]
+    assert 0.5 < rep["ratio"] < 1.0
+
+    out = tmp_path / "sparse"
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4))
+    from_dir = memory_report(out)
+    assert from_dir["layers"] == {k: {**v, "dtype": "F32"} for k, v in rep["layers"].items()}
+    for key in ("targets_dense_bytes", "targets_compressed_bytes", "model_dense_bytes", "model_compressed_bytes"):
+        assert from_dir[key] == rep[key], key
+    with pytest.raises(ValueError, match="manifest says 2:4"):
+        memory_report(out, n=1, m=4)
