@@ -104,3 +104,20 @@ def test_nm_progress_counts_groups():
         w[:2].zero_()
         w[2, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0])
     assert nm_progress(lin) == {"nm_fraction": 5 / 8, "nm_layers_done": 0, "nm_layers": 1}
+
+
+def test_example_script_quick(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "trainer_proxsparse.py"
+    spec = importlib.util.spec_from_file_location("trainer_proxsparse_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "quick"
+    assert example.main(["--quick", "--steps", "12", "--lam", "0.3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "14/14 layers exactly 2:4 after applying the learned masks" in printed
+    from torchprox.llm import check_sparse
+
+    assert check_sparse(out)["ok"]
