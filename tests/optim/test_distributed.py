@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="needs torch.distributed with gloo")
 
 WORLD = 2
-STEPS = 12
+STEPS = 8
 BATCH = 8  # split into WORLD equal halves: mean of the half-batch mean gradients == full-batch mean gradient
 SETTINGS = {"identity": {"lam": 1.0, "lr": 1e-2}, "adam": {"lam": 5.0, "lr": 1e-2}}
 
@@ -119,8 +119,10 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
                 if isinstance(layer, nn.Linear):
                     fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
-            for q, _, _, plist, _ in nm_parametrizations(model):
+            for q, _, _, plist, p in nm_parametrizations(model):
                 assert isinstance(plist.original, DTensor) and plist.original.placements == (Shard(0),)
+                # FSDP2 shards parameters, not buffers: every rank keeps the whole frozen W0.
+                assert not isinstance(p.w0, DTensor) and p.w0.shape == plist.original.shape
                 results["local_rows"][q] = plist.original.to_local().shape[0]
             train(model, metric, rank, WORLD)
             # Finish on the full (gathered) state: load it into an unsharded copy, then choose the masks.
