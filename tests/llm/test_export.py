@@ -155,3 +155,12 @@ def test_memory_report_model_and_dir_agree(tmp_path):
         assert from_dir[key] == rep[key], key
     with pytest.raises(ValueError, match="manifest says 2:4"):
         memory_report(out, n=1, m=4)
+
+
+@pytest.mark.parametrize("name", ["torchprox.llm.export", "torchprox.llm.trainer"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

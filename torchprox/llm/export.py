@@ -69,7 +69,7 @@ def sparse_manifest(model: nn.Module, n: int = 2, m: int = 4, targets=None, **fi
 
     Example::
 
-        >>> save_sparse(model, tok, Path("out"), sparse_manifest(model, 2, 4, method="proxsparse"))
+        save_sparse(model, tok, "out", sparse_manifest(model, 2, 4, method="proxsparse"))
     """
     manifest = {"format": FORMAT, "pattern": f"{n}:{m}", "targets": targets or "decoder-linears",
                 "layers": layer_checks(model, n, m, targets), "versions": _versions()}
