@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         targs = transformers.TrainingArguments(
             output_dir=scratch, max_steps=steps, per_device_train_batch_size=args.batch_size,
-            logging_steps=max(1, steps // 8), save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+            logging_steps=max(1, steps // 8), save_strategy="no", report_to="none",
+            use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True, seed=0, max_grad_norm=1.0)
         callback = NMMaskCallback()
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=dataset, optimizers=(opt, sched),

@@ -84,7 +84,8 @@ def _check_layer(name: str, layer, adapters: list[str], n: int, m: int, require_
         nm = is_nm(weight.detach(), n, m, dim=dim)
     if not nm and require_nm:
         frac = float(nm_fraction(weight.detach(), n, m, dim)) if weight.shape[dim] % m == 0 else None
-        got = f"{frac:.1%} of its groups are" if frac is not None else f"size {weight.shape[dim]} along dim {dim} is not"
+        got = (f"{frac:.1%} of its groups are" if frac is not None
+               else f"size {weight.shape[dim]} along dim {dim} is not")
         raise ValueError(
             f"LoRA target {name!r}: base weight of shape {tuple(weight.shape)} is not {n}:{m} along dim {dim} "
             f"({got} {n}:{m}), so it has no N:M mask to merge into. Sparsify it first, leave it out of "
