@@ -92,3 +92,37 @@ def test_build_cache_is_reused_and_can_be_disabled(tmp_path, monkeypatch):
     assert _native.library() is None
     y = torch.randn(4, 8)  # the plain-torch path still serves every call
     assert torch.equal(prox_nm(y, 25.0), project_nm(y))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+@pytest.mark.parametrize("lam", [1e-3, 0.05, 0.3, 1.0, 4.0, 30.0, 1e3])
+def test_full_blocks_every_regime_same_objective_as_eager(n, m, lam):
+    # Many groups, so whole 16-group blocks take the convex path (small lam), the pruned enumeration of
+    # supports (large lam) or a mix; values of mixed scale put different lanes in different regimes.
+    gen = torch.Generator().manual_seed(int(lam * 1000) + m)
+    scale = torch.rand(96, 1, generator=gen, dtype=torch.float64) * 3
+    y = torch.randn(96, 8 * m, generator=gen, dtype=torch.float64) * scale
+    fused, plain = prox_nm(y, lam, n, m), eager(prox_nm, y, lam, n, m)
+    f_fused = nm_objective(fused.reshape(-1, m), y.reshape(-1, m), lam, n)
+    f_plain = nm_objective(plain.reshape(-1, m), y.reshape(-1, m), lam, n)
+    assert (f_fused <= f_plain + 1e-12 * (1 + f_plain.abs())).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_twin_writes_into_its_input(dtype):
+    y = torch.randn(64, 32, dtype=dtype)
+    expected = prox_nm(y, 0.4)
+    z = y.clone()
+    ptr = z.data_ptr()
+    out = prox_nm.inplace(z, 0.4)
+    assert out is z and z.data_ptr() == ptr and torch.equal(z, expected)
+    # Not a contiguous view of its groups (dim 0, a transposed tensor): the out-of-place result, copied in.
+    for t, kw in ((y.clone(), {"dim": 0}), (y.t().clone().t(), {})):
+        expected = prox_nm(t, 0.4, **kw)
+        assert torch.equal(prox_nm.inplace(t, 0.4, **kw), expected)
+
+
+def test_nan_anywhere_makes_its_group_nan():
+    y = torch.tensor([[0.1, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]] * 8)
+    out = prox_nm(y, 0.01)
+    assert out[0::2].isnan().all() and torch.equal(out[1::2], eager(prox_nm, y[1::2], 0.01))

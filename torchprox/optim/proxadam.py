@@ -223,6 +223,10 @@ class ProxAdam(AdamW):
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
                     # requires_grad under no_grad), so kernels without autograd, e.g. the fused CPU N:M
                     # kernel, serve it.
+                    inplace = getattr(fn, "inplace", None)
+                    if inplace is not None and not differentiable and found_inf is None:
+                        inplace(p.detach(), lam_eff, step=s, **kwargs)  # e.g. the fused kernel, no temporary
+                        continue
                     y = p.clone() if differentiable else p.detach()
                     new = fn(y, lam_eff, step=s, **kwargs)
                     if found_inf is not None:  # the fused kernel skipped this step: skip the prox too

@@ -6,8 +6,8 @@ compiler command, written atomically; later processes load the cached library at
 (or with ``TORCHPROX_NATIVE=0``) :func:`library` returns None and the operators use their plain-torch path,
 which computes the same minimizer.
 
-The kernels are exposed to torch as custom ops (``torch.ops.torchprox.prox_nm_cpu`` and
-``torch.ops.torchprox.nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
+The kernels are exposed to torch as custom ops (``torch.ops.torchprox.prox_nm_cpu``, its in-place twin
+``prox_nm_cpu_`` and ``torch.ops.torchprox.nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "nm_cpu.cpp"
-_FLAGS = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
 
@@ -120,6 +120,14 @@ def prox_nm_cpu(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
     fn = getattr(library(), f"torchprox_prox_nm_{_SUFFIX[y.dtype]}")
     fn(y.data_ptr(), out.data_ptr(), y.shape[0], n, m, lam64.data_ptr(), torch.get_num_threads())
     return out
+
+
+@torch.library.custom_op("torchprox::prox_nm_cpu_", mutates_args=("groups",), device_types="cpu")
+def prox_nm_cpu_(groups: Tensor, lam: Tensor, n: int, m: int) -> None:
+    """In-place :func:`prox_nm_cpu` on a contiguous ``groups`` (G, m): each value is read before it is written."""
+    lam64 = lam.detach().to(torch.float64).contiguous()
+    fn = getattr(library(), f"torchprox_prox_nm_{_SUFFIX[groups.dtype]}")
+    fn(groups.data_ptr(), groups.data_ptr(), groups.shape[0], n, m, lam64.data_ptr(), torch.get_num_threads())
 
 
 @prox_nm_cpu.register_fake

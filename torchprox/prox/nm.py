@@ -320,8 +320,22 @@ def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
 
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
-    """In-place :func:`prox_nm`."""
+    """In-place :func:`prox_nm` (the fused CPU kernel writes into ``y`` directly when its groups are a
+    contiguous view of it: no temporary)."""
+    check_nm(n, m)
+    check_float(y, "y")
+    lam = check_lam(lam)
+    fusable = y.dtype in (torch.float32, torch.float64) and y.is_contiguous() and not isinstance(step, Tensor)
+    if fusable and not torch.compiler.is_compiling():  # (data_ptr is not traceable; compiled code copies)
+        g, _ = group_view(y, m, dim, name="y")
+        if g.data_ptr() == y.data_ptr() and g.is_contiguous() and _native_scalar(g, lam, step, m):
+            lam_s = lam * step if isinstance(lam, Tensor) else torch.tensor(lam * step, dtype=torch.float64)
+            _native.prox_nm_cpu_(g, lam_s, n, m)
+            return y
     return y.copy_(prox_nm(y, lam, n, m, step, dim))
+
+
+prox_nm.inplace = prox_nm_  # ProxAdam updates parameters with the in-place twin when there is one
 
 
 @register_prox("nm_projection")

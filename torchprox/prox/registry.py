@@ -2,7 +2,9 @@
 
 Every registered operator has the signature ``fn(y, lam, *, step=1.0, **kwargs) -> Tensor`` and returns
 ``argmin_w ½ Σ (w − y)² / step + lam · R(w)`` (out of place). ``step`` is a Python/0-d scalar or a tensor
-shaped like ``y`` (a diagonal metric). ProxAdam calls ``get_prox(name)(p, lam, step=..., **prox_kwargs)``.
+shaped like ``y`` (a diagonal metric). ProxAdam calls ``get_prox(name)(p, lam, step=..., **prox_kwargs)``, or,
+when the operator carries an in-place twin as its ``inplace`` attribute (same signature, updates ``y`` and
+returns it), that twin on the parameter itself.
 
 Example:
     >>> import torch

@@ -5,6 +5,9 @@
 // Newton on a convex scalar function, larger top-k supports by exact coordinate descent from two starts, and
 // the candidate with the smallest objective (strict <, so the sparser one wins ties).
 //
+// When lam is small enough that the objective is strongly convex on the box 0 <= x <= b (a per-group bound,
+// checked for the whole block), projected coordinate descent from b alone gives the global minimizer.
+//
 // Layout: groups are processed in blocks of kLanes, structure-of-arrays (value[i][lane]), so every step is a
 // short loop over lanes that the compiler vectorizes: the iterations of many groups are interleaved instead
 // of one group's dependent chain of divisions and square roots running alone. Iterations stop when every
@@ -83,6 +86,52 @@ inline int exponent(T x) {
   return e;
 }
 
+// Projected coordinate descent on x[0..k) (x[k..m) stay 0) for 1/2 sum (x - b)^2 + lam e_{n+1}(x), x >= 0:
+// x_i <- max(0, b_i - lam e_n(x minus i)), last coordinate first, until no lane moves by more than tol (each
+// lane stops on its own) or the sweep cap. e_n(x minus i) = sum_r P_i[r] S_i[n - r] with P_i the elementary
+// symmetric polynomials of x[0..i) (computed at the start of the sweep: those coordinates are not updated yet)
+// and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a sweep, sums of non-negative
+// terms only.
+template <typename T>
+inline void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int m, int n, const T* lam) {
+  (void)m;
+  T active[kLanes];
+  LANES active[l] = 1;
+  T P[kMaxM][kMaxM][kLanes];  // P[i][r]: e_r(x[0..i)), r = 0..n
+  for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
+    LANES P[0][0][l] = 1;
+    for (int r = 1; r <= n; ++r) LANES P[0][r][l] = 0;
+    for (int i = 1; i < k; ++i) {
+      LANES P[i][0][l] = 1;
+      for (int r = 1; r <= n; ++r) LANES P[i][r][l] = P[i - 1][r][l] + x[i - 1][l] * P[i - 1][r - 1][l];
+    }
+    T S[kMaxM][kLanes];  // e_r(x(i..k)), r = 0..n
+    LANES S[0][l] = 1;
+    for (int r = 1; r <= n; ++r) LANES S[r][l] = 0;
+    T change[kLanes];
+    LANES change[l] = 0;
+    for (int i = k - 1; i >= 0; --i) {
+      T c[kLanes];
+      LANES c[l] = 0;
+      for (int r = 0; r <= n; ++r) LANES c[l] += P[i][r][l] * S[n - r][l];
+      LANES {
+        T v = b[i][l] - lam[l] * c[l];
+        v = v < 0 ? T(0) : v;
+        const T dv = std::fabs(v - x[i][l]);
+        change[l] = dv > change[l] ? dv : change[l];
+        x[i][l] = active[l] != 0 ? v : x[i][l];
+      }
+      for (int r = n; r >= 1; --r) LANES S[r][l] += x[i][l] * S[r - 1][l];
+    }
+    T running = 0;
+    LANES {
+      active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
+      running += active[l];
+    }
+    if (running == 0) break;
+  }
+}
+
 // One block of kLanes groups (the last one padded with zeros by the caller).
 template <typename T, int NT, int MT>
 void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
@@ -92,11 +141,58 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   int idx[kMaxM][kLanes];
   T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes];
   T finite[kLanes];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
+  // |y| in group order, and the per-group max (a NaN or an infinity anywhere makes the group non-finite).
+  for (int i = 0; i < m; ++i) LANES b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
+  T amax[kLanes];
+  LANES { amax[l] = 0; finite[l] = 1; }
   for (int i = 0; i < m; ++i) LANES {
-    b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
-    idx[i][l] = i;
+    amax[l] = b[i][l] > amax[l] ? b[i][l] : amax[l];
+    finite[l] = b[i][l] <= std::numeric_limits<T>::max() ? finite[l] : T(0);
   }
-  // Sort descending, ties by lower index (odd-even transposition network: m rounds).
+  // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
+  // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
+  T half_up[kLanes], half_down[kLanes], inv_scale[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
+    half_up[l] = pow2<T>(e / 2);
+    scale[l] = pow2<T>(e - e / 2);
+    inv_scale[l] = pow2<T>(-(e - e / 2));
+    half_down[l] = pow2<T>(-(e / 2));
+    // lam * 2^(e (n-1)), saturated: a lambda beyond the largest float acts like an infinite one (top n).
+    const int el = e * (n - 1);
+    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
+    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
+  }
+
+  // Convex case. The Hessian of the objective is I + lam H(x) with H_ij = e_{n-1}(x minus i, j) >= 0 off the
+  // diagonal, and the minimizer lies in the box 0 <= x <= b, where the off-diagonal row sums are at most
+  // lam sum_{j != i} e_{n-1}(b minus i, j) = lam (m - n) e_{n-1}(b minus i) <= rho = lam (m - n) e_{n-1}(b).
+  // With rho <= 1/2 the objective is strongly convex on the box, so its unique minimizer (over every
+  // support at once) is the limit of projected coordinate descent from b: no sort and no candidates. When
+  // every lane of the block qualifies (small lam, the regime of mask learning) that is the whole solve.
+  {
+    T rho[kLanes];
+    for (int i = 0; i < m; ++i) LANES cand[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv_scale[l] : T(0);
+    esym(cand, m, n - 1, -1, rho);
+    T convex_lanes = 0;
+    LANES convex_lanes += lam_g[l] * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
+    if (convex_lanes == T(kLanes)) {
+      for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
+      coordinate_descent(best, cand, m, m, n, lam_g);
+      // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
+      const T nan = std::numeric_limits<T>::quiet_NaN();
+      for (int l = 0; l < lanes; ++l)
+        for (int i = 0; i < m; ++i) {
+          const T yi = y[l * m + i];
+          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          out[l * m + i] = finite[l] != 0 ? w : nan;
+        }
+      return;
+    }
+  }
+  // General case. Sort descending, ties by lower index (odd-even transposition network: m rounds), on the
+  // unscaled values (scaling down could merge distinct subnormals into ties).
+  for (int i = 0; i < m; ++i) LANES idx[i][l] = i;
   for (int round = 0; round < m; ++round)
     for (int i = round & 1; i + 1 < m; i += 2) LANES {
       const bool swap = b[i + 1][l] > b[i][l] || (b[i + 1][l] == b[i][l] && idx[i + 1][l] < idx[i][l]);
@@ -105,25 +201,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
       b[i][l] = swap ? bj : bi; b[i + 1][l] = swap ? bi : bj;
       idx[i][l] = swap ? ij : ii; idx[i + 1][l] = swap ? ii : ij;
     }
-  // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
-  // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
-  T half_up[kLanes], half_down[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    const T amax = b[0][l];
-    finite[l] = amax <= std::numeric_limits<T>::max() ? T(1) : T(0);
-    const int e = finite[l] != 0 && amax > 0 ? exponent(amax) : 0;
-    half_up[l] = pow2<T>(e / 2);
-    scale[l] = pow2<T>(e - e / 2);
-    half_down[l] = pow2<T>(-(e / 2));
-    // lam * 2^(e (n-1)), saturated: a lambda beyond the largest float acts like an infinite one (top n).
-    const int el = e * (n - 1);
-    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
-    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
-  }
-  for (int i = 0; i < m; ++i) LANES {
-    const T inv = T(1) / scale[l];  // exact: a power of two
-    b[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv : T(0);
-  }
+  for (int i = 0; i < m; ++i) LANES b[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv_scale[l] : T(0);
 
   // Candidate 1: the top n as they are (R = 0).
   LANES best_f[l] = 0;
@@ -172,32 +250,28 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   objective(cand, b, m, n, lam_g, f);
   keep_best(best, best_f, cand, f, m);
   std::memcpy(grown, cand, sizeof(T) * kLanes * m);
-  // Candidates 3..: the top k > n+1, by coordinate descent from x = b and from the previous solution.
+  // Candidates 3..: the top k > n+1, by coordinate descent from x = b and from the previous solution, for
+  // the k whose support can hold a local minimizer. At a local minimizer x with support the top k, every
+  // x_i = b_i - lam e_n(x minus i) with lam e_n(x minus i) <= lam e_n(x minus (k-1)) < b_{k-1}, so
+  // x_i > d_i = b_i - b_{k-1}; then (a) lam prod_{i<n} d_i < b_{k-1}, and (b) the 2x2 principal minor of the
+  // Hessian at the two smallest coordinates is >= 0: lam e_{n-1}(d_0..d_{k-3}) <= 1. Both only get harder
+  // to meet as k grows, so the first k where no lane of the block can meet them ends the enumeration.
+  int kmax = m;
   for (int k = n + 2; k <= m; ++k) {
+    T d[kMaxM][kLanes], e1[kLanes], pn[kLanes];
+    for (int j = 0; j < k - 2; ++j) LANES { const T dj = b[j][l] - b[k - 1][l]; d[j][l] = dj > 0 ? dj : T(0); }
+    esym(d, k - 2, n - 1, -1, e1);
+    LANES pn[l] = 1;
+    for (int j = 0; j < n; ++j) LANES pn[l] *= d[j][l];
+    T possible = 0;
+    const T margin = T(1) + T(1e-4);  // rounding in the bounds never rules out a candidate
+    LANES possible += lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
+    if (possible == 0) { kmax = k - 1; break; }
+  }
+  for (int k = n + 2; k <= kmax; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      T active[kLanes];
-      LANES active[l] = 1;
-      for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-        T change[kLanes], c[kLanes];
-        LANES change[l] = 0;
-        for (int i = k - 1; i >= 0; --i) {
-          esym(cand, k, n, i, c);
-          LANES {
-            T v = b[i][l] - lam_g[l] * c[l];
-            v = v < 0 ? T(0) : v;
-            const T dv = std::fabs(v - cand[i][l]);
-            change[l] = dv > change[l] ? dv : change[l];
-            cand[i][l] = active[l] != 0 ? v : cand[i][l];
-          }
-        }
-        T running = 0;
-        LANES {
-          active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
-          running += active[l];
-        }
-        if (running == 0) break;
-      }
+      coordinate_descent(cand, b, k, m, n, lam_g);
       objective(cand, b, m, n, lam_g, f);
       keep_best(best, best_f, cand, f, m);
     }
