@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from torchprox.llm import calibration_blocks, evaluation_blocks, load_default_model, perplexity
+from torchprox.llm import calibration_blocks, evaluation_blocks, load_default_model, perplexity, sparsegpt_prune
+from torchprox.llm.blocks import target_linears
 from torchprox.llm.proxsparse import ProxSparseConfig, learn_masks
 from torchprox.llm.sparsify import sparsify
+from torchprox.prox import nm_mask
 
 
 def main() -> None:
@@ -36,6 +38,10 @@ def main() -> None:
     ap.add_argument("--lam-normalization", default="rms")
     ap.add_argument("--mask-scores", default="weight")
     ap.add_argument("--frozen-lam", type=float, default=0.0)
+    ap.add_argument("--lam-ramp", type=float, default=0.0, help="fraction of steps over which lambda ramps up")
+    ap.add_argument("--lr-normalization", default="none")
+    ap.add_argument("--reconstruct", action="store_true",
+                    help="also report the perplexity after the mask-restricted OBS update (reconstruct='obs')")
     ap.add_argument("--calib-blocks", type=int, default=64, help="baselines' calibration blocks")
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
@@ -50,7 +56,8 @@ def main() -> None:
     if args.method == "proxsparse":
         cfg = ProxSparseConfig(steps=args.steps, batch_size=args.batch_size, lam=args.lam, lr=args.lr,
                                warmup=args.warmup, metric=args.metric, lam_normalization=args.lam_normalization,
-                               mask_scores=args.mask_scores, frozen_lam=args.frozen_lam)
+                               mask_scores=args.mask_scores, frozen_lam=args.frozen_lam, lam_ramp=args.lam_ramp,
+                               lr_normalization=args.lr_normalization)
         calib = calibration_blocks(tok, "builtin", seqlen=args.seqlen, n_blocks=args.steps * args.batch_size)
         rep = learn_masks(model, calib, 2, 4, cfg, progress=True)
         row.update(config=cfg.to_dict(), seqlen=args.seqlen, tokens=rep["tokens"],
@@ -62,6 +69,16 @@ def main() -> None:
         row.update(calib_blocks=args.calib_blocks, tokens=int(calib.numel()) if args.method != "magnitude" else 0)
     row["seconds"] = time.perf_counter() - t0
     row["perplexity"] = perplexity(model, evals, disable=True)
+    if args.reconstruct and args.method == "proxsparse":
+        # The mask is the nonzero pattern (completed to exactly n per group where W0 itself had zeros).
+        names = [name for name, _ in target_linears(model, m=4)]
+        modules = dict(model.named_modules())
+        masks = {name: nm_mask((modules[name].weight != 0).float(), 2, 4, dim=1) for name in names}
+        model, _ = load_default_model()  # the update starts from the dense weights
+        t1 = time.perf_counter()
+        sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)
+        row["reconstruct_seconds"] = time.perf_counter() - t1
+        row["perplexity_reconstructed"] = perplexity(model, evals, disable=True)
     row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -598,3 +598,24 @@ def test_real_default_model_wanda_beats_magnitude():
         assert len(rep) == 210 and set(rep.values()) == {1.0}
         ppl[name] = evaluate.perplexity(model, evalb, disable=True)
     assert ppl["wanda"] < ppl["magnitude"] / 3, ppl
+
+
+def test_sparsegpt_solve_with_a_given_mask_keeps_it_and_lowers_the_error():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(16, 64, generator=g)
+    # Correlated inputs (as in a network): what a pruned input carried, the kept ones can partly carry.
+    X = torch.randn(64, 16, generator=g) @ torch.randn(16, 400, generator=g) + 0.1 * torch.randn(64, 400, generator=g)
+    H = 2 * X @ X.t() / 400
+    keep = nm_mask(torch.rand(16, 64, generator=g), N, M, dim=1)  # an arbitrary N:M mask, not SparseGPT's own
+    new, _ = sparsegpt_solve(W, H, N, M, blocksize=16, mask=keep)
+    assert (new[~keep] == 0).all() and is_exact_nm(new, 1)
+    err_update = ((W - new) @ X).norm()
+    err_mask_only = ((W - W * keep) @ X).norm()
+    assert err_update < err_mask_only
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        sparsegpt_solve(W, H, N, M, mask=keep[:, :8])
+
+
+def test_sparsegpt_prune_with_masks_needs_one_per_target(llama, calib):
+    with pytest.raises(ValueError, match="masks has no entry"):
+        sparsegpt_prune(copy.deepcopy(llama), calib, N, M, masks={})

@@ -124,3 +124,42 @@ def test_bad_arguments(calib):
         with pytest.raises(ValueError):
             parse_pattern(bad)
     assert parse_pattern("2:4") == (2, 4) and parse_pattern("4:8") == (4, 8)
+
+
+def test_lam_ramp_schedule_and_result(calib):
+    from torchprox.llm.proxsparse import _lam_factor
+
+    cfg = ProxSparseConfig(steps=10, lam_ramp=0.5)
+    assert [_lam_factor(cfg, t) for t in (0, 4, 5, 9)] == [0.2, 1.0, 1.0, 1.0]
+    assert _lam_factor(ProxSparseConfig(steps=10), 0) == 1.0
+    model, w0 = tiny_llama(), snapshot(tiny_llama())
+    learn_masks(model, calib, 2, 4, ProxSparseConfig(steps=4, lam=0.5, lr=1e-2, lam_ramp=1.0), progress=False)
+    for name, _ in target_linears(model):
+        w = dict(model.named_modules())[name].weight
+        assert is_nm(w, 2, 4, dim=1) and torch.equal(w[w != 0], w0[name + ".weight"][w != 0])
+    with pytest.raises(ValueError, match="lam_ramp"):
+        ProxSparseConfig(lam_ramp=1.5)
+
+
+def test_reconstruct_keeps_the_learned_mask_and_moves_outputs_back_to_dense(calib):
+    cfg = dict(steps=6, lam=0.5, lr=1e-2)
+    mask_only, updated = tiny_llama(), tiny_llama()
+    learn_masks(mask_only, calib, 2, 4, ProxSparseConfig(**cfg), progress=False)
+    learn_masks(updated, calib, 2, 4, ProxSparseConfig(**cfg, reconstruct="obs"), progress=False)
+    mods_a, mods_b = dict(mask_only.named_modules()), dict(updated.named_modules())
+    changed = 0
+    for name, _ in target_linears(mask_only):
+        a, b = mods_a[name].weight, mods_b[name].weight
+        assert is_nm(b, 2, 4, dim=1) and not ((a == 0) & (b != 0)).any()  # the learned mask, kept
+        changed += int((a != b).any())
+    assert changed == 14  # every target's kept weights were updated
+
+    dense = tiny_llama()
+
+    def distance_to_dense(model):  # the update compensates the pruning error: outputs move back to dense
+        with torch.no_grad():
+            return float((model(input_ids=calib).logits - dense(input_ids=calib).logits).norm())
+
+    assert distance_to_dense(updated) < distance_to_dense(mask_only)
+    with pytest.raises(ValueError, match="reconstruct"):
+        ProxSparseConfig(reconstruct="sgd")

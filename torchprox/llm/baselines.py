@@ -214,7 +214,7 @@ def wanda_prune(model: nn.Module, calib, n: int = 2, m: int = 4, targets=None, *
 
 
 def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blocksize: int = 128,
-                    percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+                    percdamp: float = 0.01, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""The SparseGPT OBS solver for one layer: an exact N:M weight close to ``weight`` in the metric ``H``.
 
     Args:
@@ -223,6 +223,9 @@ def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blo
             Not modified.
         blocksize: columns processed per lazy-update block (a multiple of ``m``).
         percdamp: dampening ``percdamp · mean(diag H)`` added to the diagonal.
+        mask: optional bool ``(out, in)`` N:M mask to keep instead of choosing one: the same column-by-column
+            OBS update, restricted to a given (e.g. learned) mask — SparseGPT's approximation of
+            ``argmin_{W' ⊙ ¬mask = 0} tr((W' − W) H (W' − W)ᵀ)``.
     Returns:
         ``(new_weight, losses)``: the pruned and updated weight in float32 (exactly N:M along dim 1) and the
         per-row OBS loss estimate ``½ Σ_j (w_j − q_j)² / [H⁻¹]_jj``.
@@ -246,6 +249,9 @@ def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blo
         raise ValueError(f"blocksize must be a positive multiple of m={m}, got {blocksize}")
     if not percdamp >= 0:
         raise ValueError(f"percdamp must be >= 0, got {percdamp}")
+    if mask is not None and (mask.shape != weight.shape or mask.dtype != torch.bool):
+        raise ValueError(f"mask must be a bool tensor of the weight's shape {tuple(weight.shape)}, "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
     device = weight.device
     W = weight.detach().to(torch.float32).clone()
     H = hessian.detach().to(device=device).clone()
@@ -287,7 +293,9 @@ def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blo
         d1 = torch.diagonal(U1)
         keep1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
-            if i % m == 0:
+            if i % m == 0 and mask is not None:
+                keep1[:, i:i + m] = mask[:, i1 + i:i1 + i + m]
+            elif i % m == 0:
                 score = W1[:, i:i + m].square() / d1[i:i + m].square().unsqueeze(0)
                 keep1[:, i:i + m] = nm_mask(score, n, m, dim=1)
             w = W1[:, i]
@@ -306,7 +314,8 @@ def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blo
 
 def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: int = 128,
                     percdamp: float = 0.01, targets=None, *, batch_size: int = 8,
-                    hessian_dtype: torch.dtype = torch.float32, progress: bool = False) -> dict[str, float]:
+                    hessian_dtype: torch.dtype = torch.float32, progress: bool = False,
+                    masks: dict[str, Tensor] | None = None) -> dict[str, float]:
     """SparseGPT: N:M pruning with the OBS weight update, sequential over decoder blocks.
 
     For every target linear layer of a block, ``H = 2 X Xᵀ / num_sequences`` is accumulated (in
@@ -319,6 +328,8 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
         blocksize: columns per lazy-update block (a multiple of ``m``); ``percdamp``: relative dampening.
         batch_size: sequences per forward of a block.
         progress: a tqdm bar over the decoder blocks.
+        masks: optional ``{qualified target name (or its ".weight" tensor name): bool mask}`` of the weight's
+            shape: keep these masks and only update the kept weights (every target needs one).
     Returns:
         ``{qualified_name: fraction of groups exactly N:M}``.
     """
@@ -328,6 +339,11 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
     if hessian_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"hessian_dtype must be torch.float32 or torch.float64, got {hessian_dtype}")
     selected = target_linears(model, targets, m=m)
+    if masks is not None:
+        masks = {k.removesuffix(".weight"): v for k, v in masks.items()}
+        missing = [name for name, _ in selected if name not in masks]
+        if missing:
+            raise ValueError(f"masks has no entry for {len(missing)} target(s), e.g. {missing[0]!r}")
     per_block = _by_block(model, selected)
 
     def xtx(x: Tensor) -> Tensor:
@@ -341,7 +357,10 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
             H.mul_(2.0 / max(counts[name], 1))
             conv1d = linear_group_dim(mod) == 0
             w = mod.weight.detach()
-            new, losses = sparsegpt_solve(w.t() if conv1d else w, H, n, m, blocksize, percdamp)
+            keep = None if masks is None else masks[name].to(w.device)
+            if keep is not None and conv1d:
+                keep = keep.t()
+            new, losses = sparsegpt_solve(w.t() if conv1d else w, H, n, m, blocksize, percdamp, keep)
             del H
             with torch.no_grad():
                 mod.weight.copy_((new.t() if conv1d else new).to(mod.weight.dtype))

@@ -18,6 +18,15 @@ default) the given ``lam`` is read on the scale of a matrix whose entries have u
 which makes one setting transfer across layers and models. ``lam_normalization="none"`` uses ``lam`` as is
 (the paper's λ). The learning rate can be normalised the same way (``lr_normalization="rms"``:
 lr_W = lr · rms(W0)), since Adam's step is in absolute weight units.
+
+**λ schedule.** ``lam_ramp=f`` raises λ linearly from 0 to its value over the first fraction ``f`` of the
+steps (λ_t = λ · min(1, (t+1) / (f · steps))), so the loss moves the weights before the regularizer pins the
+groups; ``lam_ramp=0`` is the paper's constant λ.
+
+**Optional weight update** (``reconstruct="obs"``, not part of the paper: the output is then no longer
+``W0 ⊙ mask``). Once the learned mask is fixed, the kept weights are updated block by block with SparseGPT's
+OBS solver restricted to that mask (:func:`torchprox.llm.baselines.sparsegpt_prune` with ``masks=``), on the
+first ``reconstruct_blocks`` calibration blocks. The mask-only result stays the default.
 """
 from __future__ import annotations
 
@@ -60,6 +69,10 @@ class ProxSparseConfig:
         metric, lam_scaling: ProxAdam's options (``"identity"``, ``"constant"`` reproduce the paper).
         mask_scores: ``"weight"`` (top-n of |W|, the paper) or ``"activation"`` (top-n of |W|·‖X_j‖₂ with
             input norms from the calibration blocks).
+        lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
+        reconstruct: ``None`` (mask only: every weight is ``W0 ⊙ mask``) or ``"obs"`` (then update the kept
+            weights with the mask-restricted OBS solver; see the module docstring).
+        reconstruct_blocks: calibration blocks used by ``reconstruct``.
         frozen_lam: weight of the paper's "frozen weight" regularizer, added to the loss as
             ``frozen_lam · mean_ij (W_ij (W_ij − W0_ij) / W0_ij)²`` over all target weights (zero when every
             weight is either 0 or its original value; 0 disables it). It keeps the trained network close to
@@ -80,6 +93,9 @@ class ProxSparseConfig:
     metric: str = "identity"
     lam_scaling: str = "constant"
     mask_scores: str = "weight"
+    lam_ramp: float = 0.0
+    reconstruct: str | None = None
+    reconstruct_blocks: int = 64
     frozen_lam: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 0
@@ -94,6 +110,12 @@ class ProxSparseConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if not 0 <= self.lam_ramp <= 1:
+            raise ValueError(f"lam_ramp is a fraction of the steps in [0, 1], got {self.lam_ramp}")
+        if self.reconstruct not in (None, "obs"):
+            raise ValueError(f"reconstruct must be None or 'obs', got {self.reconstruct!r}")
+        if self.reconstruct_blocks < 1:
+            raise ValueError(f"reconstruct_blocks must be >= 1, got {self.reconstruct_blocks}")
         for key, allowed in (("lam_normalization", ("rms", "none")), ("lr_normalization", ("rms", "none")),
                              ("mask_scores", ("weight", "activation"))):
             if getattr(self, key) not in allowed:
@@ -133,6 +155,12 @@ def _schedule(cfg: ProxSparseConfig):
         return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
 
     return factor
+
+
+def _lam_factor(cfg: ProxSparseConfig, step: int) -> float:
+    """λ_t / λ at optimizer step ``step`` (0-based): a linear ramp over the first ``lam_ramp`` of the steps."""
+    ramp = cfg.lam_ramp * cfg.steps
+    return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
 
 
 def _nm_fraction(model: nn.Module) -> float:
@@ -247,6 +275,7 @@ def learn_masks(
         logger.info("resumed from %s at step %d", ckpt, start)
     device = next(model.parameters()).device
     params = [g["params"][0] for g in groups]
+    base_lams = [g["lam"] for g in groups]
     n_weights = sum(p.numel() for p in params)
     bar = None
     if progress:
@@ -258,6 +287,8 @@ def learn_masks(
     model.train()
     try:
         for step in range(start, cfg.steps):
+            for group, lam in zip(opt.param_groups, base_lams):
+                group["lam"] = lam * _lam_factor(cfg, step)
             ids = calib[order[step]].to(device)
             out = model(input_ids=ids, labels=ids, use_cache=False)
             loss = out.loss
@@ -295,10 +326,22 @@ def learn_masks(
                 shape = [1] * p.dim()
                 shape[dim] = -1
                 p.mul_(act_norms[name].to(p.dtype).view(shape))
-    apply_learned_masks(model, optimizer=opt)
+    # The update starts from the dense W0 (its pruning error is what it compensates): keep references.
+    dense = ({q: p.w0 for q, _, _, _, p in nm_parametrizations(model) if p.state == "learning"}
+             if cfg.reconstruct else {})
+    masks = apply_learned_masks(model, optimizer=opt)
     remove_all(model)
     for name, p in model.named_parameters():
         p.requires_grad_(requires.get(name, True))
+    if cfg.reconstruct == "obs":
+        from .baselines import sparsegpt_prune
+
+        with torch.no_grad():
+            for name, w0 in dense.items():
+                modules[name].weight.copy_(w0)
+        del dense
+        sparsegpt_prune(model, calib[:cfg.reconstruct_blocks], n, m, targets=group_names, masks=masks,
+                        progress=progress)
     steps_run = cfg.steps - start
     return {
         "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
