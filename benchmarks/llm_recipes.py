@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--frozen-lam", type=float, default=0.0)
     ap.add_argument("--lam-ramp", type=float, default=0.0, help="fraction of steps over which lambda ramps up")
     ap.add_argument("--lr-normalization", default="none")
+    ap.add_argument("--save-masks", default=None, help="proxsparse: write the learned masks here (torch.save)")
     ap.add_argument("--reconstruct", action="store_true",
                     help="also report the perplexity after the mask-restricted OBS update (reconstruct='obs')")
     ap.add_argument("--calib-blocks", type=int, default=64, help="baselines' calibration blocks")
@@ -74,6 +75,8 @@ def main() -> None:
         names = [name for name, _ in target_linears(model, m=4)]
         modules = dict(model.named_modules())
         masks = {name: nm_mask((modules[name].weight != 0).float(), 2, 4, dim=1) for name in names}
+        if args.save_masks:
+            torch.save(masks, args.save_masks)
         model, _ = load_default_model()  # the update starts from the dense weights
         t1 = time.perf_counter()
         sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)

@@ -78,7 +78,8 @@ def _config_from_args(args):
 
     return ProxSparseConfig(lam=args.lam, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
-                            checkpoint_every=args.checkpoint_every)
+                            checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
+                            reconstruct=args.reconstruct)
 
 
 def _versions() -> dict[str, str]:
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--warmup", type=float, default=0.1)
     s.add_argument("--mask-scores", choices=["weight", "activation"], default="weight")
+    s.add_argument("--lam-ramp", type=float, default=0.0,
+                   help="proxsparse: fraction of the steps over which lambda rises from 0 (0: constant, the paper)")
+    s.add_argument("--reconstruct", choices=["obs"], default=None,
+                   help="proxsparse: then update the kept weights (OBS on the learned mask); default: mask only")
     s.add_argument("--checkpoint-every", type=int, default=0, help="proxsparse: checkpoint every K steps")
     s.add_argument("--resume", action="store_true", help="proxsparse: continue from OUT.checkpoint")
     s.add_argument("--seed", type=int, default=0)
