@@ -142,7 +142,11 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes];
   T finite[kLanes];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
   // |y| in group order, and the per-group max (a NaN or an infinity anywhere makes the group non-finite).
-  for (int i = 0; i < m; ++i) LANES b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
+  if (lanes == kLanes) {
+    for (int i = 0; i < m; ++i) LANES b[i][l] = std::fabs(y[l * m + i]);
+  } else {
+    for (int i = 0; i < m; ++i) LANES b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
+  }
   T amax[kLanes];
   LANES { amax[l] = 0; finite[l] = 1; }
   for (int i = 0; i < m; ++i) LANES {
@@ -181,6 +185,14 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
       coordinate_descent(best, cand, m, m, n, lam_g);
       // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
       const T nan = std::numeric_limits<T>::quiet_NaN();
+      if (lanes == kLanes) {  // a full block: strided loads and stores the compiler vectorizes
+        for (int i = 0; i < m; ++i) LANES {
+          const T yi = y[l * m + i];
+          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          out[l * m + i] = finite[l] != 0 ? w : nan;
+        }
+        return;
+      }
       for (int l = 0; l < lanes; ++l)
         for (int i = 0; i < m; ++i) {
           const T yi = y[l * m + i];
