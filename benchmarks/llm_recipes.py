@@ -63,6 +63,7 @@ def main() -> None:
         rep = learn_masks(model, calib, 2, 4, cfg, progress=True)
         row.update(config=cfg.to_dict(), seqlen=args.seqlen, tokens=rep["tokens"],
                    seconds_per_step=rep["seconds_per_step"], nm_fraction=rep["nm_fraction"][-1][1],
+                   nm_fraction_log=rep["nm_fraction"], loss_log=rep["loss"],
                    loss_first10=sum(rep["loss"][:10]) / 10, loss_last10=sum(rep["loss"][-10:]) / 10)
     elif args.method != "dense":
         calib = calibration_blocks(tok, "builtin", seqlen=512, n_blocks=args.calib_blocks)
