@@ -20,13 +20,20 @@ import torch
 from torchprox.llm import calibration_blocks, evaluation_blocks, load_default_model, perplexity, sparsegpt_prune
 from torchprox.llm.blocks import target_linears
 from torchprox.llm.proxsparse import ProxSparseConfig, learn_masks
+from torchprox.llm.reconstruct import finetune_masked, obs_update
 from torchprox.llm.sparsify import sparsify
 from torchprox.prox import nm_mask
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", default="proxsparse", choices=["dense", "magnitude", "wanda", "sparsegpt", "proxsparse"])
+    ap.add_argument("--method", default="proxsparse",
+                    choices=["dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "masks"],
+                    help="'masks': apply the masks saved by --save-masks (mask only), then --update")
+    ap.add_argument("--masks", default=None, help="method 'masks': the file written by --save-masks")
+    ap.add_argument("--update", choices=["obs", "finetune"], default="obs", help="method 'masks': weight update")
+    ap.add_argument("--ft-steps", type=int, default=40)
+    ap.add_argument("--ft-lr", type=float, default=2e-4)
     ap.add_argument("--name", default=None)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=1)
@@ -65,6 +72,24 @@ def main() -> None:
                    seconds_per_step=rep["seconds_per_step"], nm_fraction=rep["nm_fraction"][-1][1],
                    nm_fraction_log=rep["nm_fraction"], loss_log=rep["loss"],
                    loss_first10=sum(rep["loss"][:10]) / 10, loss_last10=sum(rep["loss"][-10:]) / 10)
+    elif args.method == "masks":
+        masks = torch.load(args.masks, weights_only=True)
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, mask in masks.items():
+                modules[name].weight.mul_(mask)
+        row["perplexity_mask_only"] = perplexity(model, evals, disable=True)
+        calib = calibration_blocks(tok, "builtin", seqlen=512, n_blocks=args.calib_blocks)
+        t1 = time.perf_counter()
+        if args.update == "obs":
+            model, _ = load_default_model()  # the OBS update starts from the dense weights
+            obs_update(model, calib, masks, progress=True)
+        else:
+            report = finetune_masked(model, calib, masks, args.ft_steps, args.ft_lr, args.batch_size, progress=True)
+            row.update(loss_log=report["loss"])
+        row.update(masks=args.masks, update=args.update, calib_blocks=args.calib_blocks,
+                   ft_steps=args.ft_steps if args.update == "finetune" else None,
+                   ft_lr=args.ft_lr if args.update == "finetune" else None, update_seconds=time.perf_counter() - t1)
     elif args.method != "dense":
         calib = calibration_blocks(tok, "builtin", seqlen=512, n_blocks=args.calib_blocks)
         sparsify(model, calib, 2, 4, method=args.method, progress=False)

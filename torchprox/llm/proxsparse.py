@@ -23,10 +23,12 @@ lr_W = lr · rms(W0)), since Adam's step is in absolute weight units.
 steps (λ_t = λ · min(1, (t+1) / (f · steps))), so the loss moves the weights before the regularizer pins the
 groups; ``lam_ramp=0`` is the paper's constant λ.
 
-**Optional weight update** (``reconstruct="obs"``, not part of the paper: the output is then no longer
-``W0 ⊙ mask``). Once the learned mask is fixed, the kept weights are updated block by block with SparseGPT's
-OBS solver restricted to that mask (:func:`torchprox.llm.baselines.sparsegpt_prune` with ``masks=``), on the
-first ``reconstruct_blocks`` calibration blocks. The mask-only result stays the default.
+**Optional weight update** (``reconstruct=``, not part of the paper: the output is then no longer
+``W0 ⊙ mask``; see :mod:`torchprox.llm.reconstruct`). Once the learned mask is fixed, ``"obs"`` updates the
+kept weights block by block with SparseGPT's OBS solver restricted to that mask, on the first
+``reconstruct_blocks`` calibration blocks; ``"finetune"`` trains the kept weights on the LM loss for
+``reconstruct_steps`` steps (lr ``reconstruct_lr``, linear decay) with the mask frozen. The mask-only result
+stays the default.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from ..optim import ProxAdam
 from ..prune import apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all
 from ..prune.parametrization import nm_parametrizations
 from .blocks import target_linears
+from .reconstruct import finetune_masked, obs_update
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +73,10 @@ class ProxSparseConfig:
         mask_scores: ``"weight"`` (top-n of |W|, the paper) or ``"activation"`` (top-n of |W|·‖X_j‖₂ with
             input norms from the calibration blocks).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
-        reconstruct: ``None`` (mask only: every weight is ``W0 ⊙ mask``) or ``"obs"`` (then update the kept
-            weights with the mask-restricted OBS solver; see the module docstring).
-        reconstruct_blocks: calibration blocks used by ``reconstruct``.
+        reconstruct: ``None`` (mask only: every weight is ``W0 ⊙ mask``), ``"obs"`` or ``"finetune"`` (then
+            update the kept weights; see the module docstring).
+        reconstruct_blocks: calibration blocks used by ``"obs"``.
+        reconstruct_steps, reconstruct_lr: the masked fine-tune's steps (of ``batch_size`` blocks) and peak lr.
         frozen_lam: weight of the paper's "frozen weight" regularizer, added to the loss as
             ``frozen_lam · mean_ij (W_ij (W_ij − W0_ij) / W0_ij)²`` over all target weights (zero when every
             weight is either 0 or its original value; 0 disables it). It keeps the trained network close to
@@ -96,6 +100,8 @@ class ProxSparseConfig:
     lam_ramp: float = 0.0
     reconstruct: str | None = None
     reconstruct_blocks: int = 64
+    reconstruct_steps: int = 40
+    reconstruct_lr: float = 2e-4
     frozen_lam: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 0
@@ -112,10 +118,11 @@ class ProxSparseConfig:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.lam_ramp <= 1:
             raise ValueError(f"lam_ramp is a fraction of the steps in [0, 1], got {self.lam_ramp}")
-        if self.reconstruct not in (None, "obs"):
-            raise ValueError(f"reconstruct must be None or 'obs', got {self.reconstruct!r}")
-        if self.reconstruct_blocks < 1:
-            raise ValueError(f"reconstruct_blocks must be >= 1, got {self.reconstruct_blocks}")
+        if self.reconstruct not in (None, "obs", "finetune"):
+            raise ValueError(f"reconstruct must be None, 'obs' or 'finetune', got {self.reconstruct!r}")
+        if self.reconstruct_blocks < 1 or self.reconstruct_steps < 1 or not self.reconstruct_lr > 0:
+            raise ValueError("reconstruct_blocks and reconstruct_steps must be >= 1 and reconstruct_lr > 0, got "
+                             f"{self.reconstruct_blocks}, {self.reconstruct_steps}, {self.reconstruct_lr}")
         for key, allowed in (("lam_normalization", ("rms", "none")), ("lr_normalization", ("rms", "none")),
                              ("mask_scores", ("weight", "activation"))):
             if getattr(self, key) not in allowed:
@@ -326,21 +333,21 @@ def learn_masks(
                 shape = [1] * p.dim()
                 shape[dim] = -1
                 p.mul_(act_norms[name].to(p.dtype).view(shape))
-    # The update starts from the dense W0 (its pruning error is what it compensates): keep references.
+    # The OBS update starts from the dense W0 (its pruning error is what it compensates): keep references.
     dense = ({q: p.w0 for q, _, _, _, p in nm_parametrizations(model) if p.state == "learning"}
-             if cfg.reconstruct else {})
+             if cfg.reconstruct == "obs" else {})
     masks = apply_learned_masks(model, optimizer=opt)
     remove_all(model)
     for name, p in model.named_parameters():
         p.requires_grad_(requires.get(name, True))
     if cfg.reconstruct == "obs":
-        from .baselines import sparsegpt_prune
-
         with torch.no_grad():
             for name, w0 in dense.items():
                 modules[name].weight.copy_(w0)
         del dense
-        sparsegpt_prune(model, calib[:cfg.reconstruct_blocks], n, m, targets=group_names, masks=masks,
+        obs_update(model, calib[:cfg.reconstruct_blocks], masks, n, m, progress=progress)
+    elif cfg.reconstruct == "finetune":
+        finetune_masked(model, calib, masks, cfg.reconstruct_steps, cfg.reconstruct_lr, cfg.batch_size, cfg.seed,
                         progress=progress)
     steps_run = cfg.steps - start
     return {

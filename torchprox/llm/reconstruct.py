@@ -1,0 +1,116 @@
+r"""Optional weight update once an N:M mask is fixed (after ProxSparse, or for any given masks).
+
+The mask-only result (``W0 ⊙ mask``) is ProxSparse's output. These stages also change the kept weights, so
+their results are reported apart from it:
+
+- :func:`obs_update`: SparseGPT's OBS solver restricted to the given masks, block by block from the dense
+  weights (each layer: ``argmin_{W' ⊙ ¬mask = 0} ‖(W' − W0) X‖²`` by SparseGPT's column-by-column scheme).
+- :func:`finetune_masked`: a short fine-tune of the kept weights on the language-model loss with the mask
+  frozen: Adam on ``W`` with ``∇W ⊙ mask``, so pruned weights stay exactly 0 (their Adam moments stay 0).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .baselines import sparsegpt_prune
+
+__all__ = ["obs_update", "finetune_masked"]
+
+
+def _targets(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    out = {}
+    for key, mask in masks.items():
+        name = key.removesuffix(".weight")
+        mod = modules.get(name)
+        if mod is None or not isinstance(getattr(mod, "weight", None), Tensor):
+            raise ValueError(f"masks names {key!r}, which is not a module with a weight in this model")
+        if mask.shape != mod.weight.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask for {key!r} must be bool of shape {tuple(mod.weight.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        out[name] = mod
+    return out
+
+
+def obs_update(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], n: int = 2, m: int = 4, *,
+               progress: bool = False, **kwargs: Any) -> dict[str, float]:
+    """Prune ``model``'s **dense** weights to ``masks`` with the OBS update of the kept weights, in place.
+
+    Args:
+        calib: ``LongTensor (B, seqlen)`` calibration blocks.
+        masks: ``{module or weight name: bool mask of the weight's shape}``, one per target.
+        kwargs: :func:`~torchprox.llm.baselines.sparsegpt_prune` options (``blocksize``, ``percdamp``, ...).
+    Returns:
+        ``{name: fraction of groups exactly N:M}``.
+    """
+    names = list(_targets(model, masks))
+    return sparsegpt_prune(model, calib, n, m, targets=names, masks=masks, progress=progress, **kwargs)
+
+
+def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], steps: int = 40,
+                    lr: float = 2e-4, batch_size: int = 1, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    r"""Fine-tune the kept weights of the masked targets on the LM loss, the mask frozen, in place.
+
+    ``W ← W − Adam(∇L ⊙ mask)`` for ``steps`` steps on calibration blocks in a seeded order, learning rate
+    ``lr`` decaying linearly to 0. Only the target weights train (everything else is frozen and unchanged);
+    pruned weights stay exactly 0. The model's targets should already be ``W ⊙ mask``.
+
+    Returns:
+        ``{"steps", "seconds", "loss" (per step)}``.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    targets = _targets(model, masks)
+    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params, hooks = [], []
+    for key, mask in masks.items():
+        w = targets[key.removesuffix(".weight")].weight
+        with torch.no_grad():
+            w.masked_fill_(~mask.to(w.device), 0)
+        w.requires_grad_(True)
+        keep = mask.to(device=w.device, dtype=w.dtype)
+        hooks.append(w.register_hook(lambda g, keep=keep: g * keep))
+        params.append(w)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / steps))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(calib.shape[0], generator=gen)
+                       for _ in range(-(-steps * batch_size // calib.shape[0]))])[:steps * batch_size]
+    device = params[0].device
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="masked fine-tune", unit="step")
+    was_training = model.training
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(steps):
+            ids = calib[order[step * batch_size:(step + 1) * batch_size]].to(device)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires.get(name, True))
+            p.grad = None
+    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss": losses}
