@@ -14,6 +14,7 @@ from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest, to_semi_structured
 from .models import load_default_model, load_model
 from .proxsparse import ProxSparseConfig, learn_masks
+from .reconstruct import finetune_masked, obs_update
 from .sparsify import METHODS, parse_pattern, sparsify
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
     "calibration_blocks", "evaluation_blocks", "load_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
     "load_default_model", "load_model", "ProxSparseConfig", "learn_masks", "METHODS", "parse_pattern", "sparsify",
     "MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "to_semi_structured", "memory_report",
-    "NMMaskCallback", "nm_progress", "merge_lora_nm", "lora_nm_report",
+    "NMMaskCallback", "nm_progress", "merge_lora_nm", "lora_nm_report", "obs_update", "finetune_masked",
 ]
 
 # Names whose modules import heavy optional packages (transformers.Trainer, peft): loaded on first use.
