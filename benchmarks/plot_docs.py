@@ -1,0 +1,143 @@
+"""The plots of the documentation site's benchmark page, written to ``docs/img/`` (committed, so the site builds
+without running anything).
+
+    python benchmarks/plot_docs.py [--rows benchmarks/results/recipes.jsonl] [--out docs/img]
+
+- ``recipes_perplexity.png``: held-out perplexity per method (the latest row of every recipe name), log scale.
+- ``recipes_time.png``: perplexity vs learning time (``plot_recipes.plot``).
+- ``nm_fraction.png``: the fraction of groups already N:M over the learning steps, from the rows' ``nm_fraction_log``
+  (``[[step, fraction], ...]``). When no row carries one yet, from a short ``torchprox.llm.learn_masks`` run on a
+  tiny Llama built from a config (seconds on one thread); the title says which. ``nm_fraction.json`` records
+  where the curves came from (the docs page quotes it).
+
+The prox-time plot is written by ``benchmarks/bench_prox_sizes.py``. Needs matplotlib (``pip install
+torchprox[bench]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plot_recipes import load_rows, plot as plot_time  # noqa: E402
+
+COLORS = {"dense": "black", "magnitude": "grey", "wanda": "tab:orange", "sparsegpt": "tab:red",
+          "proxsparse": "tab:blue"}
+
+
+def _save(fig, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out)
+
+
+def plot_perplexity(rows: list[dict], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    latest = {r["name"]: r for r in rows}  # the latest row per recipe name
+    bars = []
+    for name, r in latest.items():
+        if "perplexity_reconstructed" in r:
+            bars.append((f"{name.removesuffix('+obs')}, mask only", r["method"], r["perplexity"]))
+            bars.append((f"{name.removesuffix('+obs')} + OBS update", "proxsparse+obs", r["perplexity_reconstructed"]))
+        else:
+            bars.append((name, r["method"], r["perplexity"]))
+    bars.sort(key=lambda b: b[2])
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(bars) + 1.4))
+    ys = range(len(bars))
+    patches = ax.barh(ys, [b[2] for b in bars], color=[COLORS.get(b[1], "tab:blue") for b in bars])
+    for patch, b in zip(patches, bars):
+        if "OBS" in b[0]:  # learned mask + SparseGPT's OBS update of the kept weights
+            patch.set_hatch("//")
+            patch.set_facecolor("tab:blue")
+            patch.set_edgecolor("tab:red")
+    ax.set_yticks(list(ys), [f"{b[0]} ({b[1]})" if b[0] != b[1] else b[0] for b in bars], fontsize=8)
+    for y, b in zip(ys, bars):
+        ax.text(b[2] * 1.05, y, f"{b[2]:.1f}", va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(b[2] for b in bars) * 4)
+    ax.invert_yaxis()
+    ax.set_xlabel("held-out perplexity (16,384 tokens, lower is better; log scale)")
+    fig.suptitle("2:4 on SmolLM2-135M (embedded default): perplexity per method", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def tiny_nm_fraction_log(steps: int = 60) -> dict:
+    """A short ProxSparse run on a 2-layer Llama (hidden 64) built from a config, on structured token blocks."""
+    import torch
+    import transformers
+
+    from torchprox.llm import ProxSparseConfig, learn_masks
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config)
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(0, 128, (steps, 1), generator=g)
+    calib = (start + 7 * torch.arange(64) + torch.randint(0, 3, (steps, 64), generator=g)) % 128
+    curves = {}
+    for lam in (0.05, 0.2):
+        cfg = ProxSparseConfig(lam=lam, lr=2e-3, steps=steps, batch_size=1, log_every=2, seed=0)
+        report = learn_masks(model if lam == 0.05 else _fresh(model, config), calib, 2, 4, cfg, progress=False)
+        curves[f"tiny Llama, λ {lam} (normalised)"] = [list(map(float, p)) for p in report["nm_fraction"]]
+    return {"source": "tiny", "note": f"a {steps}-step learn_masks run on a 2-layer Llama (hidden 64) built from a "
+                                      "config, 64-token structured blocks, 1 thread", "curves": curves}
+
+
+def _fresh(_model, config):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config)
+
+
+def plot_nm_fraction(data: dict, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, log in data["curves"].items():
+        ax.plot([p[0] for p in log], [100 * p[1] for p in log], "-", marker=".", label=label)
+    ax.set_xlabel("learning step")
+    ax.set_ylabel("groups already 2:4 in W (%)")
+    ax.set_ylim(0, 101)
+    title = "Fraction of groups N:M during ProxSparse learning"
+    if data["source"] == "tiny":
+        title += "\n(tiny model built from a config: no recipe row logs it yet)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="benchmarks/results/recipes.jsonl")
+    ap.add_argument("--out", default="docs/img")
+    args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows, out = load_rows(Path(args.rows)), Path(args.out)
+    plot_perplexity(rows, out / "recipes_perplexity.png")
+    plot_time(rows, out / "recipes_time.png")
+    logged = {r["name"]: r["nm_fraction_log"] for r in rows if r.get("nm_fraction_log")}
+    if logged:
+        data = {"source": "recipes", "note": f"nm_fraction_log of {args.rows}", "curves": logged}
+    else:
+        data = tiny_nm_fraction_log()
+    (out / "nm_fraction.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot_nm_fraction(data, out / "nm_fraction.png")
+    print(f"wrote {out}/recipes_perplexity.png, recipes_time.png, nm_fraction.png ({data['note']})")
+
+
+if __name__ == "__main__":
+    main()
