@@ -107,6 +107,16 @@ def target_linears(model: nn.Module, targets=None, m: int | None = None) -> list
             (attention modules, norms) are skipped; selecting no linear layer at all is a ``ValueError``.
         m: when given, every selected weight must be groupable into runs of ``m`` along its input dim
             (``ValueError`` naming the module otherwise; torchprox never pads).
+
+    Examples:
+        >>> import transformers
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> [name for name, _ in target_linears(model)][:3]
+        ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.k_proj', 'model.layers.0.self_attn.v_proj']
+        >>> len(target_linears(model)), len(target_linears(model, ["q_proj", "mlp.down_proj"]))
+        (14, 4)
     """
     layers, prefix = _layers_and_prefix(model)
     spec = _compile_targets("all-linear" if targets is None else targets)

@@ -67,9 +67,26 @@ def sparse_manifest(model: nn.Module, n: int = 2, m: int = 4, targets=None, **fi
     """The ``torchprox.json`` manifest of a sparse ``model``: ``format``, ``pattern`` (``"n:m"``), ``targets``,
     ``layers`` (:func:`layer_checks`), ``versions``, plus any extra plain-data ``fields`` (method, report...).
 
-    Example::
+    Examples:
+        A tiny Llama built from a config, made 2:4 by magnitude, saved, re-checked from disk and measured:
 
-        save_sparse(model, tok, "out", sparse_manifest(model, 2, 4, method="proxsparse"))
+        >>> import tempfile, torch, transformers
+        >>> from torchprox.llm import sparsify, save_sparse, check_sparse, memory_report
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> _ = sparsify(model, None, 2, 4, method="magnitude", progress=False)
+        >>> manifest = sparse_manifest(model, 2, 4, method="magnitude")
+        >>> manifest["pattern"], len(manifest["layers"])          # 7 linears in one Llama block
+        ('2:4', 7)
+        >>> out = tempfile.mkdtemp()
+        >>> save_sparse(model, None, out, manifest, overwrite=True)
+        >>> check_sparse(out)["ok"]
+        True
+        >>> r = memory_report(model)
+        >>> r["targets_compressed_bytes"] < r["targets_dense_bytes"]     # values + 2-bit indices
+        True
     """
     manifest = {"format": FORMAT, "pattern": f"{n}:{m}", "targets": targets or "decoder-linears",
                 "layers": layer_checks(model, n, m, targets), "versions": _versions()}
@@ -279,7 +296,7 @@ def compressed_bytes(numel: int, element_size: int, n: int = 2, m: int = 4) -> d
         metadata = ⌈numel · n/m · ⌈log2 m⌉ / 8⌉
         2:4 fp16: (0.5 · 2 + 0.5 · 2/8) / 2 = 1.125 / 2 bytes per weight = 56.25 % of dense (1.78× smaller)
 
-    Example:
+    Examples:
         >>> compressed_bytes(4096 * 4096, 2)
         {'dense': 33554432, 'values': 16777216, 'metadata': 2097152, 'compressed': 18874368}
     """

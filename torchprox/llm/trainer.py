@@ -61,7 +61,7 @@ def nm_progress(model: nn.Module) -> dict[str, Any] | None:
 
     or None when the model has no learning-state N:M layer. (One host sync per layer: for logging.)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm
         >>> lin = learnable_nm(torch.nn.Linear(8, 2))

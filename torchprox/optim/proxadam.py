@@ -313,7 +313,7 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
         foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`
             (they select and configure torch's Adam kernels; the prox is applied per parameter either way).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox import ProxAdam
         >>> model = torch.nn.Linear(16, 8)

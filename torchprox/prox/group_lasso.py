@@ -26,7 +26,7 @@ def group_lasso_penalty(w: Tensor, group_size: int | None = None, dim: int = -1)
     (``None``: the whole of ``dim``, i.e. one group per row/column). The ``sqrt(|g|)`` factor makes λ
     comparable across group sizes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> group_lasso_penalty(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))   # sqrt(2)·5
         tensor(7.0711)
@@ -51,7 +51,7 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
     Args:
         group_size: consecutive entries per group along ``dim``; ``None`` = the whole dim (rows/columns).
 
-    Example:
+    Examples:
         >>> import torch
         >>> prox_group_lasso(torch.tensor([[3.0, 4.0], [0.3, 0.4]]), lam=1.0)   # κ = sqrt(2)
         tensor([[2.1515, 2.8686],

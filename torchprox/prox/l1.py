@@ -17,7 +17,7 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
     Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a positive scalar or a
     positive tensor broadcastable to ``y`` (a diagonal metric).
 
-    Example:
+    Examples:
         >>> import torch
         >>> prox_l1(torch.tensor([-2.0, 0.3, 1.5]), lam=0.5)
         tensor([-1.5000,  0.0000,  1.0000])
@@ -28,5 +28,12 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
 
 
 def prox_l1_(y: Tensor, lam, step=1.0) -> Tensor:
-    """In-place :func:`prox_l1`."""
+    """In-place :func:`prox_l1`: ``y ← sign(y) · max(|y| − lam · step, 0)``; returns ``y``.
+
+    Examples:
+        >>> import torch
+        >>> y = torch.tensor([-2.0, 0.3, 1.5])
+        >>> prox_l1_(y, 0.5) is y, y
+        (True, tensor([-1.5000,  0.0000,  1.0000]))
+    """
     return y.copy_(prox_l1(y, lam, step))

@@ -48,7 +48,7 @@ def nm_penalty(w: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     Returns:
         a 0-d tensor (float64 for float64 input, else float32 cast back to ``w.dtype``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> nm_penalty(torch.tensor([1.0, 2.0, 3.0, 0.0]))      # 2:4 → |1·2·3|
         tensor(6.)
@@ -74,7 +74,7 @@ def nm_mask(scores: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     Exactly ``n`` entries per group are kept; among equal scores the lower index wins, so the mask is
     reproducible bit for bit. NaN scores are not supported.
 
-    Example:
+    Examples:
         >>> import torch
         >>> nm_mask(torch.tensor([[3.0, 1.0, 3.0, 2.0], [1.0, 1.0, 1.0, 1.0]]))
         tensor([[ True, False,  True, False],
@@ -99,10 +99,12 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
     The solution keeps, in each group, the ``n`` entries with the largest ``y² / s`` (``|y|`` when ``step`` is
     None or a scalar) bit for bit and zeroes the rest; ties keep the lower index.
 
-    Example:
+    Examples:
         >>> import torch
-        >>> project_nm(torch.tensor([0.5, -2.0, 1.0, 1.0]))
-        tensor([ 0.0000, -2.0000,  1.0000,  0.0000])
+        >>> project_nm(torch.tensor([0.5, -2.0, 1.0, 1.0]))    # the tie 1.0 = 1.0 keeps the lower index
+        tensor([ 0., -2.,  1.,  0.])
+        >>> project_nm(torch.randn(8, 16), 2, 4, dim=1).ne(0).view(8, 4, 4).sum(-1).max()   # (out, in) rows
+        tensor(2)
     """
     check_nm(n, m)
     check_float(y, "y")
@@ -115,7 +117,14 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
 
 
 def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> Tensor:
-    """In-place :func:`project_nm`."""
+    """In-place :func:`project_nm`: ``y`` is overwritten with its N:M projection and returned.
+
+    Examples:
+        >>> import torch
+        >>> y = torch.tensor([[0.5, -2.0, 1.0, 3.0]])
+        >>> project_nm_(y) is y, y
+        (True, tensor([[ 0., -2.,  0.,  3.]]))
+    """
     return y.mul_(nm_mask(y.square() / step if isinstance(step, Tensor) and step.dim() else y.abs(), n, m, dim))
 
 
@@ -276,7 +285,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     Returns:
         a tensor like ``y``. bfloat16/float16 inputs are computed in float32 and rounded once at the end.
 
-    Example:
+    Examples:
         >>> import torch
         >>> prox_nm(torch.tensor([1.0, 0.98, 0.96, 0.94]), lam=1.1)
         tensor([0.6490, 0.6009, 0.5310, 0.0000])
@@ -321,7 +330,15 @@ def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     """In-place :func:`prox_nm` (the fused CPU kernel writes into ``y`` directly when its groups are a
-    contiguous view of it: no temporary)."""
+    contiguous view of it: no temporary). Same math and shapes as :func:`prox_nm`; returns ``y``.
+
+    Examples:
+        >>> import torch
+        >>> y = torch.randn(4, 8, dtype=torch.float64)
+        >>> expected = prox_nm(y, 0.5, 2, 4, dim=1)
+        >>> prox_nm_(y, 0.5, 2, 4, dim=1) is y, torch.equal(y, expected)
+        (True, True)
+    """
     check_nm(n, m)
     check_float(y, "y")
     lam = check_lam(lam)

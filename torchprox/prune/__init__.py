@@ -18,7 +18,7 @@ Groups run along the reduction (input) dim: ``nn.Linear`` (out, in) → dim 1, t
 (in, out) → dim 0, ``nn.Conv{1,2,3}d`` (out, in/groups, *k) → dim 1: ``m`` consecutive input channels at
 each (output channel, kernel position), the layout of an implicit-GEMM convolution's reduction.
 
-Example:
+Examples:
     >>> import torch
     >>> from torchprox import ProxAdam
     >>> from torchprox.prune import learnable_nm_model, prox_param_groups, apply_learned_masks, remove_all, is_nm

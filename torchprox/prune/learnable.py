@@ -89,7 +89,7 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
         ValueError: the size along ``dim`` is not a multiple of ``m`` (the message names the module, its
         shape and the fix), the tensor is already parametrized or pruned, or it is not a float Parameter.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm
         >>> lin = learnable_nm(torch.nn.Linear(8, 4), n=2, m=4)
@@ -125,7 +125,7 @@ def learnable_nm_model(model: nn.Module, n: int = 2, m: int = 4, targets="all-li
     Returns:
         the qualified names of the modules made learnable, in ``named_modules`` order.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm_model
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -189,7 +189,7 @@ def prox_param_groups(model: nn.Module, lam: float, n: int | None = None, m: int
         rest: extra keys for the plain group (e.g. ``{"lr": 1e-5}``).
         **extra: extra keys for the N:M groups (e.g. ``lr=1e-4, weight_decay=0.0``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox import ProxAdam
         >>> from torchprox.prune import learnable_nm_model, prox_param_groups
@@ -259,7 +259,7 @@ def apply_learned_masks(model: nn.Module, optimizer: torch.optim.Optimizer | Non
     Returns:
         ``{qualified tensor name: bool mask}`` for the layers masked by this call.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm, apply_learned_masks, is_nm
         >>> lin = learnable_nm(torch.nn.Linear(8, 2))

@@ -34,7 +34,7 @@ class NMStructured(torch_prune.BasePruningMethod):
         n, m: the pattern (``0 < n < m``).
         dim: the group dim (the reduction dim: 1 for ``nn.Linear``/convs, 0 for transformers ``Conv1D``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.nn.utils import prune
         >>> from torchprox.prune import NMStructured, is_nm
@@ -94,7 +94,7 @@ def nm_structured(module: nn.Module, name: str = "weight", n: int = 2, m: int = 
         ValueError: size along ``dim`` not a multiple of ``m`` (naming the module and shape), unknown layer
         type without ``dim``, or a tensor under a torchprox learnable parametrization.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import nm_structured
         >>> lin = nm_structured(torch.nn.Linear(8, 2), n=2, m=4)

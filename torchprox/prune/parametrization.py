@@ -58,7 +58,7 @@ class NMParametrization(nn.Module):
         orig_requires_grad: the weight's ``requires_grad`` before registration, restored by ``remove``
             (W itself always requires grad while learning).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm
         >>> lin = learnable_nm(torch.nn.Linear(8, 2))

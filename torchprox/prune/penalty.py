@@ -26,7 +26,7 @@ def frozen_weight_penalty(model: nn.Module, eps: float = 1e-8) -> Tensor:
     Returns:
         a 0-d tensor (0 when there is no learning-state layer).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm, frozen_weight_penalty
         >>> lin = learnable_nm(torch.nn.Linear(8, 2))

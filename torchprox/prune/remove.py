@@ -38,7 +38,7 @@ def remove(module: nn.Module, name: str = "weight") -> nn.Module:
     Raises:
         ValueError: ``module.<name>`` has neither.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm, apply_learned_masks, remove
         >>> lin = learnable_nm(torch.nn.Linear(8, 2))
@@ -67,7 +67,7 @@ def remove_all(model: nn.Module) -> list[str]:
 
     Returns the qualified tensor names baked. ``torch.nn.utils.prune`` reparametrizations are left alone.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm_model, apply_learned_masks, remove_all
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
@@ -85,7 +85,7 @@ def is_pruned(module: nn.Module) -> bool:
     r"""True when ``module`` or a submodule has a torchprox N:M parametrization (learning or masked) or a
     ``torch.nn.utils.prune`` reparametrization, i.e. when :func:`remove` has something to bake.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import learnable_nm, is_pruned
         >>> lin = torch.nn.Linear(8, 2)

@@ -22,7 +22,7 @@ def _nonzeros_per_group(t: Tensor, m: int, dim: int) -> Tensor:
 def nm_fraction(tensor: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     r"""The fraction of groups of ``m`` along ``dim`` with at most ``n`` nonzeros (a 0-d float tensor).
 
-    Example:
+    Examples:
         >>> import torch
         >>> float(nm_fraction(torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 1.0, 1.0, 0.0])))
         0.5
@@ -37,7 +37,7 @@ def is_nm(tensor: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> bool:
     A size along ``dim`` that is not a multiple of ``m`` is a ``ValueError``. (One host sync: not for hot
     paths.)
 
-    Example:
+    Examples:
         >>> import torch
         >>> is_nm(torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 3.0, 4.0, 0.0]]), 2, 4)
         True
@@ -75,7 +75,7 @@ def sparsity_report(model: nn.Module, n: int = 2, m: int = 4) -> list[dict]:
     nonzeros; None when the size along ``dim`` is not a multiple of ``m``), ``is_nm`` (``nm_fraction == 1``)
     and ``sparsity`` (fraction of exact zeros).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchprox.prune import nm_structured, sparsity_report
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
