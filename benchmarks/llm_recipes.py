@@ -52,13 +52,14 @@ def main() -> None:
                     help="also report the perplexity after the mask-restricted OBS update (reconstruct='obs')")
     ap.add_argument("--calib-blocks", type=int, default=64, help="baselines' calibration blocks")
     ap.add_argument("--eval-tokens", type=int, default=16384)
+    ap.add_argument("--data", default="builtin", help="'builtin' (Wikipedia) or 'news' (Lee corpus): calibration and evaluation")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/recipes.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_default_model()
-    evals = evaluation_blocks(tok, "builtin", seqlen=512, max_tokens=args.eval_tokens)
-    row = {"method": args.method, "name": args.name or args.method, "threads": args.threads,
+    evals = evaluation_blocks(tok, args.data, seqlen=512, max_tokens=args.eval_tokens)
+    row = {"method": args.method, "name": args.name or args.method, "threads": args.threads, "data": args.data,
            "eval_tokens": int(evals.numel())}
     t0 = time.perf_counter()
     if args.method == "proxsparse":
@@ -66,7 +67,7 @@ def main() -> None:
                                warmup=args.warmup, metric=args.metric, lam_normalization=args.lam_normalization,
                                mask_scores=args.mask_scores, frozen_lam=args.frozen_lam, lam_ramp=args.lam_ramp,
                                lr_normalization=args.lr_normalization)
-        calib = calibration_blocks(tok, "builtin", seqlen=args.seqlen, n_blocks=args.steps * args.batch_size)
+        calib = calibration_blocks(tok, args.data, seqlen=args.seqlen, n_blocks=args.steps * args.batch_size)
         rep = learn_masks(model, calib, 2, 4, cfg, progress=True)
         row.update(config=cfg.to_dict(), seqlen=args.seqlen, tokens=rep["tokens"],
                    seconds_per_step=rep["seconds_per_step"], nm_fraction=rep["nm_fraction"][-1][1],
@@ -79,7 +80,7 @@ def main() -> None:
             for name, mask in masks.items():
                 modules[name].weight.mul_(mask)
         row["perplexity_mask_only"] = perplexity(model, evals, disable=True)
-        calib = calibration_blocks(tok, "builtin", seqlen=512, n_blocks=args.calib_blocks)
+        calib = calibration_blocks(tok, args.data, seqlen=512, n_blocks=args.calib_blocks)
         t1 = time.perf_counter()
         if args.update == "obs":
             model, _ = load_default_model()  # the OBS update starts from the dense weights
@@ -91,7 +92,7 @@ def main() -> None:
                    ft_steps=args.ft_steps if args.update == "finetune" else None,
                    ft_lr=args.ft_lr if args.update == "finetune" else None, update_seconds=time.perf_counter() - t1)
     elif args.method != "dense":
-        calib = calibration_blocks(tok, "builtin", seqlen=512, n_blocks=args.calib_blocks)
+        calib = calibration_blocks(tok, args.data, seqlen=512, n_blocks=args.calib_blocks)
         sparsify(model, calib, 2, 4, method=args.method, progress=False)
         row.update(calib_blocks=args.calib_blocks, tokens=int(calib.numel()) if args.method != "magnitude" else 0)
     row["seconds"] = time.perf_counter() - t0

@@ -245,3 +245,14 @@ def test_builtin_blocks_with_stub_tokenizer():
     assert calib.shape == (4, 128) and evalb.shape == (8, 128)
     expected = [ord(c) % 64 for c in builtin_corpus()[1][0][:1024]]
     assert evalb.flatten().tolist() == expected
+
+
+@needs_gensim
+def test_news_corpus_is_a_second_builtin_split_by_article():
+    from torchprox.llm.data import news_corpus
+
+    calib, evals = news_corpus()
+    assert (len(calib), len(evals)) == (210, 90)
+    assert calib[0].startswith("Hundreds of people have been forced to vacate their homes")
+    assert news_corpus() == (calib, evals) and not set(calib) & set(evals)
+    assert load_texts("news") == calib + evals

@@ -9,7 +9,7 @@ Example::
 """
 from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import decoder_layers, target_linears
-from .data import builtin_corpus, calibration_blocks, evaluation_blocks, load_texts, tokenize_blocks
+from .data import builtin_corpus, calibration_blocks, news_corpus, evaluation_blocks, load_texts, tokenize_blocks
 from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest, to_semi_structured
 from .models import load_default_model, load_model
@@ -19,6 +19,7 @@ from .sparsify import METHODS, parse_pattern, sparsify
 
 __all__ = [
     "magnitude_prune", "sparsegpt_prune", "wanda_prune", "decoder_layers", "target_linears", "builtin_corpus",
+    "news_corpus",
     "calibration_blocks", "evaluation_blocks", "load_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
     "load_default_model", "load_model", "ProxSparseConfig", "learn_masks", "METHODS", "parse_pattern", "sparsify",
     "MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "to_semi_structured", "memory_report",

@@ -4,7 +4,9 @@ Everything here is deterministic and offline (nothing is ever downloaded).
 
 * :func:`builtin_articles` / :func:`builtin_corpus`: the 106 Wikipedia articles shipped in gensim 4.4.0's test
   data (CC BY-SA), wiki markup stripped, split by article into calibration (first 74) and evaluation (last 32).
-* :func:`load_texts`: ``"builtin"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
+* :func:`news_corpus`: a second built-in corpus of another kind of English, ``"news"``: the 300 Australian news
+  articles of gensim's Lee background corpus, split 70/30 by article (for checking that a recipe transfers).
+* :func:`load_texts`: ``"builtin"``, ``"news"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
   or a ``datasets.Dataset`` with a ``"text"`` column -> list of documents.
 * :func:`split_texts`: the deterministic document split used for user sources (last 30% for evaluation).
 * :func:`tokenize_blocks`: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
@@ -36,6 +38,7 @@ __all__ = [
     "GENSIM_DATA_FILE",
     "builtin_articles",
     "builtin_corpus",
+    "news_corpus",
     "strip_wiki_markup",
     "load_texts",
     "split_texts",
@@ -46,6 +49,9 @@ __all__ = [
 
 #: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
 GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+#: The Lee background corpus (one news article per line) inside gensim's package.
+GENSIM_NEWS_FILE = "test/test_data/lee_background.cor"
 
 #: Number of built-in articles that go to calibration (the rest is evaluation), as in the prototype.
 BUILTIN_N_CALIB = 74
@@ -253,10 +259,24 @@ def builtin_corpus() -> tuple[list[str], list[str]]:
     return docs[:n_calib], docs[n_calib:]
 
 
+def news_corpus() -> tuple[list[str], list[str]]:
+    """``(calib_texts, eval_texts)`` of the second built-in corpus: news, not Wikipedia.
+
+    The Lee background corpus shipped in gensim 4.4.0's test data (:data:`GENSIM_NEWS_FILE`: 300 Australian
+    news articles, one per line, ≈80k SmolLM2 tokens), split by article: the first 70% for calibration, the
+    rest for evaluation. Raises ImportError if gensim is not installed.
+    """
+    path = package_file("gensim", GENSIM_NEWS_FILE, "gensim", _GENSIM_HINT)
+    docs = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    n_calib = round(CALIB_FRACTION * len(docs))
+    return docs[:n_calib], docs[n_calib:]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # User sources
 # ----------------------------------------------------------------------------------------------------------
 _TEXT_SUFFIXES = (".txt", ".md")
+_BUILTINS = {"builtin": builtin_corpus, "news": news_corpus}
 
 
 def _read_text_file(path: Path) -> str:
@@ -275,6 +295,7 @@ def load_texts(source: Any) -> list[str]:
     ``source`` may be:
 
     * ``"builtin"``: the built-in corpus, calibration then evaluation articles (see :func:`builtin_corpus`);
+    * ``"news"``: the second built-in corpus (see :func:`news_corpus`);
     * a path (str or ``os.PathLike``) to a UTF-8 text file: one document;
     * a path to a directory: every ``*.txt`` / ``*.md`` file directly inside it, sorted by name, one document
       each;
@@ -288,8 +309,8 @@ def load_texts(source: Any) -> list[str]:
 
         >>> docs = load_texts("my_corpus/")          # ["text of a.txt", "text of b.txt", ...]
     """
-    if isinstance(source, str) and source == "builtin":
-        calib, evals = builtin_corpus()
+    if isinstance(source, str) and source in _BUILTINS:
+        calib, evals = _BUILTINS[source]()
         return calib + evals
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -434,8 +455,8 @@ def tokenize_blocks(
 
 
 def _split_source(source: Any) -> tuple[list[str], list[str]]:
-    if isinstance(source, str) and source == "builtin":
-        return builtin_corpus()
+    if isinstance(source, str) and source in _BUILTINS:
+        return _BUILTINS[source]()
     return split_texts(load_texts(source))
 
 
