@@ -15,12 +15,12 @@ def test_demo_table_on_a_tiny_model(capsys, tmp_path):
     model = tiny_llama()
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     settings = DemoSettings(eval_tokens=256, eval_seqlen=32, calib_blocks=4, calib_seqlen=32,
-                            proxsparse=ProxSparseConfig(steps=3, lam=0.1), proxsparse_seqlen=32)
+                            proxsparse=ProxSparseConfig(steps=3, lam=0.1), proxsparse_seqlen=32, finetune_steps=2)
     rows = run_demo(settings=settings, model_and_tokenizer=(model, tiny_tokenizer()), out=tmp_path / "sparse")
-    assert [r["method"] for r in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "proxsparse"]
+    assert [r["method"] for r in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "proxsparse+ft"]
     assert all(r["perplexity"] > 1 for r in rows)
     text = capsys.readouterr().out
-    for label in ("dense", "magnitude", "Wanda", "SparseGPT*", "ProxSparse"):
+    for label in ("dense", "magnitude", "Wanda", "SparseGPT*", "ProxSparse ", "ProxSparse+FT*"):
         assert f"| {label}" in text
     saved = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")
     for name, mod in saved.named_modules():

@@ -1,8 +1,10 @@
 """``torchprox demo``: learn a 2:4 mask for the embedded default model and compare it with the baselines.
 
 Prints one table (perplexity on the held-out articles of the built-in corpus, and wall time per method):
-dense, magnitude, Wanda, SparseGPT (which also updates the kept weights) and ProxSparse (mask only, applied to
-the original weights). Every method starts from the same dense weights.
+dense, magnitude, Wanda, SparseGPT (which also updates the kept weights), ProxSparse (mask only, applied to the
+original weights: the method's output) and, reported apart, ProxSparse followed by a short fine-tune of the kept
+weights with the learned mask frozen (:func:`torchprox.llm.reconstruct.finetune_masked`). Every method but the
+last starts from the same dense weights; the last continues from ProxSparse's masked model.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from .data import calibration_blocks, evaluation_blocks
 from .evaluate import perplexity
 from .export import save_sparse
 from .models import load_default_model
+from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, learn_masks
+from .reconstruct import finetune_masked
 from .sparsify import sparsify
 
 logger = logging.getLogger(__name__)
@@ -40,15 +44,18 @@ class DemoSettings:
     calib_seqlen: int = 512
     proxsparse: ProxSparseConfig = field(default_factory=lambda: ProxSparseConfig(steps=120, lam=0.02, lr=1e-3))
     proxsparse_seqlen: int = 512
+    finetune_steps: int = 40        # the masked fine-tune after ProxSparse (blocks of proxsparse_seqlen)
+    finetune_lr: float = 2e-4
 
 
 FULL = DemoSettings()
 QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
-                     proxsparse=ProxSparseConfig(steps=30, lam=0.02, lr=2e-3), proxsparse_seqlen=256)
+                     proxsparse=ProxSparseConfig(steps=30, lam=0.02, lr=2e-3), proxsparse_seqlen=256,
+                     finetune_steps=10)
 
 
 def run_demo(quick: bool = False, out: Path | None = None, threads: int | None = None,
-             settings: DemoSettings | None = None, methods=("dense", "magnitude", "wanda", "sparsegpt", "proxsparse"),
+             settings: DemoSettings | None = None, methods=("dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "proxsparse+ft"),
              model_and_tokenizer=None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns its rows (method, perplexity, seconds, ...)."""
     if threads:
@@ -65,11 +72,24 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
                                seed=cfg.seed)
     rows: list[dict[str, Any]] = []
     for method in methods:
-        model.load_state_dict(dense_state)
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
+        if method == "proxsparse+ft":  # continues from the ProxSparse row's masked model
+            if not rows or rows[-1]["method"] != "proxsparse":
+                raise ValueError("'proxsparse+ft' must come right after 'proxsparse' in methods")
+            masks = {name: mod.weight != 0 for name, mod in model.named_modules()
+                     if name in learned_targets}
+            report = finetune_masked(model, learn, masks, s.finetune_steps, s.finetune_lr, cfg.batch_size, cfg.seed)
+            info = {"steps": s.finetune_steps, "lr": s.finetune_lr}
+            seconds = time.perf_counter() - t0
+            ppl = perplexity(model, evals)
+            rows.append({"method": method, "perplexity": ppl, "seconds": seconds, **info})
+            print(f"  {method:10s} perplexity {ppl:10.2f}   ({seconds:.0f} s)", flush=True)
+            continue
+        model.load_state_dict(dense_state)
         if method == "proxsparse":
             report = learn_masks(model, learn, 2, 4, cfg)
+            learned_targets = {name for name, _ in target_linears(model)}
             info = {"steps": cfg.steps, "tokens": report["tokens"], "s/step": round(report["seconds_per_step"], 2),
                     "final N:M groups before masking": report["nm_fraction"][-1][1] if report["nm_fraction"] else None}
         elif method != "dense":
@@ -88,14 +108,15 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
 def _print_table(rows: list[dict[str, Any]], s: DemoSettings) -> None:
     print(f"\n2:4 sparsity on SmolLM2-135M-Instruct, perplexity on {s.eval_tokens} held-out Wikipedia tokens "
           f"(windows of {s.eval_seqlen})")
-    print(f"| {'method':11s} | {'perplexity':>10s} | {'time (s)':>8s} |")
-    print(f"|{'-' * 13}|{'-' * 12}|{'-' * 10}|")
+    print(f"| {'method':14s} | {'perplexity':>10s} | {'time (s)':>8s} |")
+    print(f"|{'-' * 16}|{'-' * 12}|{'-' * 10}|")
     for r in rows:
         label = {"dense": "dense", "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT*",
-                 "proxsparse": "ProxSparse"}[r["method"]]
-        print(f"| {label:11s} | {r['perplexity']:10.2f} | {r['seconds']:8.0f} |")
+                 "proxsparse": "ProxSparse", "proxsparse+ft": "ProxSparse+FT*"}[r["method"]]
+        print(f"| {label:14s} | {r['perplexity']:10.2f} | {r['seconds']:8.0f} |")
     cfg = s.proxsparse
-    print(f"\n* SparseGPT also updates the kept weights; the others keep the original values.\n"
+    print(f"\n* SparseGPT and ProxSparse+FT (ProxSparse's mask, then {s.finetune_steps} steps of fine-tuning the "
+          f"kept weights, lr {s.finetune_lr}) also update the kept weights; the others keep the original values.\n"
           f"ProxSparse: {cfg.steps} steps of {cfg.batch_size}x{s.proxsparse_seqlen} tokens, lam {cfg.lam} "
           f"(normalised), lr {cfg.lr}; baselines: {s.calib_blocks}x{s.calib_seqlen} calibration tokens.")
     logger.info("demo rows: %s", json.dumps(rows))
