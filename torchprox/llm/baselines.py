@@ -42,7 +42,15 @@ logger = logging.getLogger(__name__)
 
 
 def nm_fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
-    """Fraction of the groups of ``m`` consecutive entries along ``dim`` with at most ``n`` nonzeros."""
+    """Fraction of the groups of ``m`` consecutive entries along ``dim`` with at most ``n`` nonzeros.
+
+    ``#{g : ‖w_g‖₀ ≤ n} / #groups`` as a Python float (``weight.numel() / m`` groups).
+
+    Examples:
+        >>> import torch
+        >>> nm_fraction(torch.tensor([[1., 0., 0., 2.], [1., 2., 3., 0.]]), 2, 4, dim=1)   # row 1 has 3 nonzeros
+        0.5
+    """
     return float(_nm_fraction(weight.detach(), n, m, dim))
 
 
@@ -89,6 +97,25 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
         progress: show a tqdm bar over the layers.
     Returns:
         ``{qualified_name: fraction of groups exactly N:M}``.
+
+    For a weight W (out, in) and each group g of ``m`` consecutive inputs in a row,
+    ``W_g ← W_g ⊙ topn(|W_g|)``: the ``n`` largest magnitudes are kept bit-exact, the rest set to 0. No
+    calibration data is needed.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()          # a tiny Llama: 2 blocks of 7 linears
+        >>> from torchprox.prune import is_nm
+        >>> w0 = model.model.layers[0].mlp.up_proj.weight.detach().clone()            # (64, 32)
+        >>> report = magnitude_prune(model, 2, 4)
+        >>> len(report), min(report.values())
+        (14, 1.0)
+        >>> w = model.model.layers[0].mlp.up_proj.weight
+        >>> is_nm(w, 2, 4, dim=1), bool(torch.equal(w[w != 0], w0[w != 0]))        # kept weights unchanged
+        (True, True)
     """
     check_nm(n, m)
     selected = target_linears(model, targets, m=m)
@@ -167,7 +194,16 @@ def _collect(block_targets, calibrate: Callable[[], None], compute) -> tuple[dic
 def wanda_scores(weight: Tensor, col_sq_norms: Tensor, dim: int = 1) -> Tensor:
     """Wanda importance ``|W_ij| · ‖X_j‖₂`` (float32) from the summed squared input norms per input feature.
 
-    ``dim`` is the input dim of ``weight`` (1 for ``nn.Linear``, 0 for ``Conv1D``).
+    ``dim`` is the input dim of ``weight`` (1 for ``nn.Linear``, 0 for ``Conv1D``). Shapes: ``weight``
+    ``(out, in)`` (or ``(in, out)`` with ``dim=0``), ``col_sq_norms`` ``(in,)`` holding ``Σ_t x_tj²`` over the
+    calibration tokens t; the result has the weight's shape.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.tensor([[1., -2., 3., -4.]])
+        >>> sq = torch.tensor([16., 4., 1., 0.25])                 # Σ_t x_tj², so ‖X_j‖₂ = 4, 2, 1, 0.5
+        >>> wanda_scores(w, sq)
+        tensor([[4., 4., 3., 2.]])
     """
     norms = col_sq_norms.to(device=weight.device, dtype=torch.float32).sqrt()
     shape = [1] * weight.dim()
@@ -193,6 +229,23 @@ def wanda_prune(model: nn.Module, calib, n: int = 2, m: int = 4, targets=None, *
         progress: a tqdm bar over the decoder blocks.
     Returns:
         ``{qualified_name: fraction of groups exactly N:M}``.
+
+    Per group g of ``m`` inputs: ``W_g ← W_g ⊙ topn(|W_g| · ‖X_g‖₂)`` with ``X`` the layer's inputs
+    ``(tokens, in)`` over all calibration tokens (see :func:`wanda_scores`).
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()          # a tiny Llama: 2 blocks of 7 linears
+        >>> from torchprox.prune import is_nm
+        >>> calib = torch.randint(0, 64, (4, 16))                       # 4 sequences of 16 token ids
+        >>> report = wanda_prune(model, calib, 2, 4)
+        >>> len(report), min(report.values())
+        (14, 1.0)
+        >>> is_nm(model.model.layers[1].self_attn.o_proj.weight, 2, 4, dim=1)
+        True
     """
     check_nm(n, m)
     selected = target_linears(model, targets, m=m)
@@ -235,6 +288,23 @@ def sparsegpt_solve(weight: Tensor, hessian: Tensor, n: int = 2, m: int = 4, blo
     column of every group of ``m``, the mask keeps the top-``n`` of ``w_j² / U_jj²`` (with ``w`` already updated
     by the errors of earlier columns); each column's error ``(w − q) / U_jj`` is propagated to the later columns
     of the block through row j of ``U``, and to the later blocks in one matrix product.
+
+    Examples:
+        With correlated inputs (as in a network), the OBS update makes the layer's output error
+        ``‖(W − Q) X‖²`` much smaller than plain magnitude masking does:
+
+        >>> import torch
+        >>> from torchprox.prox import nm_mask
+        >>> from torchprox.prune import is_nm
+        >>> _ = torch.manual_seed(0)
+        >>> W, X = torch.randn(4, 16), torch.randn(16, 8) @ torch.randn(8, 64)   # weight (out, in), X (in, samples)
+        >>> H = 2 * X @ X.T / 64
+        >>> Q, losses = sparsegpt_solve(W, H, 2, 4, blocksize=8)
+        >>> Q.shape, losses.shape, is_nm(Q, 2, 4, dim=1)
+        (torch.Size([4, 16]), torch.Size([4]), True)
+        >>> magnitude = W * nm_mask(W.abs(), 2, 4, dim=1)
+        >>> bool(((W - Q) @ X).square().sum() < ((W - magnitude) @ X).square().sum())
+        True
     """
     check_nm(n, m)
     if weight.dim() != 2:
@@ -332,6 +402,22 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
             shape: keep these masks and only update the kept weights (every target needs one).
     Returns:
         ``{qualified_name: fraction of groups exactly N:M}``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()          # a tiny Llama: 2 blocks of 7 linears
+        >>> from torchprox.prune import is_nm
+        >>> calib = torch.randint(0, 64, (4, 16))
+        >>> w0 = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+        >>> report = sparsegpt_prune(model, calib, 2, 4, blocksize=32)
+        >>> len(report), min(report.values())
+        (14, 1.0)
+        >>> w = model.model.layers[0].self_attn.q_proj.weight
+        >>> is_nm(w, 2, 4, dim=1), bool(torch.equal(w[w != 0], w0[w != 0]))     # kept weights are updated
+        (True, False)
     """
     check_nm(n, m)
     if blocksize < m or blocksize % m:
