@@ -84,6 +84,19 @@ class ProxSparseConfig:
         log_every: steps between checks of the fraction of groups already N:M.
         checkpoint_every: steps between checkpoints (0: none) when a checkpoint directory is given.
         seed: seed of anything random in the run.
+
+    Per target matrix W (original W0) the run uses ``λ_W = lam / rms(W0)^(n−1)`` (``lam_normalization="rms"``)
+    and ``lr_W = lr · rms(W0)`` (``lr_normalization="rms"``); at step t the lr follows a linear warm-up then
+    a linear decay to 0, and ``λ_t = λ_W · min(1, (t+1) / (lam_ramp · steps))``.
+
+    Examples:
+        >>> cfg = ProxSparseConfig(lam=0.05, steps=100, lam_ramp=0.2)
+        >>> cfg.lam, cfg.steps, cfg.to_dict()["lam_normalization"]
+        (0.05, 100, 'rms')
+        >>> ProxSparseConfig(warmup=1.5)
+        Traceback (most recent call last):
+            ...
+        ValueError: warmup is a fraction of the steps in [0, 1), got 1.5
     """
 
     lam: float = 0.02
@@ -247,6 +260,27 @@ def learn_masks(
         a report: ``{"config", "steps", "tokens", "seconds", "seconds_per_step", "loss" (per step),
         "nm_fraction" (logged (step, fraction) pairs), "peak_rss_gb"}``. On return every target weight is
         exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter is unchanged.
+
+    Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
+    ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
+    ``mask = topn(|W|)`` per group of m along the input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the
+    report is ``steps × batch_size × seqlen``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)                 # a tiny Llama: 1 block of 7 linears
+        >>> from torchprox.prune import is_nm
+        >>> calib = torch.randint(0, 64, (4, 16))                     # 4 calibration blocks of 16 tokens
+        >>> w0 = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+        >>> report = learn_masks(model, calib, 2, 4, ProxSparseConfig(steps=4, log_every=2), progress=False)
+        >>> report["steps"], report["tokens"], report["targets"], len(report["loss"])
+        (4, 64, 7, 4)
+        >>> w = model.model.layers[0].mlp.down_proj.weight                   # (32, 64), now W0 ⊙ mask
+        >>> is_nm(w, 2, 4, dim=1), bool(torch.equal(w, w0 * (w != 0)))
+        (True, True)
     """
     cfg = config or ProxSparseConfig()
     if calib.dim() != 2:

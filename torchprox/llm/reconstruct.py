@@ -46,6 +46,27 @@ def obs_update(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], n: int
         kwargs: :func:`~torchprox.llm.baselines.sparsegpt_prune` options (``blocksize``, ``percdamp``, ...).
     Returns:
         ``{name: fraction of groups exactly N:M}``.
+
+    Per layer (weight W (out, in), inputs X (in, tokens) from the already-updated blocks before it):
+    ``W ← argmin_{W' ⊙ ¬mask = 0} ‖(W' − W) X‖²`` by SparseGPT's column-by-column OBS scheme
+    (:func:`~torchprox.llm.baselines.sparsegpt_solve` with ``mask``).
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)                 # a tiny Llama: 1 block of 7 linears
+        >>> from torchprox.llm import target_linears
+        >>> from torchprox.prox import nm_mask
+        >>> calib = torch.randint(0, 64, (4, 16))
+        >>> masks = {name: nm_mask(mod.weight.abs(), 2, 4, dim=1) for name, mod in target_linears(model)}
+        >>> report = obs_update(model, calib, masks, 2, 4, blocksize=32)
+        >>> min(report.values())
+        1.0
+        >>> q = model.model.layers[0].self_attn.q_proj.weight
+        >>> bool((q[~masks["model.layers.0.self_attn.q_proj"]] == 0).all())       # zero exactly off the mask
+        True
     """
     names = list(_targets(model, masks))
     return sparsegpt_prune(model, calib, n, m, targets=names, masks=masks, progress=progress, **kwargs)
@@ -59,8 +80,29 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     ``lr`` decaying linearly to 0. Only the target weights train (everything else is frozen and unchanged);
     pruned weights stay exactly 0. The model's targets should already be ``W ⊙ mask``.
 
+    Args:
+        calib: ``LongTensor (B, seqlen)`` calibration blocks; step t uses ``batch_size`` of them.
+        masks: ``{module or weight name: bool mask of the weight's shape}``, one per target.
+
     Returns:
         ``{"steps", "seconds", "loss" (per step)}``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)                 # a tiny Llama: 1 block of 7 linears
+        >>> from torchprox.llm import magnitude_prune, target_linears
+        >>> _ = magnitude_prune(model, 2, 4)
+        >>> masks = {name: mod.weight != 0 for name, mod in target_linears(model)}
+        >>> w = model.model.layers[0].mlp.up_proj.weight
+        >>> before = w.detach().clone()
+        >>> report = finetune_masked(model, torch.randint(0, 64, (4, 16)), masks, steps=3, lr=1e-2)
+        >>> report["steps"], len(report["loss"])
+        (3, 3)
+        >>> bool(torch.equal(w != 0, before != 0)), bool(torch.equal(w, before))   # same zeros, new kept values
+        (True, False)
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")

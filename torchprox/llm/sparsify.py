@@ -17,7 +17,16 @@ METHODS = ("proxsparse", "magnitude", "wanda", "sparsegpt")
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"2:4"`` → ``(2, 4)``; ValueError for anything that is not ``n:m`` with ``0 < n < m``."""
+    """``"2:4"`` → ``(2, 4)``; ValueError for anything that is not ``n:m`` with ``0 < n < m``.
+
+    Examples:
+        >>> parse_pattern("2:4"), parse_pattern("1:8")
+        ((2, 4), (1, 8))
+        >>> parse_pattern("4:2")
+        Traceback (most recent call last):
+            ...
+        ValueError: an N:M pattern needs 0 < n < m (n kept of every m), got n=4, m=2
+    """
     parts = pattern.split(":") if isinstance(pattern, str) else []
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"pattern {pattern!r} is not of the form 'n:m' (e.g. '2:4': 2 kept of every 4)")
@@ -44,11 +53,22 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     Returns:
         ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, ...method report}``.
 
-    Example::
+    Every method leaves each target weight W (out, in) with at most n nonzeros in every group of m
+    consecutive inputs (``report["layers"]`` values are 1.0).
 
-        >>> report = sparsify(model, calib, 2, 4, method="wanda")
-        >>> min(report["layers"].values())
-        1.0
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)                 # a tiny Llama: 1 block of 7 linears
+        >>> calib = torch.randint(0, 64, (4, 16))                     # LongTensor (B, seqlen)
+        >>> report = sparsify(model, calib, 2, 4, method="wanda", progress=False)
+        >>> report["method"], report["pattern"], len(report["layers"]), min(report["layers"].values())
+        ('wanda', '2:4', 7, 1.0)
+        >>> report = sparsify(model, calib, 2, 4, method="proxsparse", steps=2, progress=False)
+        >>> report["steps"], min(report["layers"].values())
+        (2, 1.0)
     """
     check_nm(n, m)
     if method not in METHODS:
