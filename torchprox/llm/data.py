@@ -12,11 +12,26 @@ Everything here is deterministic and offline (nothing is ever downloaded).
 * :func:`tokenize_blocks`: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
 * :func:`calibration_blocks` / :func:`evaluation_blocks`: the two convenience wrappers.
 
-Example::
+Examples:
+    With the real tokenizer and the built-in corpus (``tokenizer`` from :func:`torchprox.llm.load_default_model`):
 
-    >>> from torchprox.llm.data import calibration_blocks, evaluation_blocks
-    >>> calib = calibration_blocks(tokenizer, "builtin", seqlen=512, n_blocks=64)   # (64, 512), random windows
-    >>> evalb = evaluation_blocks(tokenizer, "builtin", seqlen=512)                 # (32, 512), first 16,384 tokens
+    >>> calib = calibration_blocks(tokenizer, "builtin", seqlen=512, n_blocks=64)  # doctest: +SKIP
+    >>> evalb = evaluation_blocks(tokenizer, "builtin", seqlen=512)  # doctest: +SKIP
+    >>> calib.shape, evalb.shape  # doctest: +SKIP
+    (torch.Size([64, 512]), torch.Size([32, 512]))
+
+    The same calls on a list of documents with a tiny word-level tokenizer:
+
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")   # a tiny word-level tokenizer
+    >>> texts = [" ".join(f"w{(d + i) % 64}" for i in range(100)) for d in range(10)]   # 10 docs of 100 tokens
+    >>> calibration_blocks(tok, texts, seqlen=16, n_blocks=4).shape    # random windows of the first 7 docs
+    torch.Size([4, 16])
+    >>> evaluation_blocks(tok, texts, seqlen=16, max_tokens=64).shape  # first 64 tokens of the last 3 docs
+    torch.Size([4, 16])
 """
 
 from __future__ import annotations
@@ -243,6 +258,11 @@ def builtin_articles() -> list[tuple[str, str]]:
     :func:`strip_wiki_markup`. Deterministic; parsed once per process (~1 s) and cached.
 
     Raises ImportError if gensim is not installed (``pip install --no-deps gensim==4.4.0``).
+
+    Examples:
+        >>> articles = builtin_articles()
+        >>> len(articles), articles[0][0]
+        (106, 'Anarchism')
     """
     return list(_builtin_articles_cached())
 
@@ -253,6 +273,13 @@ def builtin_corpus() -> tuple[list[str], list[str]]:
     Each document is ``" = {title} = \\n{text}"`` (WikiText-style title line). The first 74 articles are for
     calibration, the remaining 32 for evaluation (≈490k / ≈230k SmolLM2 tokens); if a different gensim
     release yields another article count, the first 70% (rounded) are for calibration.
+
+    Examples:
+        >>> calib, evals = builtin_corpus()
+        >>> len(calib), len(evals)
+        (74, 32)
+        >>> calib[0].splitlines()[0], evals[0].splitlines()[0]
+        (' = Anarchism = ', ' = Articles of Confederation = ')
     """
     docs = [f" = {title} = \n{text}" for title, text in builtin_articles()]
     n_calib = BUILTIN_N_CALIB if len(docs) == 106 else max(1, min(len(docs) - 1, round(CALIB_FRACTION * len(docs))))
@@ -265,6 +292,13 @@ def news_corpus() -> tuple[list[str], list[str]]:
     The Lee background corpus shipped in gensim 4.4.0's test data (:data:`GENSIM_NEWS_FILE`: 300 Australian
     news articles, one per line, ≈80k SmolLM2 tokens), split by article: the first 70% for calibration, the
     rest for evaluation. Raises ImportError if gensim is not installed.
+
+    Examples:
+        >>> calib, evals = news_corpus()
+        >>> len(calib), len(evals)
+        (210, 90)
+        >>> calib[0][:40]
+        'Hundreds of people have been forced to v'
     """
     path = package_file("gensim", GENSIM_NEWS_FILE, "gensim", _GENSIM_HINT)
     docs = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
@@ -305,9 +339,15 @@ def load_texts(source: Any) -> list[str]:
     Raises FileNotFoundError for a missing path and ValueError for a binary / non-UTF-8 file (naming it), an
     empty directory or an unsupported object.
 
-    Example::
-
-        >>> docs = load_texts("my_corpus/")          # ["text of a.txt", "text of b.txt", ...]
+    Examples:
+        >>> import pathlib, tempfile
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "b.md").write_text("second document")
+        >>> _ = (folder / "a.txt").write_text("first document")
+        >>> load_texts(folder)                                   # sorted by file name
+        ['first document', 'second document']
+        >>> load_texts(["one", "two"]), len(load_texts("builtin"))
+        (['one', 'two'], 106)
     """
     if isinstance(source, str) and source in _BUILTINS:
         calib, evals = _BUILTINS[source]()
@@ -349,10 +389,13 @@ def split_texts(texts: Sequence[str], eval_fraction: float = 1 - CALIB_FRACTION)
     for calibration. A single document is first split into paragraphs (at blank lines, or at line breaks if it
     has no blank lines) so that both parts are non-empty.
 
-    Example::
+    With D documents: ``n_eval = min(D − 1, max(1, round(eval_fraction · D)))``.
 
+    Examples:
         >>> split_texts(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
         (['a', 'b', 'c', 'd', 'e', 'f', 'g'], ['h', 'i', 'j'])
+        >>> split_texts(["first paragraph\\n\\nsecond\\n\\nthird"])          # one document: split into paragraphs
+        (['first paragraph', 'second'], ['third'])
     """
     docs = [t for t in texts if t.strip()]
     if len(docs) == 1:
@@ -417,11 +460,21 @@ def tokenize_blocks(
     (or whose ``encode`` returns ids). Raises ValueError if there are fewer tokens than needed (the message
     gives both counts).
 
-    Example::
+    With T tokens (after ``max_tokens``) there are ``⌊T / seqlen⌋`` windows; window k is tokens
+    ``[k·seqlen, (k+1)·seqlen)``.
 
-        >>> blocks = tokenize_blocks(tok, ["first doc", "second doc"], seqlen=512, n_blocks=8, sample="random")
-        >>> blocks.shape
-        torch.Size([8, 512])
+    Examples:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")   # a tiny word-level tokenizer
+        >>> tokenize_blocks(tok, ["w1 w2 w3 w4 w5", "w6 w7 w8 w9"], seqlen=4)   # 9 tokens: 2 windows
+        tensor([[1, 2, 3, 4],
+                [5, 6, 7, 8]])
+        >>> texts = [" ".join(f"w{i % 64}" for i in range(500))]
+        >>> tokenize_blocks(tok, texts, seqlen=32, n_blocks=8, sample="random", seed=0).shape
+        torch.Size([8, 32])
     """
     if not isinstance(seqlen, int) or seqlen < 1:
         raise ValueError(f"seqlen must be a positive int, got {seqlen!r}")
@@ -468,10 +521,19 @@ def calibration_blocks(
     ``"builtin"`` uses the first 74 articles; any other source (see :func:`load_texts`) is split with
     :func:`split_texts` (first 70% of documents). Deterministic for a given ``seed``.
 
-    Example::
+    Examples:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")   # a tiny word-level tokenizer
+        >>> texts = [" ".join(f"w{(d + i) % 64}" for i in range(100)) for d in range(10)]   # 10 docs of 100 tokens
+        >>> blocks = calibration_blocks(tok, texts, seqlen=16, n_blocks=4, seed=0)   # from the first 7 docs
+        >>> blocks.shape, bool(torch.equal(blocks, calibration_blocks(tok, texts, seqlen=16, n_blocks=4, seed=0)))
+        (torch.Size([4, 16]), True)
 
-        >>> calibration_blocks(tok, "builtin", seqlen=512, n_blocks=64).shape
-        torch.Size([64, 512])
+        With the real tokenizer: ``calibration_blocks(tokenizer, "builtin", seqlen=512, n_blocks=64)`` is
+        ``(64, 512)``.
     """
     calib, _ = _split_source(source)
     return tokenize_blocks(tokenizer, calib, seqlen, n_blocks, sample="random", seed=seed)
@@ -486,10 +548,20 @@ def evaluation_blocks(
     documents, at least one). ``max_tokens`` caps the tokens used (None: all full windows); a source with
     fewer tokens gives fewer windows, and one with less than ``seqlen`` tokens raises ValueError.
 
-    Example::
+    Examples:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")   # a tiny word-level tokenizer
+        >>> texts = [" ".join(f"w{(d + i) % 64}" for i in range(100)) for d in range(10)]   # 10 docs of 100 tokens
+        >>> evaluation_blocks(tok, texts, seqlen=16, max_tokens=None).shape   # all of the last 3 docs: 300 tokens
+        torch.Size([18, 16])
+        >>> evaluation_blocks(tok, texts, seqlen=16, max_tokens=64)[0, :6]   # doc 7 starts with w7
+        tensor([ 7,  8,  9, 10, 11, 12])
 
-        >>> evaluation_blocks(tok, "builtin").shape   # first 16,384 evaluation tokens
-        torch.Size([32, 512])
+        With the real tokenizer: ``evaluation_blocks(tokenizer, "builtin")`` is ``(32, 512)``, the first
+        16,384 evaluation tokens.
     """
     _, evals = _split_source(source)
     return tokenize_blocks(tokenizer, evals, seqlen, max_tokens=max_tokens, sample="contiguous")
