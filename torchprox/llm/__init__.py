@@ -1,11 +1,26 @@
 """N:M sparsity for Hugging Face causal LMs: data, ProxSparse learning, one-shot baselines, evaluation.
 
-Example::
+Examples:
+    On the embedded SmolLM2-135M (minutes on a CPU, so not run as a doctest):
 
     >>> from torchprox.llm import load_default_model, calibration_blocks, evaluation_blocks, sparsify, perplexity
-    >>> model, tok = load_default_model()
-    >>> report = sparsify(model, calibration_blocks(tok, n_blocks=200), 2, 4, method="proxsparse", steps=200)
-    >>> perplexity(model, evaluation_blocks(tok))
+    >>> model, tok = load_default_model()  # doctest: +SKIP
+    >>> report = sparsify(model, calibration_blocks(tok, n_blocks=200), 2, 4, method="proxsparse", steps=200)  # doctest: +SKIP
+    >>> perplexity(model, evaluation_blocks(tok))  # doctest: +SKIP
+
+    The same steps on a tiny Llama built from a config, with random token blocks:
+
+    >>> import torch, transformers
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...                                num_attention_heads=4, num_key_value_heads=2)
+    >>> model = transformers.LlamaForCausalLM(cfg)
+    >>> calib, evals = torch.randint(0, 64, (4, 16)), torch.randint(0, 64, (2, 16))   # LongTensor (B, seqlen)
+    >>> report = sparsify(model, calib, 2, 4, method="proxsparse", steps=4, progress=False)
+    >>> min(report["layers"].values())                         # every decoder linear is exactly 2:4
+    1.0
+    >>> perplexity(model, evals, disable=True) > 1
+    True
 """
 from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import decoder_layers, target_linears

