@@ -38,7 +38,24 @@ FORMAT = "torchprox-sparse/1"
 def layer_checks(model: nn.Module, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
     """``{qualified name: {"shape", "dim", "nm_fraction", "ok"}}`` for every target linear of ``model``
     (the decoder linears by default, see :func:`torchprox.llm.target_linears`); ``ok`` iff exactly N:M along
-    the layer's input dim."""
+    the layer's input dim.
+
+    ``nm_fraction`` = #groups of m consecutive inputs with at most n nonzeros / #groups (``numel / m``).
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> from torchprox.llm import magnitude_prune
+        >>> _ = magnitude_prune(model, 2, 4, targets=["q_proj"])
+        >>> checks = layer_checks(model, 2, 4)
+        >>> checks["model.layers.0.self_attn.q_proj"]
+        {'shape': [32, 32], 'dim': 1, 'nm_fraction': 1.0, 'ok': True}
+        >>> checks["model.layers.0.mlp.up_proj"]["ok"]
+        False
+    """
     from ..prune import nm_fraction
     from .blocks import linear_group_dim, target_linears
 
@@ -104,6 +121,24 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
         ValueError: the model still has torchprox N:M parametrizations (call
             :func:`torchprox.prune.apply_learned_masks` and :func:`torchprox.prune.remove_all` first).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> import os, tempfile
+        >>> from torchprox.llm import magnitude_prune
+        >>> _ = magnitude_prune(model, 2, 4)
+        >>> out = os.path.join(tempfile.mkdtemp(), "tiny-2of4")
+        >>> save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="magnitude"))
+        >>> sorted(os.listdir(out))
+        ['config.json', 'generation_config.json', 'model.safetensors', 'torchprox.json']
+        >>> save_sparse(model, None, out, {})
+        Traceback (most recent call last):
+            ...
+        FileExistsError: output directory ... already exists; pass --overwrite to replace it
     """
     from ..prune.parametrization import nm_parametrizations
 
@@ -174,6 +209,21 @@ def check_sparse(path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: ``path`` is not a directory, has no manifest or no ``*.safetensors``.
         ValueError: the manifest's pattern is invalid.
+
+    Examples:
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> import tempfile
+        >>> from torchprox.llm import magnitude_prune
+        >>> _ = magnitude_prune(model, 2, 4, targets=["mlp.down_proj"])
+        >>> out = tempfile.mkdtemp()
+        >>> save_sparse(model, None, out, sparse_manifest(model, 2, 4), overwrite=True)
+        >>> result = check_sparse(out)
+        >>> result["ok"], result["layers"]["model.layers.0.mlp.down_proj"], result["layers"]["model.layers.0.mlp.up_proj"]
+        (False, True, False)
     """
     from safetensors import safe_open
 
@@ -248,6 +298,24 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, An
     Raises:
         ValueError: another pattern; a 2:4 weight on the CPU, on a GPU older than compute capability 8.0, or
             not fp16/bf16 (the message names the layer, its shape, device and dtype, and the fix).
+
+    Examples:
+        On an Ampere or newer GPU (not run as a doctest):
+
+        >>> model = model.half().cuda()  # doctest: +SKIP
+        >>> report = to_semi_structured(model)  # doctest: +SKIP
+        >>> len(report["converted"]), report["skipped"]  # doctest: +SKIP
+        (210, {})
+
+        Anywhere else a 2:4 layer is refused before anything is converted:
+
+        >>> import torch
+        >>> from torchprox.prune import nm_structured, remove
+        >>> lin = remove(nm_structured(torch.nn.Linear(64, 32), n=2, m=4))      # a plain, exactly 2:4 weight
+        >>> to_semi_structured(torch.nn.Sequential(lin))
+        Traceback (most recent call last):
+            ...
+        ValueError: ...
     """
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
@@ -329,6 +397,19 @@ def memory_report(model_or_dir, n: int | None = None, m: int | None = None, targ
         (a model: its ``state_dict`` tensors, shared ones once; a directory: every tensor of the checkpoint)
         and ``ratio`` =
         model_compressed / model_dense.
+
+    Examples:
+        >>> import torch, transformers
+        >>> from torchprox.llm import magnitude_prune
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> _ = magnitude_prune(model, 2, 4, targets=["q_proj"])
+        >>> r = memory_report(model, targets=["q_proj"])         # one 2:4 (32, 32) fp32 weight: 4096 dense bytes
+        >>> r["layers"]["model.layers.0.self_attn.q_proj"]["is_nm"], r["targets_dense_bytes"]
+        (True, 4096)
+        >>> r["targets_compressed_bytes"], r["ratio"] < 1          # 2048 bytes of values + 128 of 2-bit indices
+        (2176, True)
     """
     if isinstance(model_or_dir, nn.Module):
         n, m = (2 if n is None else n), (4 if m is None else m)

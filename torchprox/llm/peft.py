@@ -121,6 +121,27 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
     Raises:
         ValueError: no LoRA layer; a target not N:M (with ``require_nm``); a DoRA/variant adapter; a base
             layer still parametrized by torchprox; non-finite merged weights (with ``safe_merge``).
+
+    Examples:
+        >>> import peft
+        >>> from torchprox.llm import magnitude_prune
+        >>> from torchprox.prune import is_nm
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> _ = magnitude_prune(model, 2, 4)                             # the sparse base model
+        >>> lora = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # ΔW ≠ 0
+        >>> peft_model = peft.get_peft_model(model, lora)
+        >>> q = model.model.layers[0].self_attn.q_proj.base_layer.weight
+        >>> before = q.detach().clone()
+        >>> merged = merge_lora_nm(peft_model)
+        >>> q = merged.model.layers[0].self_attn.q_proj.weight             # a plain nn.Linear again, (32, 32)
+        >>> type(merged).__name__, is_nm(q, 2, 4, dim=1)
+        ('LlamaForCausalLM', True)
+        >>> bool(torch.equal(q != 0, before != 0)), bool(torch.equal(q, before))   # same zeros, updated values
+        (True, False)
     """
     layers = _lora_layers(model)
     if not layers:
@@ -169,6 +190,25 @@ def lora_nm_report(model: nn.Module, n: int = 2, m: int = 4, adapter_names: list
     ``{name: {"shape", "base_is_nm", "delta_kept"}}`` with ``delta_kept = ‖mask ⊙ ΔW‖² / ‖ΔW‖²``
     (mask = W ≠ 0, ΔW summed over the adapters; 1.0 when ΔW = 0): the fraction of the update's energy that
     :func:`merge_lora_nm` stores. For a rank-r update spread evenly it is about n/m.
+
+    Examples:
+        >>> import peft
+        >>> from torchprox.llm import magnitude_prune
+        >>> from torchprox.prune import is_nm
+        >>> import torch, transformers
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> _ = magnitude_prune(model, 2, 4)                             # the sparse base model
+        >>> lora = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # ΔW ≠ 0
+        >>> peft_model = peft.get_peft_model(model, lora)
+        >>> report = lora_nm_report(peft_model)
+        >>> sorted(report)
+        ['base_model.model.model.layers.0.self_attn.q_proj', 'base_model.model.model.layers.0.self_attn.v_proj']
+        >>> r = report["base_model.model.model.layers.0.self_attn.v_proj"]
+        >>> r["shape"], r["base_is_nm"], 0.2 < r["delta_kept"] < 0.8           # about n/m = 0.5 is kept
+        ([16, 32], True, True)
     """
     out = {}
     for name, layer in _lora_layers(model):

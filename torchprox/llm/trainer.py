@@ -112,6 +112,24 @@ class NMMaskCallback(TrainerCallback):
 
     After training, ``self.masks`` holds ``{qualified weight name: bool mask}`` and ``self.final`` the
     :func:`nm_progress` of the learned W just before the masks were applied.
+
+    Examples:
+        Pass it with a ProxAdam to ``transformers.Trainer(..., optimizers=(opt, sched), callbacks=[cb])`` (see
+        the module docstring). Here the Trainer's events are called by hand on a learnable ``nn.Linear`` (8 → 4):
+
+        >>> import torch
+        >>> from transformers import TrainerControl, TrainerState
+        >>> from torchprox.prune import is_nm, learnable_nm
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(learnable_nm(torch.nn.Linear(8, 4), n=2, m=4))
+        >>> cb, state, control = NMMaskCallback(), TrainerState(), TrainerControl()
+        >>> logs = {"loss": 1.0}
+        >>> cb.on_log(None, state, control, logs=logs, model=model)        # what the Trainer does at each log
+        >>> logs
+        {'loss': 1.0, 'nm_fraction': 0.0, 'nm_layers_done': 0, 'nm_layers': 1}
+        >>> cb.on_train_end(None, state, control, model=model)             # weight = W0 ⊙ top-2-of-4(|W|)
+        >>> list(cb.masks), is_nm(model[0].weight, 2, 4, dim=1), state.log_history[-1]["nm_masks_applied"]
+        (['0.weight'], True, 1)
     """
 
     def __init__(self, apply_at_end: bool = True, remove: bool = True, check_optimizer: bool = True) -> None:
