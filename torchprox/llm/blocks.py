@@ -241,7 +241,22 @@ class _StopForward(Exception):
 @dataclass
 class BlockInputs:
     """The hidden states entering the current block, in micro-batches, and each micro-batch's keyword
-    arguments for the block (attention mask, position ids, rotary position embeddings, ...; no cache)."""
+    arguments for the block (attention mask, position ids, rotary position embeddings, ...; no cache).
+
+    ``hidden[k]`` is ``(batch_k, seqlen, hidden_size)``; ``run(block, update=True)`` replaces every
+    ``hidden[k]`` by ``block(hidden[k], **kwargs[k])``, the inputs of the next block.
+
+    Examples:
+        >>> import torch, transformers
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(cfg).eval()
+        >>> inputs = capture_block_inputs(model, torch.randint(0, 64, (3, 8)), batch_size=2)   # block 0's inputs
+        >>> with torch.no_grad():
+        ...     inputs.run(decoder_layers(model)[0], update=True)                              # now block 1's
+        >>> inputs.num_sequences, tuple(inputs.hidden[0].shape)
+        (3, (2, 8, 32))
+    """
 
     hidden: list[Tensor] = field(default_factory=list)
     kwargs: list[dict] = field(default_factory=list)

@@ -169,7 +169,16 @@ def sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missin
 
 
 def get_nm_parametrization(module: nn.Module, name: str = "weight") -> NMParametrization | None:
-    """The :class:`NMParametrization` on ``module.<name>``, or None."""
+    """The :class:`NMParametrization` on ``module.<name>``, or None.
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> lin = learnable_nm(torch.nn.Linear(8, 2), n=2, m=4)
+        >>> p = get_nm_parametrization(lin)
+        >>> (p.n, p.m, p.dim, p.state), get_nm_parametrization(torch.nn.Linear(8, 2))
+        ((2, 4, 1, 'learning'), None)
+    """
     if not parametrize.is_parametrized(module, name):
         return None
     p = module.parametrizations[name][0]
@@ -179,7 +188,15 @@ def get_nm_parametrization(module: nn.Module, name: str = "weight") -> NMParamet
 def nm_parametrizations(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, parametrize.ParametrizationList,
                                                            NMParametrization]]:
     """``(qualname, module, tensor_name, parametrization_list, nm_parametrization)`` for every torchprox
-    N:M parametrization in ``model`` (each module once)."""
+    N:M parametrization in ``model`` (each module once).
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> model = torch.nn.Sequential(learnable_nm(torch.nn.Linear(8, 4)), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> [(q, t, p.n, p.m) for q, _, t, _, p in nm_parametrizations(model)]
+        [('0', 'weight', 2, 4)]
+    """
     for qualname, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
