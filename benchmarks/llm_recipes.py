@@ -75,6 +75,10 @@ def main() -> None:
                    loss_first10=sum(rep["loss"][:10]) / 10, loss_last10=sum(rep["loss"][-10:]) / 10)
     elif args.method == "masks":
         masks = torch.load(args.masks, weights_only=True)
+        source = Path(args.masks).with_suffix(".json")
+        if source.exists():  # the run that learned the masks (its learning time, for the time plot)
+            meta = json.loads(source.read_text())
+            row.update(masks_from=meta["name"], learn_seconds=meta["learn_seconds"])
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, mask in masks.items():
@@ -104,6 +108,8 @@ def main() -> None:
         masks = {name: nm_mask((modules[name].weight != 0).float(), 2, 4, dim=1) for name in names}
         if args.save_masks:
             torch.save(masks, args.save_masks)
+            Path(args.save_masks).with_suffix(".json").write_text(json.dumps(
+                {"name": row["name"], "data": args.data, "learn_seconds": row["seconds"]}))
         model, _ = load_default_model()  # the update starts from the dense weights
         t1 = time.perf_counter()
         sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)

@@ -35,13 +35,15 @@ def _save(fig, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def plot_perplexity(rows: list[dict], out: Path) -> None:
+def plot_perplexity(rows: list[dict], out: Path, data: str = "builtin") -> None:
     import matplotlib.pyplot as plt
 
-    latest = {r["name"]: r for r in rows}  # the latest row per recipe name
+    latest = {r["name"]: r for r in rows if r.get("data", "builtin") == data}  # the latest row per recipe name
     bars = []
     for name, r in latest.items():
-        if "perplexity_reconstructed" in r:
+        if r["method"] == "masks":  # a saved learned mask, then a weight update of the kept weights
+            bars.append((f"{name}", "proxsparse+" + r["update"], r["perplexity"]))
+        elif "perplexity_reconstructed" in r:
             bars.append((f"{name.removesuffix('+obs')}, mask only", r["method"], r["perplexity"]))
             bars.append((f"{name.removesuffix('+obs')} + OBS update", "proxsparse+obs", r["perplexity_reconstructed"]))
         else:
@@ -51,7 +53,7 @@ def plot_perplexity(rows: list[dict], out: Path) -> None:
     ys = range(len(bars))
     patches = ax.barh(ys, [b[2] for b in bars], color=[COLORS.get(b[1], "tab:blue") for b in bars])
     for patch, b in zip(patches, bars):
-        if "OBS" in b[0]:  # learned mask + SparseGPT's OBS update of the kept weights
+        if "OBS" in b[0] or b[1].startswith("proxsparse+"):  # learned mask + an update of the kept weights
             patch.set_hatch("//")
             patch.set_facecolor("tab:blue")
             patch.set_edgecolor("tab:red")
@@ -62,7 +64,8 @@ def plot_perplexity(rows: list[dict], out: Path) -> None:
     ax.set_xlim(right=max(b[2] for b in bars) * 4)
     ax.invert_yaxis()
     ax.set_xlabel("held-out perplexity (16,384 tokens, lower is better; log scale)")
-    fig.suptitle("2:4 on SmolLM2-135M (embedded default): perplexity per method", fontsize=11)
+    corpus = {"builtin": "Wikipedia", "news": "news (Lee corpus)"}.get(data, data)
+    fig.suptitle(f"2:4 on SmolLM2-135M (embedded default), held-out {corpus}: perplexity per method", fontsize=11)
     fig.tight_layout()
     _save(fig, out)
 
@@ -129,6 +132,8 @@ def main() -> None:
     rows, out = load_rows(Path(args.rows)), Path(args.out)
     plot_perplexity(rows, out / "recipes_perplexity.png")
     plot_time(rows, out / "recipes_time.png")
+    if any(r.get("data") == "news" for r in rows):
+        plot_perplexity(rows, out / "recipes_perplexity_news.png", data="news")
     logged = {r["name"]: r["nm_fraction_log"] for r in rows if r.get("nm_fraction_log")}
     if logged:
         data = {"source": "recipes", "note": f"nm_fraction_log of {args.rows}", "curves": logged}
