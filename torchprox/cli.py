@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lam", type=float, default=0.02, help="proxsparse: normalised lambda")
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--warmup", type=float, default=0.1)
-    s.add_argument("--mask-scores", choices=["weight", "activation"], default="weight")
+    s.add_argument("--mask-scores", choices=["weight", "activation"], default="activation",
+                   help="proxsparse: mask = top-n of |W|*||X_j|| (activation, default) or of |W| (weight, the paper)")
     s.add_argument("--lam-ramp", type=float, default=0.0,
                    help="proxsparse: fraction of the steps over which lambda rises from 0 (0: constant, the paper)")
     s.add_argument("--reconstruct", choices=["obs"], default=None,

@@ -7,7 +7,11 @@ over calibration batches x,
 
 with :class:`torchprox.ProxAdam`: an Adam step on the language-model loss L, then the exact prox of λ_W·R
 (identity metric and a constant λ, as in the paper). After the last step the mask is the top-n of every
-group of |W| and the model's weight becomes ``W0 ⊙ mask``: no kept weight is ever updated.
+group of |W_j|·‖X_j‖₂ (the learned weights scaled by the norms of their input features over the calibration
+blocks; ``mask_scores="weight"`` takes the paper's top-n of |W|) and the model's weight becomes ``W0 ⊙ mask``:
+no kept weight is ever updated. On the embedded default the two extractions from the same learned weights give
+89.1 (activation) and 92.9 (weight) held-out perplexity; groups that are already exactly N:M get the same mask
+either way.
 
 **Normalised λ.** R is homogeneous of degree n+1 in |w| and prox_{λR}(c·y) = c·prox_{c^{n-1}λR}(y), so the
 same λ means very different things on matrices of different scale. With ``lam_normalization="rms"`` (the
@@ -70,8 +74,8 @@ class ProxSparseConfig:
         lam_normalization: ``"rms"`` or ``"none"``.
         lr_normalization: ``"rms"`` or ``"none"``.
         metric, lam_scaling: ProxAdam's options (``"identity"``, ``"constant"`` reproduce the paper).
-        mask_scores: ``"weight"`` (top-n of |W|, the paper) or ``"activation"`` (top-n of |W|·‖X_j‖₂ with
-            input norms from the calibration blocks).
+        mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
+            blocks, computed once on the dense model) or ``"weight"`` (top-n of |W|, the paper).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
         reconstruct: ``None`` (mask only: every weight is ``W0 ⊙ mask``), ``"obs"`` or ``"finetune"`` (then
             update the kept weights; see the module docstring).
@@ -109,7 +113,7 @@ class ProxSparseConfig:
     lr_normalization: str = "none"
     metric: str = "identity"
     lam_scaling: str = "constant"
-    mask_scores: str = "weight"
+    mask_scores: str = "activation"
     lam_ramp: float = 0.0
     reconstruct: str | None = None
     reconstruct_blocks: int = 64
