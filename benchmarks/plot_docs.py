@@ -38,7 +38,8 @@ def _save(fig, out: Path) -> None:
 def plot_perplexity(rows: list[dict], out: Path, data: str = "builtin") -> None:
     import matplotlib.pyplot as plt
 
-    latest = {r["name"]: r for r in rows if r.get("data", "builtin") == data}  # the latest row per recipe name
+    latest = {r["name"]: r for r in rows  # the latest row per recipe name (rows without a perplexity: stopped runs)
+              if r.get("data", "builtin") == data and r.get("perplexity") is not None}
     bars = []
     for name, r in latest.items():
         if r["method"] == "masks":  # a saved learned mask, then a weight update of the kept weights

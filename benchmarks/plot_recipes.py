@@ -28,7 +28,7 @@ def plot(rows: list[dict], out: Path, data: str = "builtin") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("data", "builtin") == data]
+    rows = [r for r in rows if r.get("data", "builtin") == data and r.get("perplexity") is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
     baselines = {r["method"]: r for r in rows if r["method"] in BASELINES}  # the latest row per method
     colors = {"dense": "black", "magnitude": "grey", "wanda": "tab:orange", "sparsegpt": "tab:red"}
