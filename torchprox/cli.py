@@ -3,7 +3,7 @@
     torchprox sparsify MODEL --data SRC --pattern 2:4 --method proxsparse --out DIR [--overwrite]
     torchprox eval MODEL_OR_DIR --data SRC
     torchprox check DIR
-    torchprox demo [--quick]
+    torchprox demo [--quick] [--finetune]
 
 MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local ``save_pretrained`` directory or a
 ``.gguf`` file; SRC is ``builtin`` (the offline Wikipedia corpus), a UTF-8 text file or a directory of them.
@@ -164,7 +164,8 @@ def cmd_check(args) -> int:
 def cmd_demo(args) -> int:
     from .llm.demo import run_demo
 
-    run_demo(quick=args.quick, out=Path(args.out) if args.out else None, threads=args.threads)
+    methods = ("dense", "magnitude", "wanda", "sparsegpt", "proxsparse") + (("proxsparse+ft",) if args.finetune else ())
+    run_demo(quick=args.quick, out=Path(args.out) if args.out else None, threads=args.threads, methods=methods)
     return 0
 
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a shorter run (about 5 minutes on 2 cores)")
     d.add_argument("--out", help="also save the ProxSparse model here")
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    d.add_argument("--finetune", action="store_true",
+                   help="add a row: the learned mask, then a masked fine-tune of the kept weights (updates weights)")
     d.set_defaults(func=cmd_demo)
     return p
 

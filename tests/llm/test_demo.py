@@ -16,7 +16,9 @@ def test_demo_table_on_a_tiny_model(capsys, tmp_path):
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     settings = DemoSettings(eval_tokens=256, eval_seqlen=32, calib_blocks=4, calib_seqlen=32,
                             proxsparse=ProxSparseConfig(steps=3, lam=0.1), proxsparse_seqlen=32, finetune_steps=2)
-    rows = run_demo(settings=settings, model_and_tokenizer=(model, tiny_tokenizer()), out=tmp_path / "sparse")
+    methods = ("dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "proxsparse+ft")
+    rows = run_demo(settings=settings, model_and_tokenizer=(model, tiny_tokenizer()), out=tmp_path / "sparse",
+                    methods=methods)
     assert [r["method"] for r in rows] == ["dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "proxsparse+ft"]
     assert all(r["perplexity"] > 1 for r in rows)
     text = capsys.readouterr().out

@@ -3,7 +3,8 @@
 Prints one table (perplexity on the held-out articles of the built-in corpus, and wall time per method):
 dense, magnitude, Wanda, SparseGPT (which also updates the kept weights), ProxSparse (mask only, applied to the
 original weights: the method's output) and, reported apart, ProxSparse followed by a short fine-tune of the kept
-weights with the learned mask frozen (:func:`torchprox.llm.reconstruct.finetune_masked`). Every method but the
+weights with the learned mask frozen (:func:`torchprox.llm.reconstruct.finetune_masked`; ``torchprox demo
+--finetune``, about 3.5 more minutes, so the default stays within 20 minutes on 2 cores). Every method but the
 last starts from the same dense weights; the last continues from ProxSparse's masked model.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
 
 
 def run_demo(quick: bool = False, out: Path | None = None, threads: int | None = None,
-             settings: DemoSettings | None = None, methods=("dense", "magnitude", "wanda", "sparsegpt", "proxsparse", "proxsparse+ft"),
+             settings: DemoSettings | None = None, methods=("dense", "magnitude", "wanda", "sparsegpt", "proxsparse"),
              model_and_tokenizer=None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns its rows (method, perplexity, seconds, ...).
 
