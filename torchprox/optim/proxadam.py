@@ -211,6 +211,7 @@ class ProxAdam(AdamW):
                 if name is None or lam == 0:
                     continue
                 fn = get_prox(name)
+                inplace = getattr(fn, "inplace", None)
                 lam_eff = lam * group["lr"] if group["lam_scaling"] == "lr" else lam
                 kwargs = group["prox_kwargs"]
                 for p in group["params"]:
@@ -223,7 +224,6 @@ class ProxAdam(AdamW):
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
                     # requires_grad under no_grad), so kernels without autograd, e.g. the fused CPU N:M
                     # kernel, serve it.
-                    inplace = getattr(fn, "inplace", None)
                     if inplace is not None and not differentiable and found_inf is None:
                         inplace(p.detach(), lam_eff, step=s, **kwargs)  # e.g. the fused kernel, no temporary
                         continue

@@ -108,26 +108,27 @@ def usable(t: Tensor, m: int) -> bool:
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-@torch.library.custom_op("torchprox::prox_nm_cpu", mutates_args=(), device_types="cpu")
-def prox_nm_cpu(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
-    """argmin_w ½‖w − y‖² + lam e_{n+1}(|w|) for each row of ``groups`` (G, m), float32/float64, on CPU.
-
-    ``lam`` is a 0-d CPU tensor, read by the kernel itself (no ``.item()``).
-    """
-    y = groups.contiguous()
+def _prox_into(y: Tensor, out: Tensor, lam: Tensor, n: int, m: int) -> None:
+    """Run the kernel from contiguous ``y`` (G, m) into ``out`` (may be ``y`` itself: each value is read before
+    it is written); ``lam`` is a 0-d CPU tensor, read by the kernel itself (no ``.item()``)."""
     lam64 = lam.detach().to(torch.float64).contiguous()
-    out = torch.empty_like(y)
     fn = getattr(library(), f"torchprox_prox_nm_{_SUFFIX[y.dtype]}")
     fn(y.data_ptr(), out.data_ptr(), y.shape[0], n, m, lam64.data_ptr(), torch.get_num_threads())
+
+
+@torch.library.custom_op("torchprox::prox_nm_cpu", mutates_args=(), device_types="cpu")
+def prox_nm_cpu(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
+    """argmin_w ½‖w − y‖² + lam e_{n+1}(|w|) for each row of ``groups`` (G, m), float32/float64, on CPU."""
+    y = groups.contiguous()
+    out = torch.empty_like(y)
+    _prox_into(y, out, lam, n, m)
     return out
 
 
 @torch.library.custom_op("torchprox::prox_nm_cpu_", mutates_args=("groups",), device_types="cpu")
 def prox_nm_cpu_(groups: Tensor, lam: Tensor, n: int, m: int) -> None:
-    """In-place :func:`prox_nm_cpu` on a contiguous ``groups`` (G, m): each value is read before it is written."""
-    lam64 = lam.detach().to(torch.float64).contiguous()
-    fn = getattr(library(), f"torchprox_prox_nm_{_SUFFIX[groups.dtype]}")
-    fn(groups.data_ptr(), groups.data_ptr(), groups.shape[0], n, m, lam64.data_ptr(), torch.get_num_threads())
+    """In-place :func:`prox_nm_cpu` on a contiguous ``groups`` (G, m)."""
+    _prox_into(groups, groups, lam, n, m)
 
 
 @prox_nm_cpu.register_fake

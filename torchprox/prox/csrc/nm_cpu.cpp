@@ -86,15 +86,14 @@ inline int exponent(T x) {
   return e;
 }
 
-// Projected coordinate descent on x[0..k) (x[k..m) stay 0) for 1/2 sum (x - b)^2 + lam e_{n+1}(x), x >= 0:
+// Projected coordinate descent on x[0..k) (the rest of the group stays 0) for 1/2 sum (x - b)^2 + lam e_{n+1}(x), x >= 0:
 // x_i <- max(0, b_i - lam e_n(x minus i)), last coordinate first, until no lane moves by more than tol (each
 // lane stops on its own) or the sweep cap. e_n(x minus i) = sum_r P_i[r] S_i[n - r] with P_i the elementary
 // symmetric polynomials of x[0..i) (computed at the start of the sweep: those coordinates are not updated yet)
 // and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a sweep, sums of non-negative
 // terms only.
 template <typename T>
-inline void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int m, int n, const T* lam) {
-  (void)m;
+inline void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam) {
   T active[kLanes];
   LANES active[l] = 1;
   T P[kMaxM][kMaxM][kLanes];  // P[i][r]: e_r(x[0..i)), r = 0..n
@@ -182,7 +181,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     LANES convex_lanes += lam_g[l] * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
     if (convex_lanes == T(kLanes)) {
       for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
-      coordinate_descent(best, cand, m, m, n, lam_g);
+      coordinate_descent(best, cand, m, n, lam_g);
       // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
       const T nan = std::numeric_limits<T>::quiet_NaN();
       if (lanes == kLanes) {  // a full block: strided loads and stores the compiler vectorizes
@@ -283,7 +282,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   for (int k = n + 2; k <= kmax; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      coordinate_descent(cand, b, k, m, n, lam_g);
+      coordinate_descent(cand, b, k, n, lam_g);
       objective(cand, b, m, n, lam_g, f);
       keep_best(best, best_f, cand, f, m);
     }
