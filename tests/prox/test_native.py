@@ -96,16 +96,21 @@ def test_build_cache_is_reused_and_can_be_disabled(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
 @pytest.mark.parametrize("lam", [1e-3, 0.05, 0.3, 1.0, 4.0, 30.0, 1e3])
-def test_full_blocks_every_regime_same_objective_as_eager(n, m, lam):
-    # Many groups, so whole 16-group blocks take the convex path (small lam), the pruned enumeration of
-    # supports (large lam) or a mix; values of mixed scale put different lanes in different regimes.
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_full_blocks_every_regime_same_objective_as_eager(n, m, lam, dtype, rtol):
+    # Many groups, so whole 16-group blocks take the convex paths (small lam: the in-place vectors for m = 4,
+    # the unscaled lanes otherwise), the pruned enumeration of supports (large lam) or a mix; values of mixed
+    # scale put different lanes in different regimes, and one row of tiny values sends its blocks to the
+    # scaled path.
     gen = torch.Generator().manual_seed(int(lam * 1000) + m)
     scale = torch.rand(96, 1, generator=gen, dtype=torch.float64) * 3
-    y = torch.randn(96, 8 * m, generator=gen, dtype=torch.float64) * scale
+    scale[7] = 1e-30 if dtype == torch.float32 else 1e-300
+    y = (torch.randn(96, 8 * m, generator=gen, dtype=torch.float64) * scale).to(dtype)
     fused, plain = prox_nm(y, lam, n, m), eager(prox_nm, y, lam, n, m)
-    f_fused = nm_objective(fused.reshape(-1, m), y.reshape(-1, m), lam, n)
-    f_plain = nm_objective(plain.reshape(-1, m), y.reshape(-1, m), lam, n)
-    assert (f_fused <= f_plain + 1e-12 * (1 + f_plain.abs())).all()
+    f_fused = nm_objective(fused.double().reshape(-1, m), y.double().reshape(-1, m), lam, n)
+    f_plain = nm_objective(plain.double().reshape(-1, m), y.double().reshape(-1, m), lam, n)
+    size = y.double().reshape(-1, m).square().sum(-1)  # the objective's scale, group by group
+    assert (f_fused <= f_plain + rtol * (f_plain.abs() + size)).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -126,3 +131,23 @@ def test_nan_anywhere_makes_its_group_nan():
     y = torch.tensor([[0.1, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]] * 8)
     out = prox_nm(y, 0.01)
     assert out[0::2].isnan().all() and torch.equal(out[1::2], eager(prox_nm, y[1::2], 0.01))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("lam", [1e-3, 0.05, 0.3, 3.0])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_metric_prox_same_objective_as_eager(n, lam, dtype, rtol):
+    # A per-entry step (ProxAdam's metric="adam"): whole convex blocks are solved by the kernel, the rest
+    # (large lam, a short last block, a block with a tiny value) by the plain-torch solver.
+    gen = torch.Generator().manual_seed(int(lam * 1000) + n)
+    y = torch.randn(50, 20, generator=gen, dtype=torch.float64) * torch.rand(50, 1, generator=gen, dtype=torch.float64) * 2
+    y[3, 5] = 1e-30
+    s = torch.rand(50, 20, generator=gen, dtype=torch.float64) * 2 + 0.05
+    y, s = y.to(dtype), s.to(dtype)
+    fused, plain = prox_nm(y, lam, n, 4, step=s), eager(prox_nm, y, lam, n, 4, step=s)
+    y64, s64 = y.double().reshape(-1, 4), s.double().reshape(-1, 4)
+    f_fused = nm_objective(fused.double().reshape(-1, 4), y64, lam, n, step=s64)
+    f_plain = nm_objective(plain.double().reshape(-1, 4), y64, lam, n, step=s64)
+    size = (y64.square() / s64).sum(-1)
+    assert (f_fused <= f_plain + rtol * (f_plain.abs() + size)).all()
+    assert ((fused * y) >= 0).all()

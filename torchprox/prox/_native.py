@@ -7,7 +7,7 @@ compiler command, written atomically; later processes load the cached library at
 which computes the same minimizer.
 
 The kernels are exposed to torch as custom ops (``torch.ops.torchprox.prox_nm_cpu``, its in-place twin
-``prox_nm_cpu_`` and ``torch.ops.torchprox.nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
+``prox_nm_cpu_``, the diagonal-metric ``prox_nm_metric_cpu`` and ``torch.ops.torchprox.nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
 """
 from __future__ import annotations
 
@@ -83,6 +83,8 @@ def library() -> ctypes.CDLL | None:
                 i64, i32, f64, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
                 for name in ("torchprox_prox_nm_f32", "torchprox_prox_nm_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, ptr, i32]
+                for name in ("torchprox_prox_nm_metric_f32", "torchprox_prox_nm_metric_f64"):
+                    getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr, i64, i32, ptr, i32]
                 for name in ("torchprox_nm_mask_f32", "torchprox_nm_mask_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, i32]
                 lib.torchprox_max_m.restype = i32
@@ -134,6 +136,26 @@ def prox_nm_cpu_(groups: Tensor, lam: Tensor, n: int, m: int) -> None:
 @prox_nm_cpu.register_fake
 def _(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
     return torch.empty_like(groups)
+
+
+@torch.library.custom_op("torchprox::prox_nm_metric_cpu", mutates_args=(), device_types="cpu")
+def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for the rows of ``groups`` (G, 4) that the kernel's convex
+    path solves (whole blocks of 16 groups with lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½); returns
+    ``(out, done)``, ``done`` (G,) bool marking the rows written (the others are left for the caller)."""
+    y, s = groups.contiguous(), step.contiguous()
+    out = torch.empty_like(y)
+    done = torch.empty(y.shape[0], dtype=torch.bool)
+    lam64 = lam.detach().to(torch.float64).contiguous()
+    fn = getattr(library(), f"torchprox_prox_nm_metric_{_SUFFIX[y.dtype]}")
+    fn(y.data_ptr(), s.data_ptr(), out.data_ptr(), done.data_ptr(), y.shape[0], n, lam64.data_ptr(),
+       torch.get_num_threads())
+    return out, done
+
+
+@prox_nm_metric_cpu.register_fake
+def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(groups), torch.empty(groups.shape[0], dtype=torch.bool, device=groups.device)
 
 
 @torch.library.custom_op("torchprox::nm_mask_cpu", mutates_args=(), device_types="cpu")

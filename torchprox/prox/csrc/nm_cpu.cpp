@@ -31,10 +31,21 @@ template <> struct Iters<float> { static constexpr int newton = 40, sweeps = 60;
 template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 200; static constexpr double tol = 1e-12; };
 
 #define LANES _Pragma("omp simd") for (int l = 0; l < kLanes; ++l)
+// The lane helpers are always inlined, so that their loops see the caller's compile-time n and m.
+#define INLINE inline __attribute__((always_inline))
+
+// How many lanes of flag are nonzero. An integer sum (reassociable, so it vectorizes into a short tree);
+// a float sum of the lanes would be 16 dependent additions, in order, on every iteration.
+template <typename T>
+INLINE int count(const T* flag) {
+  int c = 0;
+  for (int l = 0; l < kLanes; ++l) c += flag[l] != 0;
+  return c;
+}
 
 // e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes].
 template <typename T>
-inline void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
+INLINE void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
   T e[kMaxM + 1][kLanes];
   LANES e[0][l] = 1;
   for (int r = 1; r <= k; ++r) LANES e[r][l] = 0;
@@ -47,7 +58,7 @@ inline void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
 
 // f = 1/2 sum (x - b)^2 + lam e_{n+1}(x), per lane.
 template <typename T>
-inline void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, const T* lam, T* f) {
+INLINE void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, const T* lam, T* f) {
   T r[kLanes];
   esym(x, m, n + 1, -1, r);
   LANES f[l] = lam[l] * r[l];
@@ -55,7 +66,7 @@ inline void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, 
 }
 
 template <typename T>
-inline void keep_best(T (*best)[kLanes], T* best_f, const T (*cand)[kLanes], const T* f, int m) {
+INLINE void keep_best(T (*best)[kLanes], T* best_f, const T (*cand)[kLanes], const T* f, int m) {
   for (int i = 0; i < m; ++i) LANES best[i][l] = f[l] < best_f[l] ? cand[i][l] : best[i][l];
   LANES best_f[l] = f[l] < best_f[l] ? f[l] : best_f[l];
 }
@@ -87,13 +98,13 @@ inline int exponent(T x) {
 }
 
 // Projected coordinate descent on x[0..k) (the rest of the group stays 0) for 1/2 sum (x - b)^2 + lam e_{n+1}(x), x >= 0:
-// x_i <- max(0, b_i - lam e_n(x minus i)), last coordinate first, until no lane moves by more than tol (each
+// x_i <- max(0, b_i - lam e_n(x minus i)), last coordinate first, until no lane moves by more than tol[l] (each
 // lane stops on its own) or the sweep cap. e_n(x minus i) = sum_r P_i[r] S_i[n - r] with P_i the elementary
 // symmetric polynomials of x[0..i) (computed at the start of the sweep: those coordinates are not updated yet)
 // and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a sweep, sums of non-negative
 // terms only.
 template <typename T>
-inline void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam) {
+INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam, const T* tol) {
   T active[kLanes];
   LANES active[l] = 1;
   T P[kMaxM][kMaxM][kLanes];  // P[i][r]: e_r(x[0..i)), r = 0..n
@@ -122,13 +133,40 @@ inline void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int 
       }
       for (int r = n; r >= 1; --r) LANES S[r][l] += x[i][l] * S[r - 1][l];
     }
-    T running = 0;
-    LANES {
-      active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
-      running += active[l];
-    }
-    if (running == 0) break;
+    LANES active[l] *= change[l] > tol[l] ? T(1) : T(0);
+    if (count(active) == 0) break;
   }
+}
+
+// Values within [2^-L, 2^L], L (n + 1) <= Range<T>::bits, can be used unscaled: no product of up to n+1 of them
+// over- or underflows, so scaling by powers of two would change no rounding.
+template <typename T> struct Range;
+template <> struct Range<float> { static constexpr int bits = 100; };
+template <> struct Range<double> { static constexpr int bits = 900; };
+
+// The convex case (see prox_block) of a full block whose values are all in range, solved unscaled, with the
+// scaled path's tolerance taken relative to each group's largest value: the regime of mask learning.
+// Returns false, having written nothing, unless every lane of the block is convex. A function of its own so
+// that the compiler vectorizes it on its own terms, whatever it makes of the much larger general path.
+template <typename T, int NT, int MT>
+__attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes], const T* amax, const T* y, T* out, int n_rt,
+                                               int m_rt, T lam) {
+  const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
+  T x[kMaxM][kLanes], rho[kLanes], convex[kLanes], lam_l[kLanes], tol[kLanes];
+  esym(b, m, n - 1, -1, rho);
+  LANES {
+    convex[l] = lam * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
+    lam_l[l] = lam;
+    tol[l] = Iters<T>::tol * amax[l];
+  }
+  if (count(convex) != kLanes) return false;
+  for (int i = 0; i < m; ++i) LANES x[i][l] = b[i][l];
+  coordinate_descent(x, b, m, n, lam_l, tol);
+  LANES for (int i = 0; i < m; ++i) {  // lanes outer: m interleaved stores the compiler vectorizes as a group
+    const T yi = y[l * m + i];
+    out[l * m + i] = x[i][l] == b[i][l] ? yi : std::copysign(x[i][l], yi);
+  }
+  return true;
 }
 
 // One block of kLanes groups (the last one padded with zeros by the caller).
@@ -138,20 +176,26 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   const T tiny = std::numeric_limits<T>::min();
   T b[kMaxM][kLanes], best[kMaxM][kLanes], cand[kMaxM][kLanes], grown[kMaxM][kLanes];
   int idx[kMaxM][kLanes];
-  T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes];
+  T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes], tol_g[kLanes];
   T finite[kLanes];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
   // |y| in group order, and the per-group max (a NaN or an infinity anywhere makes the group non-finite).
-  if (lanes == kLanes) {
-    for (int i = 0; i < m; ++i) LANES b[i][l] = std::fabs(y[l * m + i]);
+  if (lanes == kLanes) {  // lanes outer: m interleaved loads the compiler vectorizes as a group (no gathers)
+    LANES for (int i = 0; i < m; ++i) b[i][l] = std::fabs(y[l * m + i]);
   } else {
     for (int i = 0; i < m; ++i) LANES b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
   }
-  T amax[kLanes];
-  LANES { amax[l] = 0; finite[l] = 1; }
+  T amax[kLanes], in_range[kLanes];
+  const int L = Range<T>::bits / (n + 1);
+  const T lo = pow2<T>(-L), hi = pow2<T>(L);
+  LANES { amax[l] = 0; finite[l] = 1; in_range[l] = 1; }
   for (int i = 0; i < m; ++i) LANES {
-    amax[l] = b[i][l] > amax[l] ? b[i][l] : amax[l];
-    finite[l] = b[i][l] <= std::numeric_limits<T>::max() ? finite[l] : T(0);
+    const T v = b[i][l];
+    amax[l] = v > amax[l] ? v : amax[l];
+    finite[l] = v <= std::numeric_limits<T>::max() ? finite[l] : T(0);
+    in_range[l] = v == 0 || (v >= lo && v <= hi) ? in_range[l] : T(0);  // NaN and inf fail too
   }
+  if (lanes == kLanes && count(in_range) == kLanes && convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam)) return;
+  LANES tol_g[l] = Iters<T>::tol;
   // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
   // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
   T half_up[kLanes], half_down[kLanes], inv_scale[kLanes];
@@ -177,11 +221,11 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     T rho[kLanes];
     for (int i = 0; i < m; ++i) LANES cand[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv_scale[l] : T(0);
     esym(cand, m, n - 1, -1, rho);
-    T convex_lanes = 0;
-    LANES convex_lanes += lam_g[l] * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
-    if (convex_lanes == T(kLanes)) {
+    T convex[kLanes];
+    LANES convex[l] = lam_g[l] * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
+    if (count(convex) == kLanes) {
       for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
-      coordinate_descent(best, cand, m, n, lam_g);
+      coordinate_descent(best, cand, m, n, lam_g, tol_g);
       // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
       const T nan = std::numeric_limits<T>::quiet_NaN();
       if (lanes == kLanes) {  // a full block: strided loads and stores the compiler vectorizes
@@ -274,15 +318,15 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     esym(d, k - 2, n - 1, -1, e1);
     LANES pn[l] = 1;
     for (int j = 0; j < n; ++j) LANES pn[l] *= d[j][l];
-    T possible = 0;
+    T possible[kLanes];
     const T margin = T(1) + T(1e-4);  // rounding in the bounds never rules out a candidate
-    LANES possible += lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
-    if (possible == 0) { kmax = k - 1; break; }
+    LANES possible[l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
+    if (count(possible) == 0) { kmax = k - 1; break; }
   }
   for (int k = n + 2; k <= kmax; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      coordinate_descent(cand, b, k, n, lam_g);
+      coordinate_descent(cand, b, k, n, lam_g, tol_g);
       objective(cand, b, m, n, lam_g, f);
       keep_best(best, best_f, cand, f, m);
     }
@@ -300,6 +344,110 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     }
 }
 
+// The convex case for m = 4 on groups in place, with explicit vectors (GCC/Clang vector extensions) of 16
+// values = 4 whole groups: the other three values of each group are its in-group rotations r1, r2, r3 (one
+// lane shuffle each), so e_n(x minus i) is formed with no transpose. The Jacobi iteration
+// x <- T(x) = max(0, b - lam e_n(x minus i)) from x = b has the same fixed point as the coordinate descent
+// above, keeps x in the box [0, b], and is a contraction in the max norm with factor
+// q = lam max_i sum_{j != i} e_{n-1}(b minus i, j) = lam (m - n) max_i e_{n-1}(b minus i) when q <= 1/2 (which
+// also makes the objective strongly convex on the box, as in prox_block). So |x_k - x*| <= q / (1 - q) |x_k - x_{k-1}|: each group stops on its own as soon as that bound
+// is at most tol * max_i b_i (the scaled path's tolerance), and never depends on its neighbours.
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+};
+template <> struct Vec16<double> {
+  typedef double V __attribute__((vector_size(128)));
+  typedef int64_t I __attribute__((vector_size(128)));
+};
+
+// x with every group of 4 rotated by R: lane 4g + i takes lane 4g + (i + R) % 4.
+#if defined(__clang__)
+#define TP_ROT(x, R)                                                                                       \
+  __builtin_shufflevector(x, x, (0 + R) % 4, (1 + R) % 4, (2 + R) % 4, (3 + R) % 4, 4 + (0 + R) % 4,       \
+                          4 + (1 + R) % 4, 4 + (2 + R) % 4, 4 + (3 + R) % 4, 8 + (0 + R) % 4, 8 + (1 + R) % 4, \
+                          8 + (2 + R) % 4, 8 + (3 + R) % 4, 12 + (0 + R) % 4, 12 + (1 + R) % 4,             \
+                          12 + (2 + R) % 4, 12 + (3 + R) % 4)
+#else
+#define TP_ROT(x, R)                                                                                      \
+  __builtin_shuffle(x, I{(0 + R) % 4, (1 + R) % 4, (2 + R) % 4, (3 + R) % 4, 4 + (0 + R) % 4,             \
+                         4 + (1 + R) % 4, 4 + (2 + R) % 4, 4 + (3 + R) % 4, 8 + (0 + R) % 4, 8 + (1 + R) % 4, \
+                         8 + (2 + R) % 4, 8 + (3 + R) % 4, 12 + (0 + R) % 4, 12 + (1 + R) % 4,            \
+                         12 + (2 + R) % 4, 12 + (3 + R) % 4})
+#endif
+
+// With a per-entry step s (a diagonal metric: argmin 1/2 sum (x - b)^2 / s + lam e_{n+1}(x)) the same holds with
+// lam s_i in row i: T(x)_i = max(0, b_i - lam s_i e_n(x minus i)), q = max_i lam s_i (m - n) e_{n-1}(b minus i).
+// A contraction of the box into itself has one fixed point there, and every KKT point of the problem is a
+// fixed point in the box (the global minimizer among them), so T's limit is the global minimizer.
+template <typename T, int N>
+__attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T lam) {
+  using V = typename Vec16<T>::V;
+  using I = typename Vec16<T>::I;
+  constexpr int kVecs = kLanes * 4 / 16;  // a block of kLanes groups
+  const I sign = (I)(-V{});                // -0.0: the sign bit
+  const int L = Range<T>::bits / (N + 1);
+  const V lo = V{} + pow2<T>(-L), hi = V{} + pow2<T>(L), zero = V{};
+  V yv[kVecs], b[kVecs], x[kVecs], tol[kVecs], q[kVecs], lam_s[kVecs];
+  I active[kVecs], ok = I{} - 1;
+  for (int v = 0; v < kVecs; ++v) {
+    std::memcpy(&yv[v], y + 16 * v, sizeof(V));
+    b[v] = (V)((I)yv[v] & ~sign);
+    lam_s[v] = zero + lam;
+    if (step != nullptr) {
+      V sv;
+      std::memcpy(&sv, step + 16 * v, sizeof(V));
+      ok &= (sv > zero) & (sv <= std::numeric_limits<T>::max());  // a positive, finite step (NaN fails)
+      lam_s[v] = lam * sv;
+    }
+    // q = lam (m - n) max_i e_{n-1}(b minus i): the row sums of the Hessian's off-diagonal part, bounded on
+    // the box [0, b]. q <= 1/2 makes the objective strongly convex there and T a contraction with factor q.
+    const V r1 = TP_ROT(b[v], 1), r2 = TP_ROT(b[v], 2), r3 = TP_ROT(b[v], 3);
+    V e = zero + T(1);  // e_{N-1} of the other three
+    if (N == 2) e = r1 + r2 + r3;
+    if (N == 3) e = r1 * (r2 + r3) + r2 * r3;
+    V qi = lam_s[v] * T(4 - N) * e;
+    qi = qi > TP_ROT(qi, 2) ? qi : TP_ROT(qi, 2);
+    q[v] = qi > TP_ROT(qi, 1) ? qi : TP_ROT(qi, 1);
+    V amax = b[v] > TP_ROT(b[v], 2) ? b[v] : TP_ROT(b[v], 2);
+    amax = amax > TP_ROT(amax, 1) ? amax : TP_ROT(amax, 1);
+    tol[v] = Iters<T>::tol * amax * (T(1) - q[v]);  // stop when q |x_k - x_{k-1}| <= tol (1 - q)
+    ok &= (b[v] == zero) | ((b[v] >= lo) & (b[v] <= hi));  // NaN and inf fail
+    ok &= q[v] <= T(0.5);
+    x[v] = b[v];
+    active[v] = I{} - 1;
+  }
+  for (int l = 0; l < 16; ++l)
+    if (ok[l] == 0) return false;
+  for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
+    I any = I{};
+    for (int v = 0; v < kVecs; ++v) {
+      const V r1 = TP_ROT(x[v], 1), r2 = TP_ROT(x[v], 2), r3 = TP_ROT(x[v], 3);
+      const V c = N == 1 ? r1 + r2 + r3 : N == 2 ? r1 * (r2 + r3) + r2 * r3 : r1 * r2 * r3;
+      V nv = b[v] - lam_s[v] * c;
+      nv = nv > zero ? nv : zero;
+      V d = nv - x[v];
+      d = (V)((I)d & ~sign);
+      d = d > TP_ROT(d, 2) ? d : TP_ROT(d, 2);
+      d = d > TP_ROT(d, 1) ? d : TP_ROT(d, 1);  // the group's largest move, in all its lanes
+      x[v] = active[v] ? nv : x[v];
+      active[v] &= d * q[v] > tol[v];
+      any |= active[v];
+    }
+    bool running = false;
+    for (int l = 0; l < 16; ++l) running |= any[l] != 0;
+    if (!running) break;
+  }
+  for (int v = 0; v < kVecs; ++v) {
+    const V w = (V)(((I)x[v] & ~sign) | ((I)yv[v] & sign));
+    const V o = x[v] == b[v] ? yv[v] : w;
+    std::memcpy(out + 16 * v, &o, sizeof(V));
+  }
+  return true;
+}
+#undef TP_ROT
+
 template <typename T, int NT, int MT>
 void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
   const int64_t blocks = (groups + kLanes - 1) / kLanes;
@@ -307,18 +455,43 @@ void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int t
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t g0 = blk * kLanes;
     const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
+    if (MT == 4 && NT < 4 && lanes == kLanes && convex_m4<T, NT>(y + g0 * m, nullptr, out + g0 * m, lam)) continue;
     prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam);
   }
 }
 
 template <typename T>
 void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int threads) {
-  const T lam = T(lam_d);
+  // A lambda beyond the largest T acts like the largest T (the scaled path saturates the same way).
+  const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
   if (n == 2 && m == 4) return prox_nm_loop<T, 2, 4>(y, out, groups, n, m, lam, threads);
   if (n == 1 && m == 4) return prox_nm_loop<T, 1, 4>(y, out, groups, n, m, lam, threads);
   if (n == 1 && m == 2) return prox_nm_loop<T, 1, 2>(y, out, groups, n, m, lam, threads);
   if (n == 4 && m == 8) return prox_nm_loop<T, 4, 8>(y, out, groups, n, m, lam, threads);
   prox_nm_loop<T, 0, 0>(y, out, groups, n, m, lam, threads);
+}
+
+// The diagonal-metric prox for m = 4 where the convex path serves a whole block; done[g] says which groups it
+// wrote (the caller solves the others).
+template <typename T, int N>
+void prox_nm_metric_loop(const T* y, const T* step, T* out, uint8_t* done, int64_t groups, T lam, int threads) {
+  const int64_t blocks = (groups + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t g0 = blk * kLanes;
+    const bool full = groups - g0 >= kLanes;
+    const bool ok = full && convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam);
+    for (int64_t g = g0; g < (full ? g0 + kLanes : groups); ++g) done[g] = ok;
+  }
+}
+
+template <typename T>
+void prox_nm_metric(const T* y, const T* step, T* out, uint8_t* done, int64_t groups, int n, double lam_d,
+                    int threads) {
+  const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
+  if (n == 1) return prox_nm_metric_loop<T, 1>(y, step, out, done, groups, lam, threads);
+  if (n == 2) return prox_nm_metric_loop<T, 2>(y, step, out, done, groups, lam, threads);
+  prox_nm_metric_loop<T, 3>(y, step, out, done, groups, lam, threads);
 }
 
 // Stable descending argsort of a[0..m) (insertion sort: ties keep the lower index first).
@@ -353,6 +526,15 @@ void torchprox_prox_nm_f32(const float* y, float* out, int64_t g, int n, int m, 
 }
 void torchprox_prox_nm_f64(const double* y, double* out, int64_t g, int n, int m, const double* lam, int t) {
   prox_nm<double>(y, out, g, n, m, *lam, t);
+}
+// m = 4, n in 1..3: writes out and done (one byte per group) for the groups the convex path solves.
+void torchprox_prox_nm_metric_f32(const float* y, const float* s, float* out, uint8_t* done, int64_t g, int n,
+                                  const double* lam, int t) {
+  prox_nm_metric<float>(y, s, out, done, g, n, *lam, t);
+}
+void torchprox_prox_nm_metric_f64(const double* y, const double* s, double* out, uint8_t* done, int64_t g, int n,
+                                  const double* lam, int t) {
+  prox_nm_metric<double>(y, s, out, done, g, n, *lam, t);
 }
 void torchprox_nm_mask_f32(const float* s, uint8_t* mask, int64_t g, int n, int m, int t) {
   nm_mask<float>(s, mask, g, n, m, t);
