@@ -85,6 +85,8 @@ def library() -> ctypes.CDLL | None:
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, ptr, i32]
                 for name in ("torchprox_prox_nm_metric_f32", "torchprox_prox_nm_metric_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr, i64, i32, ptr, i32]
+                for name in ("torchprox_project_nm4_f32", "torchprox_project_nm4_f64"):
+                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32]
                 for name in ("torchprox_nm_mask_f32", "torchprox_nm_mask_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, i32]
                 lib.torchprox_max_m.restype = i32
@@ -156,6 +158,21 @@ def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tup
 @prox_nm_metric_cpu.register_fake
 def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return torch.empty_like(groups), torch.empty(groups.shape[0], dtype=torch.bool, device=groups.device)
+
+
+@torch.library.custom_op("torchprox::project_nm4_cpu", mutates_args=(), device_types="cpu")
+def project_nm4_cpu(groups: Tensor, n: int) -> Tensor:
+    """argmin_w ½‖w − y‖² s.t. ≤ n nonzeros in each row of ``groups`` (G, 4): y on the top-n |y|, 0 elsewhere."""
+    y = groups.contiguous()
+    out = torch.empty_like(y)
+    getattr(library(), f"torchprox_project_nm4_{_SUFFIX[y.dtype]}")(
+        y.data_ptr(), out.data_ptr(), y.shape[0], n, torch.get_num_threads())
+    return out
+
+
+@project_nm4_cpu.register_fake
+def _(groups: Tensor, n: int) -> Tensor:
+    return torch.empty_like(groups)
 
 
 @torch.library.custom_op("torchprox::nm_mask_cpu", mutates_args=(), device_types="cpu")

@@ -112,6 +112,10 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
         s = step.expand(y.shape) if step.shape != y.shape else step
         scores = y.to(compute_dtype(y.dtype)).square() / s.to(compute_dtype(y.dtype))
     else:
+        if m == 4 and y.dtype in (torch.float32, torch.float64):  # the fused CPU kernel: one pass
+            g, restore = group_view(y, m, dim, name="y")
+            if _native.usable(g, m):
+                return restore(_native.project_nm4_cpu(g, n))
         scores = y.abs()
     return y * nm_mask(scores, n, m, dim)
 

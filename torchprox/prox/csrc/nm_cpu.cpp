@@ -344,6 +344,9 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     }
 }
 
+template <typename T>
+inline void argsort_desc(const T* a, int m, int* idx);
+
 // The convex case for m = 4 on groups in place, with explicit vectors (GCC/Clang vector extensions) of 16
 // values = 4 whole groups: the other three values of each group are its in-group rotations r1, r2, r3 (one
 // lane shuffle each), so e_n(x minus i) is formed with no transpose. The Jacobi iteration
@@ -446,6 +449,47 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
   }
   return true;
 }
+
+// The top-n mask for m = 4, four groups per vector: the rank of each value is the number of the group's
+// other values (its in-group rotations) that are larger, or equal with a lower index; keep rank < n. The
+// same mask as the stable descending sort of nm_mask below, with no sort. With Project, scores is y itself,
+// ranked by |y|, and out = y where kept, 0 elsewhere (the hard N:M projection) is written instead of mask.
+template <typename T, bool Project = false>
+void nm_mask_m4(const T* scores, uint8_t* mask, T* out, int64_t groups, int n, int threads) {
+  using V = typename Vec16<T>::V;
+  using I = typename Vec16<T>::I;
+  // lower[R]: in lane 4g + i, whether the value rotated in, index (i + R) % 4, comes before i.
+  const I lower1 = {0, 0, 0, -1, 0, 0, 0, -1, 0, 0, 0, -1, 0, 0, 0, -1};
+  const I lower2 = {0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1};
+  const I lower3 = {0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1};
+  const int64_t chunks = groups / 4;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < chunks; ++c) {
+    V a, y;
+    std::memcpy(&y, scores + 16 * c, sizeof(V));
+    a = Project ? (V)((I)y & ~(I)(-V{})) : y;
+    const V r1 = TP_ROT(a, 1), r2 = TP_ROT(a, 2), r3 = TP_ROT(a, 3);
+    const I rank = -((r1 > a) | ((r1 == a) & lower1)) - ((r2 > a) | ((r2 == a) & lower2)) -
+                   ((r3 > a) | ((r3 == a) & lower3));
+    const I keep = rank < n;
+    if (Project) {
+      const V o = keep ? y : V{};
+      std::memcpy(out + 16 * c, &o, sizeof(V));
+    } else {
+      for (int l = 0; l < 16; ++l) mask[16 * c + l] = keep[l] != 0;
+    }
+  }
+  for (int64_t g = chunks * 4; g < groups; ++g) {  // the last groups, fewer than four
+    int idx[4];
+    T a[4];
+    for (int i = 0; i < 4; ++i) a[i] = Project ? std::fabs(scores[4 * g + i]) : scores[4 * g + i];
+    argsort_desc(a, 4, idx);
+    for (int i = 0; i < 4; ++i) {
+      if (Project) out[4 * g + idx[i]] = i < n ? scores[4 * g + idx[i]] : T(0);
+      else mask[4 * g + idx[i]] = i < n;
+    }
+  }
+}
 #undef TP_ROT
 
 template <typename T, int NT, int MT>
@@ -506,6 +550,7 @@ inline void argsort_desc(const T* a, int m, int* idx) {
 
 template <typename T>
 void nm_mask(const T* scores, uint8_t* mask, int64_t groups, int n, int m, int threads) {
+  if (m == 4) return nm_mask_m4<T>(scores, mask, nullptr, groups, n, threads);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t g = 0; g < groups; ++g) {
     int idx[kMaxM];
@@ -535,6 +580,13 @@ void torchprox_prox_nm_metric_f32(const float* y, const float* s, float* out, ui
 void torchprox_prox_nm_metric_f64(const double* y, const double* s, double* out, uint8_t* done, int64_t g, int n,
                                   const double* lam, int t) {
   prox_nm_metric<double>(y, s, out, done, g, n, *lam, t);
+}
+// m = 4: out = y on the top n of |y| in each group (ties: lower index), 0 elsewhere.
+void torchprox_project_nm4_f32(const float* y, float* out, int64_t g, int n, int t) {
+  nm_mask_m4<float, true>(y, nullptr, out, g, n, t);
+}
+void torchprox_project_nm4_f64(const double* y, double* out, int64_t g, int n, int t) {
+  nm_mask_m4<double, true>(y, nullptr, out, g, n, t);
 }
 void torchprox_nm_mask_f32(const float* s, uint8_t* mask, int64_t g, int n, int m, int t) {
   nm_mask<float>(s, mask, g, n, m, t);
