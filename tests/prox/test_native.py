@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from torchprox.prox import _native, nm_mask, project_nm, prox_nm
 
-from .reference import nm_objective
+from .reference import brute_prox_nm, nm_objective
 from .test_nm import PATTERNS, grouped, lams
 
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: fused kernel unavailable")
@@ -151,3 +151,22 @@ def test_metric_prox_same_objective_as_eager(n, lam, dtype, rtol):
     size = (y64.square() / s64).sum(-1)
     assert (f_fused <= f_plain + rtol * (f_plain.abs() + size)).all()
     assert ((fused * y) >= 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_metric_prox_reaches_the_global_minimum(n, dtype, rtol):
+    # Every regime at once (lam from 1e-3 to 1e3, steps spread over three decades, ties, zeros): the kernel's
+    # value of ½ Σ (w − y)²/s + lam e_{n+1}(|w|) is the brute-force global minimum (every support, many starts).
+    gen = torch.Generator().manual_seed(n)
+    y = torch.randn(64, 4, generator=gen, dtype=torch.float64)
+    y[::7, 1] = y[::7, 0]  # ties
+    y[::5, 2] = 0.0
+    s = 10 ** (torch.rand(64, 4, generator=gen, dtype=torch.float64) * 3 - 1.5)
+    lam = 10 ** (torch.rand(64, 1, generator=gen, dtype=torch.float64) * 6 - 3)
+    lam = lam[::16].repeat_interleave(16, 0)  # one λ per call: a block of 16 groups shares it
+    y, s = y.to(dtype), s.to(dtype)
+    w = torch.cat([prox_nm(y[i:i + 16], float(lam[i]), n, 4, step=s[i:i + 16]) for i in range(0, 64, 16)])
+    f = nm_objective(w.double(), y.double(), lam[:, 0], n, step=s.double())
+    best = brute_prox_nm(y.double(), lam[:, 0], n, step=s.double(), starts=4, sweeps=200)
+    assert (f <= best + rtol * (1 + best.abs())).all(), (f - best).max()

@@ -385,7 +385,7 @@ template <> struct Vec16<double> {
 // A contraction of the box into itself has one fixed point there, and every KKT point of the problem is a
 // fixed point in the box (the global minimizer among them), so T's limit is the global minimizer.
 template <typename T, int N>
-__attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T lam) {
+__attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T lam, uint8_t* done = nullptr) {
   using V = typename Vec16<T>::V;
   using I = typename Vec16<T>::I;
   constexpr int kVecs = kLanes * 4 / 16;  // a block of kLanes groups
@@ -393,8 +393,9 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
   const int L = Range<T>::bits / (N + 1);
   const V lo = V{} + pow2<T>(-L), hi = V{} + pow2<T>(L), zero = V{};
   V yv[kVecs], b[kVecs], x[kVecs], tol[kVecs], q[kVecs], lam_s[kVecs];
-  I active[kVecs], ok = I{} - 1;
+  I active[kVecs], ok_v[kVecs];
   for (int v = 0; v < kVecs; ++v) {
+    I ok = I{} - 1;
     std::memcpy(&yv[v], y + 16 * v, sizeof(V));
     b[v] = (V)((I)yv[v] & ~sign);
     lam_s[v] = zero + lam;
@@ -419,10 +420,15 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
     ok &= (b[v] == zero) | ((b[v] >= lo) & (b[v] <= hi));  // NaN and inf fail
     ok &= q[v] <= T(0.5);
     x[v] = b[v];
-    active[v] = I{} - 1;
+    ok_v[v] = ok & TP_ROT(ok, 1) & TP_ROT(ok, 2) & TP_ROT(ok, 3);  // per group, in all its lanes
+    active[v] = ok_v[v];
   }
-  for (int l = 0; l < 16; ++l)
-    if (ok[l] == 0) return false;
+  // Without done, all or nothing: the caller's path solves the whole block otherwise. With done, the groups
+  // that qualify are solved and flagged, the others left for the caller.
+  if (done == nullptr)
+    for (int v = 0; v < kVecs; ++v)
+      for (int l = 0; l < 16; ++l)
+        if (ok_v[v][l] == 0) return false;
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
     I any = I{};
     for (int v = 0; v < kVecs; ++v) {
@@ -446,6 +452,8 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
     const V w = (V)(((I)x[v] & ~sign) | ((I)yv[v] & sign));
     const V o = x[v] == b[v] ? yv[v] : w;
     std::memcpy(out + 16 * v, &o, sizeof(V));
+    if (done != nullptr)
+      for (int g = 0; g < 4; ++g) done[4 * v + g] = ok_v[v][4 * g] != 0;
   }
   return true;
 }
@@ -515,7 +523,127 @@ void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int
   prox_nm_loop<T, 0, 0>(y, out, groups, n, m, lam, threads);
 }
 
-// The diagonal-metric prox for m = 4 where the convex path serves a whole block; done[g] says which groups it
+// The diagonal-metric prox of one group of 4 in general (any lam; the groups convex_m4 leaves): scalar code
+// following nm.py's _prox_metric. Scaled by a power of two to max |y| in [0.5, 1) (lam by 2^(e (n-1)); the
+// step is unchanged), then the candidates: the top n of a^2/s (ties: lower index) as they are; every support of
+// size n+1, where x_i = c_i u_i with c_i = sqrt(s_i) turns the problem into the unweighted one with
+// b_i = a_i / c_i and lam prod c_i, solved by monotone Newton on psi (see prox_block); every larger support
+// by coordinate descent from a. The smallest objective wins (strict <: the earlier candidate on ties).
+template <typename T>
+void prox_metric_group(const T* y, const T* step, T* out, int n, T lam) {
+  constexpr int m = 4;
+  const T tiny = std::numeric_limits<T>::min();
+  T a[m], s[m], amax = 0;
+  bool finite = true;
+  for (int i = 0; i < m; ++i) {
+    a[i] = std::fabs(y[i]);
+    s[i] = step[i];
+    amax = a[i] > amax ? a[i] : amax;
+    finite = finite && a[i] <= std::numeric_limits<T>::max();
+  }
+  if (!finite) {
+    for (int i = 0; i < m; ++i) out[i] = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
+  const int e = amax > 0 ? exponent(amax) : 0;
+  for (int i = 0; i < m; ++i) a[i] = std::ldexp(a[i], -e);
+  const double lg = std::ldexp(double(lam), e * (n - 1));
+  const T lam_g = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
+  auto objective_of = [&](const T* x) {
+    T quad = 0, el[m + 1] = {1, 0, 0, 0, 0};
+    for (int i = 0; i < m; ++i) {
+      quad += (x[i] - a[i]) * (x[i] - a[i]) / s[i];
+      for (int r = n + 1; r >= 1; --r) el[r] += x[i] * el[r - 1];
+    }
+    return T(0.5) * quad + lam_g * el[n + 1];
+  };
+  T best[m], best_f = 0, x[m];
+  {  // the top n of a^2 / s
+    T score[m];
+    int idx[m];
+    for (int i = 0; i < m; ++i) score[i] = a[i] * a[i] / s[i];
+    argsort_desc(score, m, idx);
+    for (int r = 0; r < m; ++r) {
+      best[idx[r]] = r < n ? a[idx[r]] : T(0);
+      if (r >= n) best_f += T(0.5) * score[idx[r]];
+    }
+  }
+  for (int k = n + 1; k <= m; ++k)  // sparser supports first: they win ties
+  for (int support = 1; support < (1 << m); ++support) {
+    if (__builtin_popcount(support) != k) continue;
+    int on[m], len = 0;
+    for (int i = 0; i < m; ++i)
+      if (support >> i & 1) on[len++] = i;
+    for (int i = 0; i < m; ++i) x[i] = 0;
+    if (k == n + 1) {
+      T c[m], beta[m], lam_p = lam_g;
+      int order[m];
+      for (int j = 0; j < k; ++j) {
+        c[j] = std::sqrt(s[on[j]]);
+        beta[j] = a[on[j]] / c[j];
+        lam_p *= c[j];
+      }
+      argsort_desc(beta, k, order);
+      const T bk = beta[order[k - 1]];
+      T gaps[m];
+      for (int j = 0; j + 1 < k; ++j) {
+        const T g = beta[order[j]] * beta[order[j]] - bk * bk;
+        gaps[j] = g > 0 ? g : T(0);
+      }
+      T z = bk;
+      for (int it = 0; it < Iters<T>::newton; ++it) {
+        const T d = 2 * z - bk;
+        T prod = 1, dlog = 0;
+        for (int j = 0; j + 1 < k; ++j) {
+          const T rj = std::sqrt(d * d + gaps[j]);
+          const T uj = (beta[order[j]] + rj) * T(0.5);
+          prod *= uj;
+          const T den = rj * uj;
+          dlog += d / (den > tiny ? den : tiny);
+        }
+        const T psi = lam_p * prod + z - bk;
+        const T dpsi = 1 + lam_p * prod * dlog;
+        T zn = dpsi > 0 ? z - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
+        zn = zn < 0 ? T(0) : (zn > bk ? bk : zn);
+        const bool moving = std::fabs(zn - z) > Iters<T>::tol * beta[order[0]];
+        z = zn;
+        if (!moving) break;
+      }
+      const T d = 2 * z - bk;
+      for (int j = 0; j < k; ++j) {
+        const int o = order[j];
+        const T u = j + 1 < k ? (beta[o] + std::sqrt(d * d + gaps[j])) * T(0.5) : z;
+        const T xi = u * c[o];
+        x[on[o]] = xi < a[on[o]] ? xi : a[on[o]];
+      }
+    } else {
+      for (int j = 0; j < k; ++j) x[on[j]] = a[on[j]];
+      for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
+        T change = 0;
+        for (int j = k - 1; j >= 0; --j) {
+          const int i = on[j];
+          T el[m + 1] = {1, 0, 0, 0, 0};  // e_r(x minus i), r <= n
+          for (int t = 0; t < m; ++t)
+            if (t != i)
+              for (int r = n; r >= 1; --r) el[r] += x[t] * el[r - 1];
+          T v = a[i] - s[i] * lam_g * el[n];
+          v = v > 0 ? v : T(0);
+          change = std::fabs(v - x[i]) > change ? std::fabs(v - x[i]) : change;
+          x[i] = v;
+        }
+        if (change <= Iters<T>::tol) break;
+      }
+    }
+    const T f = objective_of(x);
+    if (f < best_f) {
+      best_f = f;
+      for (int i = 0; i < m; ++i) best[i] = x[i];
+    }
+  }
+  for (int i = 0; i < m; ++i) out[i] = best[i] == a[i] ? y[i] : std::copysign(std::ldexp(best[i], e), y[i]);
+}
+
+// The diagonal-metric prox for m = 4 on the groups the convex path serves; done[g] says which groups it
 // wrote (the caller solves the others).
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, uint8_t* done, int64_t groups, T lam, int threads) {
@@ -524,8 +652,13 @@ void prox_nm_metric_loop(const T* y, const T* step, T* out, uint8_t* done, int64
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t g0 = blk * kLanes;
     const bool full = groups - g0 >= kLanes;
-    const bool ok = full && convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam);
-    for (int64_t g = g0; g < (full ? g0 + kLanes : groups); ++g) done[g] = ok;
+    if (full) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done + g0);
+    else for (int64_t g = g0; g < groups; ++g) done[g] = 0;
+    for (int64_t g = g0; g < (full ? g0 + kLanes : groups); ++g)
+      if (!done[g]) {
+        prox_metric_group<T>(y + g * 4, step + g * 4, out + g * 4, N, lam);
+        done[g] = 1;
+      }
   }
 }
 
