@@ -23,6 +23,19 @@ from torchprox.llm.proxsparse import ProxSparseConfig, learn_masks
 from torchprox.llm.reconstruct import finetune_masked, obs_update
 from torchprox.llm.sparsify import sparsify
 from torchprox.prox import nm_mask
+from torchprox.prune import is_nm
+
+
+@torch.no_grad()
+def rescale_twin(model, c: float) -> None:
+    """The same function with other weight scales: attention output is linear in V and the MLP output in
+    up_proj's (gated) activations, so v_proj·c with o_proj/c and up_proj/c with down_proj·c change nothing
+    but the scale of four of the seven kinds of matrices (rms ×c or ×1/c)."""
+    for layer in model.model.layers:
+        layer.self_attn.v_proj.weight.mul_(c)
+        layer.self_attn.o_proj.weight.div_(c)
+        layer.mlp.up_proj.weight.div_(c)
+        layer.mlp.down_proj.weight.mul_(c)
 
 
 def main() -> None:
@@ -53,13 +66,19 @@ def main() -> None:
     ap.add_argument("--calib-blocks", type=int, default=64, help="baselines' calibration blocks")
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--data", default="builtin", help="'builtin' (Wikipedia) or 'news' (Lee corpus): calibration and evaluation")
+    ap.add_argument("--twin", type=float, default=None,
+                    help="first rescale the model into a function-identical twin: v_proj and down_proj times C, "
+                         "o_proj and up_proj divided by C in every layer (does one setting transfer across scales?)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/recipes.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_default_model()
+    if args.twin:
+        rescale_twin(model, args.twin)
     evals = evaluation_blocks(tok, args.data, seqlen=512, max_tokens=args.eval_tokens)
     row = {"method": args.method, "name": args.name or args.method, "threads": args.threads, "data": args.data,
+           "twin": args.twin,
            "eval_tokens": int(evals.numel())}
     t0 = time.perf_counter()
     if args.method == "proxsparse":
@@ -88,6 +107,8 @@ def main() -> None:
         t1 = time.perf_counter()
         if args.update == "obs":
             model, _ = load_default_model()  # the OBS update starts from the dense weights
+            if args.twin:
+                rescale_twin(model, args.twin)
             obs_update(model, calib, masks, progress=True)
         else:
             report = finetune_masked(model, calib, masks, args.ft_steps, args.ft_lr, args.batch_size, progress=True)
@@ -101,6 +122,8 @@ def main() -> None:
         row.update(calib_blocks=args.calib_blocks, tokens=int(calib.numel()) if args.method != "magnitude" else 0)
     row["seconds"] = time.perf_counter() - t0
     row["perplexity"] = perplexity(model, evals, disable=True)
+    if args.method != "dense":  # the evaluated model really is 2:4 on every target
+        row["all_targets_2of4"] = all(bool(is_nm(mod.weight, 2, 4, dim=1)) for _, mod in target_linears(model, m=4))
     if args.reconstruct and args.method == "proxsparse":
         # The mask is the nonzero pattern (completed to exactly n per group where W0 itself had zeros).
         names = [name for name, _ in target_linears(model, m=4)]
@@ -111,6 +134,8 @@ def main() -> None:
             Path(args.save_masks).with_suffix(".json").write_text(json.dumps(
                 {"name": row["name"], "data": args.data, "learn_seconds": row["seconds"]}))
         model, _ = load_default_model()  # the update starts from the dense weights
+        if args.twin:
+            rescale_twin(model, args.twin)
         t1 = time.perf_counter()
         sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)
         row["reconstruct_seconds"] = time.perf_counter() - t1

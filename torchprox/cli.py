@@ -76,7 +76,8 @@ def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, An
 def _config_from_args(args):
     from .llm.proxsparse import ProxSparseConfig
 
-    return ProxSparseConfig(lam=args.lam, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+    lam = args.lam if args.lam is not None else (0.001 if args.metric == "adam" else 0.02)
+    return ProxSparseConfig(lam=lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
                             reconstruct=args.reconstruct)
@@ -190,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-blocks", type=int, default=64, help="calibration blocks (baselines)")
     s.add_argument("--steps", type=int, default=200, help="proxsparse: optimizer steps")
     s.add_argument("--batch-size", type=int, default=1, help="proxsparse: blocks per step")
-    s.add_argument("--lam", type=float, default=0.02, help="proxsparse: normalised lambda")
+    s.add_argument("--lam", type=float, default=None,
+                   help="proxsparse: normalised lambda (default 0.001 with --metric adam, 0.02 with identity)")
+    s.add_argument("--metric", choices=["adam", "identity"], default="adam",
+                   help="proxsparse: the prox's metric: Adam's diagonal one (default) or the identity (the paper)")
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--warmup", type=float, default=0.1)
     s.add_argument("--mask-scores", choices=["weight", "activation"], default="activation",

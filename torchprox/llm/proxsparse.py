@@ -5,8 +5,13 @@ over calibration batches x,
 
     min_W  L(W; x) + Σ_matrices λ_W · R(W),      R(W) = Σ_groups e_{n+1}(|w_g|)   (zero iff N:M),
 
-with :class:`torchprox.ProxAdam`: an Adam step on the language-model loss L, then the exact prox of λ_W·R
-(identity metric and a constant λ, as in the paper). After the last step the mask is the top-n of every
+with :class:`torchprox.ProxAdam`: an Adam step on the language-model loss L, then the exact prox of λ_W·R in
+Adam's diagonal metric (``metric="adam"``, the default: argmin_w Σ_i (w_i − θ_i)² / (2 s_i) + λ_W R(w) with
+s_i = lr / (√v̂_i + ε), so the prox moves each weight in proportion to its own Adam step and weights with
+consistently large gradients resist it) and a constant λ; ``metric="identity"`` with ``lam=0.02`` is the
+paper's recipe (s_i = 1). On the embedded default, at about the same learning time, the Adam metric reaches a
+mask-only held-out perplexity of 63.2 against 89.1 for the identity metric (docs/choosing-lambda.md). After
+the last step the mask is the top-n of every
 group of |W_j|·‖X_j‖₂ (the learned weights scaled by the norms of their input features over the calibration
 blocks; ``mask_scores="weight"`` takes the paper's top-n of |W|) and the model's weight becomes ``W0 ⊙ mask``:
 no kept weight is ever updated. On the embedded default the two extractions from the same learned weights give
@@ -73,7 +78,8 @@ class ProxSparseConfig:
         grad_clip: max global gradient norm (``None``: no clipping).
         lam_normalization: ``"rms"`` or ``"none"``.
         lr_normalization: ``"rms"`` or ``"none"``.
-        metric, lam_scaling: ProxAdam's options (``"identity"``, ``"constant"`` reproduce the paper).
+        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default, with ``lam=0.001``) or
+            ``"identity"`` (the paper, with ``lam=0.02``); ``"constant"`` λ (the paper) or ``"lr"``.
         mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
             blocks, computed once on the dense model) or ``"weight"`` (top-n of |W|, the paper).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
@@ -103,7 +109,7 @@ class ProxSparseConfig:
         ValueError: warmup is a fraction of the steps in [0, 1), got 1.5
     """
 
-    lam: float = 0.02
+    lam: float = 0.001
     lr: float = 1e-3
     steps: int = 200
     batch_size: int = 1
@@ -111,7 +117,7 @@ class ProxSparseConfig:
     grad_clip: float | None = 1.0
     lam_normalization: str = "rms"
     lr_normalization: str = "none"
-    metric: str = "identity"
+    metric: str = "adam"
     lam_scaling: str = "constant"
     mask_scores: str = "activation"
     lam_ramp: float = 0.0
