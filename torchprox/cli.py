@@ -163,9 +163,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .llm.demo import run_demo
+    from .llm.demo import METHODS, run_demo
 
-    methods = ("dense", "magnitude", "wanda", "sparsegpt", "proxsparse") + (("proxsparse+ft",) if args.finetune else ())
+    methods = METHODS + (("proxsparse+ft",) if args.finetune else ())
     run_demo(quick=args.quick, out=Path(args.out) if args.out else None, threads=args.threads, methods=methods)
     return 0
 

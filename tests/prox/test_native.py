@@ -137,8 +137,8 @@ def test_nan_anywhere_makes_its_group_nan():
 @pytest.mark.parametrize("lam", [1e-3, 0.05, 0.3, 3.0])
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 def test_metric_prox_same_objective_as_eager(n, lam, dtype, rtol):
-    # A per-entry step (ProxAdam's metric="adam"): whole convex blocks are solved by the kernel, the rest
-    # (large lam, a short last block, a block with a tiny value) by the plain-torch solver.
+    # A per-entry step (ProxAdam's metric="adam"): the kernel's convex vector path for the groups of full blocks
+    # it serves, its scalar solver for the rest (large lam, a short last block, a group with a tiny value).
     gen = torch.Generator().manual_seed(int(lam * 1000) + n)
     y = torch.randn(50, 20, generator=gen, dtype=torch.float64) * torch.rand(50, 1, generator=gen, dtype=torch.float64) * 2
     y[3, 5] = 1e-30

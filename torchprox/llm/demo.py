@@ -62,8 +62,11 @@ QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
                      finetune_steps=10)
 
 
+METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "proxsparse")  # the default table; "proxsparse+ft" is opt-in
+
+
 def run_demo(quick: bool = False, out: Path | None = None, threads: int | None = None,
-             settings: DemoSettings | None = None, methods=("dense", "magnitude", "wanda", "sparsegpt", "proxsparse"),
+             settings: DemoSettings | None = None, methods=METHODS,
              model_and_tokenizer=None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns its rows (method, perplexity, seconds, ...).
 

@@ -84,7 +84,7 @@ def library() -> ctypes.CDLL | None:
                 for name in ("torchprox_prox_nm_f32", "torchprox_prox_nm_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, ptr, i32]
                 for name in ("torchprox_prox_nm_metric_f32", "torchprox_prox_nm_metric_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr, i64, i32, ptr, i32]
+                    getattr(lib, name).argtypes = [ptr, ptr, ptr, i64, i32, ptr, i32]
                 for name in ("torchprox_project_nm4_f32", "torchprox_project_nm4_f64"):
                     getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32]
                 for name in ("torchprox_nm_mask_f32", "torchprox_nm_mask_f64"):
@@ -141,23 +141,21 @@ def _(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
 
 
 @torch.library.custom_op("torchprox::prox_nm_metric_cpu", mutates_args=(), device_types="cpu")
-def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for the rows of ``groups`` (G, 4) that the kernel's convex
-    path solves (whole blocks of 16 groups with lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½); returns
-    ``(out, done)``, ``done`` (G,) bool marking the rows written (the others are left for the caller)."""
+def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
+    """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row of ``groups`` (G, 4) with steps ``step``
+    (G, 4), n < 4: the convex path where lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the regime of mask
+    learning), an exact scalar solver for the other groups."""
     y, s = groups.contiguous(), step.contiguous()
     out = torch.empty_like(y)
-    done = torch.empty(y.shape[0], dtype=torch.bool)
     lam64 = lam.detach().to(torch.float64).contiguous()
     fn = getattr(library(), f"torchprox_prox_nm_metric_{_SUFFIX[y.dtype]}")
-    fn(y.data_ptr(), s.data_ptr(), out.data_ptr(), done.data_ptr(), y.shape[0], n, lam64.data_ptr(),
-       torch.get_num_threads())
-    return out, done
+    fn(y.data_ptr(), s.data_ptr(), out.data_ptr(), y.shape[0], n, lam64.data_ptr(), torch.get_num_threads())
+    return out
 
 
 @prox_nm_metric_cpu.register_fake
-def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(groups), torch.empty(groups.shape[0], dtype=torch.bool, device=groups.device)
+def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
+    return torch.empty_like(groups)
 
 
 @torch.library.custom_op("torchprox::project_nm4_cpu", mutates_args=(), device_types="cpu")

@@ -305,7 +305,8 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     g = g.to(dtype)
     metric = isinstance(s, Tensor) and s.dim() > 0
     if metric and m == 4 and n < 4 and _native_scalar(g, lam, 1.0, m) and s.device.type == "cpu":
-        return restore(_prox_metric_native(g, s, lam, n).to(y.dtype))
+        lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
+        return restore(_native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), lam64, n).to(y.dtype))
     if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
         lam_s = lam * s if isinstance(lam, Tensor) or isinstance(s, Tensor) else torch.tensor(lam * s, dtype=torch.float64)
         return restore(_native.prox_nm_cpu(g, lam_s, n, m).to(y.dtype))
@@ -323,21 +324,6 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
     return restore(torch.copysign(x * scale, g).to(y.dtype))
-
-
-def _prox_metric_native(g: Tensor, s: Tensor, lam, n: int) -> Tensor:
-    """The diagonal-metric prox of groups ``g`` (G, 4) with steps ``s`` (G, 4): the fused kernel's convex path
-    where it applies (the regime of mask learning), the exact plain-torch solver for the groups it leaves."""
-    lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
-    out, done = _native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), lam64, n)
-    rest = (~done).nonzero().squeeze(1)  # a CPU tensor: no device to synchronize with
-    if rest.numel():
-        r = g[rest]
-        scale = torch.ldexp(torch.ones_like(r[:, :1]), torch.frexp(r.abs().amax(-1, keepdim=True))[1])
-        lam_g = lam * scale[:, 0] ** (n - 1) if n != 1 else lam
-        x = _prox_metric(r.abs() / scale, s[rest], lam_g, n)
-        out[rest] = torch.copysign(x * scale, r)
-    return out
 
 
 def _native_scalar(g: Tensor, lam, s, m: int) -> bool:

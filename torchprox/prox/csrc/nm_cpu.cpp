@@ -194,7 +194,11 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
     finite[l] = v <= std::numeric_limits<T>::max() ? finite[l] : T(0);
     in_range[l] = v == 0 || (v >= lo && v <= hi) ? in_range[l] : T(0);  // NaN and inf fail too
   }
-  if (lanes == kLanes && count(in_range) == kLanes && convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam)) return;
+  // (For m = 4 convex_m4 has already tried this block with a weaker condition: when it declined, so would this.)
+  constexpr bool tried_m4 = MT == 4 && NT < 4;
+  if (!tried_m4 && lanes == kLanes && count(in_range) == kLanes &&
+      convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam))
+    return;
   LANES tol_g[l] = Iters<T>::tol;
   // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
   // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
@@ -643,32 +647,28 @@ void prox_metric_group(const T* y, const T* step, T* out, int n, T lam) {
   for (int i = 0; i < m; ++i) out[i] = best[i] == a[i] ? y[i] : std::copysign(std::ldexp(best[i], e), y[i]);
 }
 
-// The diagonal-metric prox for m = 4 on the groups the convex path serves; done[g] says which groups it
-// wrote (the caller solves the others).
+// The diagonal-metric prox for m = 4: the groups of a full block that the convex path serves by it, every
+// other group by the scalar solver above.
 template <typename T, int N>
-void prox_nm_metric_loop(const T* y, const T* step, T* out, uint8_t* done, int64_t groups, T lam, int threads) {
+void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
   const int64_t blocks = (groups + kLanes - 1) / kLanes;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t g0 = blk * kLanes;
-    const bool full = groups - g0 >= kLanes;
-    if (full) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done + g0);
-    else for (int64_t g = g0; g < groups; ++g) done[g] = 0;
-    for (int64_t g = g0; g < (full ? g0 + kLanes : groups); ++g)
-      if (!done[g]) {
-        prox_metric_group<T>(y + g * 4, step + g * 4, out + g * 4, N, lam);
-        done[g] = 1;
-      }
+    const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
+    uint8_t done[kLanes] = {};
+    if (lanes == kLanes) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
+    for (int l = 0; l < lanes; ++l)
+      if (!done[l]) prox_metric_group<T>(y + (g0 + l) * 4, step + (g0 + l) * 4, out + (g0 + l) * 4, N, lam);
   }
 }
 
 template <typename T>
-void prox_nm_metric(const T* y, const T* step, T* out, uint8_t* done, int64_t groups, int n, double lam_d,
-                    int threads) {
+void prox_nm_metric(const T* y, const T* step, T* out, int64_t groups, int n, double lam_d, int threads) {
   const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
-  if (n == 1) return prox_nm_metric_loop<T, 1>(y, step, out, done, groups, lam, threads);
-  if (n == 2) return prox_nm_metric_loop<T, 2>(y, step, out, done, groups, lam, threads);
-  prox_nm_metric_loop<T, 3>(y, step, out, done, groups, lam, threads);
+  if (n == 1) return prox_nm_metric_loop<T, 1>(y, step, out, groups, lam, threads);
+  if (n == 2) return prox_nm_metric_loop<T, 2>(y, step, out, groups, lam, threads);
+  prox_nm_metric_loop<T, 3>(y, step, out, groups, lam, threads);
 }
 
 // Stable descending argsort of a[0..m) (insertion sort: ties keep the lower index first).
@@ -705,14 +705,14 @@ void torchprox_prox_nm_f32(const float* y, float* out, int64_t g, int n, int m, 
 void torchprox_prox_nm_f64(const double* y, double* out, int64_t g, int n, int m, const double* lam, int t) {
   prox_nm<double>(y, out, g, n, m, *lam, t);
 }
-// m = 4, n in 1..3: writes out and done (one byte per group) for the groups the convex path solves.
-void torchprox_prox_nm_metric_f32(const float* y, const float* s, float* out, uint8_t* done, int64_t g, int n,
-                                  const double* lam, int t) {
-  prox_nm_metric<float>(y, s, out, done, g, n, *lam, t);
+// m = 4, n in 1..3: the diagonal-metric prox of every group.
+void torchprox_prox_nm_metric_f32(const float* y, const float* s, float* out, int64_t g, int n, const double* lam,
+                                  int t) {
+  prox_nm_metric<float>(y, s, out, g, n, *lam, t);
 }
-void torchprox_prox_nm_metric_f64(const double* y, const double* s, double* out, uint8_t* done, int64_t g, int n,
+void torchprox_prox_nm_metric_f64(const double* y, const double* s, double* out, int64_t g, int n,
                                   const double* lam, int t) {
-  prox_nm_metric<double>(y, s, out, done, g, n, *lam, t);
+  prox_nm_metric<double>(y, s, out, g, n, *lam, t);
 }
 // m = 4: out = y on the top n of |y| in each group (ties: lower index), 0 elsewhere.
 void torchprox_project_nm4_f32(const float* y, float* out, int64_t g, int n, int t) {
