@@ -151,6 +151,57 @@ def test_default_weight_decay_is_zero_unlike_adamw():
     assert torch.equal(w, w_ref) and torch.equal(b, b_ref)
 
 
+# ------------------------------------------------------------------------- default kernel choice
+
+
+def _prox_groups(w, b, **extra):
+    return [{"params": [w], "prox": "nm", "lam": 0.5, "prox_kwargs": NM, **extra}, {"params": [b]}]
+
+
+def test_a_prox_picks_the_fused_adam_kernel_by_default():
+    w, b = _leaves(*_init())
+    assert ProxAdam(_prox_groups(w, b)).defaults["fused"] is True
+    assert ProxAdam([w, b], prox="nm", lam=0.5, prox_kwargs=NM).defaults["fused"] is True
+    # the same updates as asking for it
+    w_ref, b_ref, _ = _train(lambda p: ProxAdam(_prox_groups(*p), lr=1e-2, fused=True))
+    w2, b2, _ = _train(lambda p: ProxAdam(_prox_groups(*p), lr=1e-2))
+    assert torch.equal(w2, w_ref) and torch.equal(b2, b_ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"prox": "nm", "lam": 0.0, "prox_kwargs": NM}, {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "foreach": False},
+     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "foreach": True},
+     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "fused": False}],
+    ids=["no_prox", "lam0", "loop", "foreach", "fused_false"],
+)
+def test_no_prox_or_an_explicit_choice_keeps_adamws_kernel(kwargs):
+    w, b = _leaves(*_init())
+    opt = ProxAdam([w, b], **kwargs)
+    assert opt.defaults["fused"] in (None, False) and opt.defaults["foreach"] == kwargs.get("foreach")
+
+
+def test_fused_default_takes_generators_and_leaves_the_callers_groups_alone():
+    w, b = _leaves(*_init())
+    groups = [{"params": (t for t in [w]), "prox": "nm", "lam": 0.5, "prox_kwargs": NM}, {"params": iter([b])}]
+    originals = [dict(g) for g in groups]
+    opt = ProxAdam(iter(groups))
+    assert opt.defaults["fused"] is True
+    assert [g["params"] for g in opt.param_groups] == [[w], [b]]
+    assert all(g["params"] is o["params"] for g, o in zip(groups, originals))  # not replaced in the caller's dicts
+    named = ProxAdam([("w", w), ("b", b)], prox="nm", lam=0.5, prox_kwargs=NM)
+    assert named.defaults["fused"] is True
+
+
+def test_tensor_subclass_params_keep_the_default_kernel():
+    class Tagged(torch.Tensor):  # stands for a tensor subclass such as DTensor
+        pass
+
+    w, b = _leaves(*_init())
+    sub = torch.nn.Parameter(w.detach().clone().as_subclass(Tagged))
+    assert ProxAdam([sub, b], prox="nm", lam=0.5, prox_kwargs=NM).defaults["fused"] is None
+
+
 @pytest.mark.parametrize("metric", ["identity", "adam"])
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
 def test_foreach_matches_loop_with_prox(metric, amsgrad):

@@ -19,6 +19,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -369,6 +372,24 @@ template <> struct Vec16<double> {
   typedef int64_t I __attribute__((vector_size(128)));
 };
 
+// Whether any lane of the integer vector v is nonzero. A per-lane scalar loop compiles to some forty
+// extract-and-or instructions, as many as a whole Jacobi sweep of the block; this is one test (AVX-512) or a
+// few 64-bit ors.
+template <typename I>
+INLINE bool any_lane(const I& v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(I) == 64) {
+    __m512i w;
+    std::memcpy(&w, &v, 64);
+    return _mm512_test_epi64_mask(w, w) != 0;
+  }
+#endif
+  uint64_t u[sizeof(I) / 8], r = 0;
+  std::memcpy(u, &v, sizeof(I));
+  for (unsigned i = 0; i < sizeof(I) / 8; ++i) r |= u[i];
+  return r != 0;
+}
+
 // x with every group of 4 rotated by R: lane 4g + i takes lane 4g + (i + R) % 4.
 #if defined(__clang__)
 #define TP_ROT(x, R)                                                                                       \
@@ -429,10 +450,11 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
   }
   // Without done, all or nothing: the caller's path solves the whole block otherwise. With done, the groups
   // that qualify are solved and flagged, the others left for the caller.
-  if (done == nullptr)
-    for (int v = 0; v < kVecs; ++v)
-      for (int l = 0; l < 16; ++l)
-        if (ok_v[v][l] == 0) return false;
+  if (done == nullptr) {
+    I bad = I{};
+    for (int v = 0; v < kVecs; ++v) bad |= ~ok_v[v];
+    if (any_lane(bad)) return false;
+  }
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
     I any = I{};
     for (int v = 0; v < kVecs; ++v) {
@@ -448,9 +470,7 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
       active[v] &= d * q[v] > tol[v];
       any |= active[v];
     }
-    bool running = false;
-    for (int l = 0; l < 16; ++l) running |= any[l] != 0;
-    if (!running) break;
+    if (!any_lane(any)) break;
   }
   for (int v = 0; v < kVecs; ++v) {
     const V w = (V)(((I)x[v] & ~sign) | ((I)yv[v] & sign));
