@@ -247,14 +247,19 @@ def test_projection_idempotent_bit_identical(n, m, data):
 def test_projection_optimal_over_all_supports(n, m, data):
     y = data.draw(grouped(m))
     metric = data.draw(st.booleans())
-    s = (0.25 + torch.randint(0, 4, y.shape).double() / 4) if metric else None
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))  # reproducible by Hypothesis
+    s = (0.25 + torch.randint(0, 4, y.shape, generator=gen).double() / 4) if metric else None
     p = project_nm(y, n, m, step=s)
     ss = s if metric else torch.ones_like(y)
     f = 0.5 * ((p - y).square() / ss).sum(-1)
+    # The objectives are sums of m - n terms in index order, so two supports that tie mathematically may
+    # round apart by a few ulps: compare up to that rounding.
+    ulps = 4 * (m - n) * torch.finfo(f.dtype).eps
     for support in itertools.combinations(range(m), n):
         q = torch.zeros_like(y)
         q[:, list(support)] = y[:, list(support)]
-        assert torch.all(f <= 0.5 * ((q - y).square() / ss).sum(-1))
+        alt = 0.5 * ((q - y).square() / ss).sum(-1)
+        assert torch.all(f <= alt * (1 + ulps))
 
 
 def test_mask_ties_lower_index_wins():
