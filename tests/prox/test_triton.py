@@ -77,6 +77,26 @@ def test_same_objective_as_cpu(device, n, m, dtype, lams):
         check_against_cpu(y, w, lam, n, m, tol)
 
 
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+def test_blocks_in_different_regimes(device, monkeypatch, n, m):
+    """Blocks whose groups are all in the convex regime (coordinate descent from |y|, no sort), blocks with a
+    few non-convex groups, and blocks where larger supports are ruled out: each block takes its own branch."""
+    block = 64 if device == "cuda" else 16
+    if device == "cpu":  # the interpreter otherwise runs one program over all the groups
+        monkeypatch.setattr(_triton, "_config", lambda *args: (block, 1))
+    gen = torch.Generator().manual_seed(7)
+    dominant = torch.full((block, m), 1e-3)  # one large entry: convex up to λ ≈ 0.25 (random rows: ≈ 0.05)
+    dominant[:, 0] = 1.0
+    dominant *= 1 + torch.rand(block, m, generator=gen)
+    mixed = dominant.clone()
+    mixed[::5] = torch.randn(mixed[::5].shape, generator=gen)
+    y = torch.cat([dominant, torch.randn(block, m, generator=gen), mixed, 1e-2 * dominant])
+    y *= torch.where(torch.rand(y.shape, generator=gen) < 0.5, -1.0, 1.0)
+    for lam in (0.01, 0.2, 1.0, 30.0):
+        w = prox_nm_triton(y.to(device), lam, n, m).cpu()
+        check_against_cpu(y, w, lam, n, m, 1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_case(device, dtype):
     y = torch.tensor([[1.0, 0.98, 0.96, 0.94]], dtype=dtype)

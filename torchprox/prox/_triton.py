@@ -166,6 +166,8 @@ def _emit_esym(emit: _Src, names: list[str], d: int, tag: str) -> str:
     """Emit e_d(names) by the CPU kernel's recurrence (e_r += x_j e_{r−1}); return the expression."""
     if d > len(names):
         return "0.0"
+    if d == 0:
+        return "1.0"
     have: set[int] = set()
     last = len(names) - 1
     for j, x in enumerate(names):
@@ -243,6 +245,53 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
         e(f"b{j} = b{j} * dn1 * dn2")
     for _ in range(n - 1):  # lam · scale^(n−1), monotone: no spurious overflow or underflow
         e("lam = lam * up1 * up2")
+
+    def converge(cap: int, body) -> None:
+        """Up to cap steps, chunk at a time, skipping the rest once no group of the block changed in a step."""
+        e("go = tl.full([], 1, tl.int32)")
+        e(f"for _ in range({-(-cap // chunk)}):")
+        e("    if go > 0:")
+        e.depth += 2
+        for c in range(chunk):
+            body(c == chunk - 1)
+        e("go = tl.reduce(ch.to(tl.int32), 0, _any)")
+        e.depth -= 2
+
+    def sweep_of(k: int, xs: list[str]):
+        """One coordinate-descent sweep x_i <- max(0, b_i − lam e_n(x minus i)) over the first k coordinates,
+        last first (as the CPU kernel); with track, ch flags the groups where some x_i moved by > tol."""
+        def sweep(track: bool) -> None:
+            for i in reversed(range(k)):
+                coupling = _emit_esym(e, [x for j, x in enumerate(xs) if j != i], n, "ec")
+                e(f"v = b{i} - lam * {coupling}")
+                e("v = tl.where(v < 0.0, 0.0, v)")
+                if track:
+                    change = f"tl.abs(v - {xs[i]}) > tol"
+                    e(f"ch = {change}" if i == k - 1 else f"ch = ch | ({change})")
+                e(f"{xs[i]} = v")
+        return sweep
+
+    # The convex case (as in the CPU kernel): with q = lam (m − n) max_i e_{n−1}(b minus i) ≤ ½ the objective is
+    # strongly convex on the box [0, b], so coordinate descent from b, on the unsorted values, converges to the
+    # global minimizer: no sort, no candidates. Taken when every group of the block qualifies (the regime of
+    # mask learning, small lam); a uniform branch, like the convergence checks. A NaN q (lam = inf on a zero
+    # group) does not qualify.
+    for i in range(m):
+        es = _emit_esym(e, [f"b{j}" for j in range(m) if j != i], n - 1, f"cv{i}_")
+        e(f"qc = {es}" if i == 0 else f"qc = tl.maximum(qc, {es})")
+    e(f"qc = lam * {float(m - n)} * qc + b0 * 0.0")  # (a vector per group also when n = 1: e_0 = 1)
+    e("nonconvex = tl.reduce((~(qc <= 0.5)).to(tl.int32), 0, _any)")
+    e("if nonconvex == 0:")
+    e.depth += 1
+    xs_all = [f"x{j}" for j in range(m)]
+    for j in range(m):
+        e(f"x{j} = b{j}")
+    converge(sweep_cap, sweep_of(m, xs_all))
+    for j in range(m):
+        e(f"best{j} = x{j}")
+    e.depth -= 1
+    e("else:")
+    e.depth += 1
     # Stable descending sort of (b, idx).
     for p, q in _sorting_network(m):
         e(f"sw = (b{q} > b{p}) | ((b{q} == b{p}) & (i{q} < i{p}))")
@@ -296,17 +345,6 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
             e("ch = tl.abs(zn - z) > tol")
         e("z = zn")
 
-    def converge(cap: int, body) -> None:
-        """Up to cap steps, chunk at a time, skipping the rest once no group of the block changed in a step."""
-        e("go = tl.full([], 1, tl.int32)")
-        e(f"for _ in range({-(-cap // chunk)}):")
-        e("    if go > 0:")
-        e.depth += 2
-        for c in range(chunk):
-            body(c == chunk - 1)
-        e("go = tl.reduce(ch.to(tl.int32), 0, _any)")
-        e.depth -= 2
-
     e(f"z = {bk}")
     converge(newton_cap, newton_step)
     e(f"d = 2.0 * z - {bk}")
@@ -318,31 +356,36 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
     objective(cand, n + 1, "eo")
     keep(cand, n + 1)
     grown = cand  # the previous support's solution (k − 1 coordinates)
-    # Larger top-k supports: exact coordinate descent from b and from the grown solution.
+    # Larger top-k supports: exact coordinate descent from b and from the grown solution, for the k whose
+    # support can hold a local minimizer in some group of the block (the CPU kernel's test): at a local
+    # minimizer on the top k, x_i > d_i = b_i − b_{k−1}, so (a) lam prod_{i<n} d_i < b_{k−1} and (b)
+    # lam e_{n−1}(d_0..d_{k−3}) ≤ 1 (a 2×2 principal minor of the Hessian). Both only get harder as k grows, so
+    # each k is nested in the previous one's uniform branch.
+    opened = 0
     for k in range(n + 2, m + 1):
+        for j in range(k - 2):
+            e(f"gd{j} = b{j} - b{k - 1}")
+            e(f"gd{j} = tl.where(gd{j} > 0.0, gd{j}, 0.0)")
+        e1 = _emit_esym(e, [f"gd{j}" for j in range(k - 2)], n - 1, "ep")
+        pn = " * ".join(f"gd{j}" for j in range(n))
+        margin = 1.0 + 1e-4  # rounding in the bounds never rules out a candidate
+        e(f"possible = (lam * {e1} + b0 * 0.0 <= {margin}) & (lam * {pn} <= b{k - 1} * {margin})")
+        e("if tl.reduce(possible.to(tl.int32), 0, _any) > 0:")
+        e.depth += 1
+        opened += 1
         xs = [f"x{j}" for j in range(k)]
         for start in range(2):
             for j in range(k):
                 src = f"b{j}" if start == 0 else (grown[j] if j < k - 1 else f"b{j} * 0.0")
                 e(f"x{j} = {src}")
-
-            def sweep(track: bool, k=k, xs=xs) -> None:
-                for i in reversed(range(k)):
-                    coupling = _emit_esym(e, [x for j, x in enumerate(xs) if j != i], n, "ec")
-                    e(f"v = b{i} - lam * {coupling}")
-                    e("v = tl.where(v < 0.0, 0.0, v)")
-                    if track:
-                        change = f"tl.abs(v - x{i}) > tol"
-                        e(f"ch = {change}" if i == k - 1 else f"ch = ch | ({change})")
-                    e(f"x{i} = v")
-
-            converge(sweep_cap, sweep)
+            converge(sweep_cap, sweep_of(k, xs))
             objective(xs, k, "eo")
             keep(xs, k)
         if k < m:
             grown = [f"g{j}" for j in range(k)]
             for j in range(k):
                 e(f"g{j} = x{j}")
+    e.depth -= opened + 1  # the candidate branches and the general case's else
     # Back to the original order and signs; non-finite groups become NaN.
     nan_bits = "9221120237041090560" if fp64 else "2143289344"
     e(f"nan = tl.full([BLOCK], {nan_bits}, {IT}).to({T}, bitcast=True)")
