@@ -9,12 +9,16 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
 2. per group, scale by an exact power of two so max |y| ∈ [0.5, 1) (the frexp exponent read from the float's
    bits; the scale applied as two normal powers of two, so the extreme exponents neither overflow nor
    underflow) and fold it into λ (homogeneity);
-3. a stable descending sort of |y| by a sorting network (Batcher's odd-even merge sort) on
+3. the convex case, when every group of the block has q = λ (m − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the
+   regime of mask learning): the objective is strongly convex on the box [0, |y|], so coordinate descent from
+   |y| on the unsorted values is the whole solve, as in the CPU kernel. Otherwise:
+4. a stable descending sort of |y| by a sorting network (Batcher's odd-even merge sort) on
    ``(value, index)`` keys: ties keep the lower index first, like the CPU kernel;
-4. the n-sparse candidate, the (n+1)-support by monotone Newton on the convex scalar function of
-   ``nm.py::_solve_product``, larger top-k supports by exact coordinate descent from two starts, the best
-   objective kept with a strict ``<`` (sparser wins ties);
-5. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
+5. the n-sparse candidate, the (n+1)-support by monotone Newton on the convex scalar function of
+   ``nm.py::_solve_product``, larger top-k supports by exact coordinate descent from two starts (only for the
+   k where some group of the block can hold a local minimizer: the CPU kernel's test), the best objective kept
+   with a strict ``<`` (sparser wins ties);
+6. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
    becomes NaN.
 
 Iterations: a loop stops once no group of the block moved by more than a tolerance
@@ -33,9 +37,11 @@ takes minutes to compile and spills registers.
 CPU testing: with ``TRITON_INTERPRET=1`` or ``TORCHPROX_TRITON_INTERPRET=1`` the kernel runs in Triton's
 interpreter and :func:`usable` accepts CPU tensors too (slow: tests only).
 
-Measured on an H200 (Triton 3.6, 4096 × 4096 float32, λ = 0.3): 2:4 in about 0.4 ms, 1:4 0.3 ms, 4:8 1.8 ms,
-2:4 in float64 1.3 ms; a device-to-device copy of the tensor takes 37 µs and the plain-torch path 58 ms.
-The kernel is compute-bound (Newton's divisions and square roots, the coordinate-descent sweeps).
+Measured on an H200 (Triton 3.6, 4096 × 4096 float32, λ = 0.3), before the convex branch and the support
+test of steps 3 and 5 existed: 2:4 in about 0.4 ms, 1:4 0.3 ms, 4:8 1.8 ms, 2:4 in float64 1.3 ms; a
+device-to-device copy of the tensor takes 37 µs and the plain-torch path 58 ms. The kernel is compute-bound
+(Newton's divisions and square roots, the coordinate-descent sweeps). ``benchmarks/bench_prox.py --device
+cuda`` measures it.
 
 Measuring on a GPU (compare with a device-to-device copy of the same tensor, the memory-bound floor)::
 
