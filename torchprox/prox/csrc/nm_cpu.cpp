@@ -107,9 +107,11 @@ inline int exponent(T x) {
 // and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a sweep, sums of non-negative
 // terms only.
 template <typename T>
-INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam, const T* tol) {
-  T active[kLanes];
-  LANES active[l] = 1;
+INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam, const T* tol,
+                               const T* lanes = nullptr) {
+  T active[kLanes];  // lanes: which lanes to iterate at all (the others keep x), or all of them
+  LANES active[l] = lanes == nullptr ? T(1) : lanes[l];
+  if (lanes != nullptr && count(active) == 0) return;
   T P[kMaxM][kMaxM][kLanes];  // P[i][r]: e_r(x[0..i)), r = 0..n
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
     LANES P[0][0][l] = 1;
@@ -318,22 +320,24 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
   // x_i > d_i = b_i - b_{k-1}; then (a) lam prod_{i<n} d_i < b_{k-1}, and (b) the 2x2 principal minor of the
   // Hessian at the two smallest coordinates is >= 0: lam e_{n-1}(d_0..d_{k-3}) <= 1. Both only get harder
   // to meet as k grows, so the first k where no lane of the block can meet them ends the enumeration.
+  // Only the lanes where the top k can hold a local minimizer are iterated: the others keep their start, a
+  // genuine point whose objective is never below the minimizer's, so it cannot displace the right candidate.
   int kmax = m;
+  T possible[kMaxM + 1][kLanes];
   for (int k = n + 2; k <= m; ++k) {
     T d[kMaxM][kLanes], e1[kLanes], pn[kLanes];
     for (int j = 0; j < k - 2; ++j) LANES { const T dj = b[j][l] - b[k - 1][l]; d[j][l] = dj > 0 ? dj : T(0); }
     esym(d, k - 2, n - 1, -1, e1);
     LANES pn[l] = 1;
     for (int j = 0; j < n; ++j) LANES pn[l] *= d[j][l];
-    T possible[kLanes];
     const T margin = T(1) + T(1e-4);  // rounding in the bounds never rules out a candidate
-    LANES possible[l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
-    if (count(possible) == 0) { kmax = k - 1; break; }
+    LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
+    if (count(possible[k]) == 0) { kmax = k - 1; break; }
   }
   for (int k = n + 2; k <= kmax; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      coordinate_descent(cand, b, k, n, lam_g, tol_g);
+      coordinate_descent(cand, b, k, n, lam_g, tol_g, possible[k]);
       objective(cand, b, m, n, lam_g, f);
       keep_best(best, best_f, cand, f, m);
     }
