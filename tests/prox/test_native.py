@@ -170,3 +170,22 @@ def test_metric_prox_reaches_the_global_minimum(n, dtype, rtol):
     f = nm_objective(w.double(), y.double(), lam[:, 0], n, step=s.double())
     best = brute_prox_nm(y.double(), lam[:, 0], n, step=s.double(), starts=4, sweeps=200)
     assert (f <= best + rtol * (1 + best.abs())).all(), (f - best).max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_metric_prox_of_a_group_does_not_depend_on_its_neighbours(dtype):
+    # The groups outside the convex regime are packed 16 at a time per thread, so which groups share a packed
+    # block depends on the order of the groups and on the thread count: the results must not.
+    gen = torch.Generator().manual_seed(11)
+    y = torch.randn(64 * 16, 4, generator=gen, dtype=torch.float64)
+    s = 10 ** (torch.rand(64 * 16, 4, generator=gen, dtype=torch.float64) * 3 - 2)  # some groups convex, most not
+    y, s = y.to(dtype), s.to(dtype)
+    ref = prox_nm(y, 0.05, 2, 4, step=s)
+    perm = torch.randperm(y.shape[0], generator=gen)
+    assert torch.equal(prox_nm(y[perm], 0.05, 2, 4, step=s[perm]), ref[perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(prox_nm(y, 0.05, 2, 4, step=s), ref)
+    finally:
+        torch.set_num_threads(threads)

@@ -246,8 +246,13 @@ class ProxAdam(AdamW):
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
         bias_correction2_sqrt = (1 - beta2**t).sqrt()
-        denom = (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        return group["lr"] / denom
+        lr = group["lr"]
+        if self.defaults["differentiable"]:
+            return lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+        # The same values in place (a float lr divides as torch's `lr / denom` does, a reciprocal then a
+        # product): one new tensor instead of four, which matters at a step per weight of the model.
+        denom = v.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
+        return torch.div(lr, denom, out=denom) if isinstance(lr, Tensor) else denom.reciprocal_().mul_(lr)
 
     def _apply_prox(self) -> None:
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <omp.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -551,139 +552,209 @@ void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int
   prox_nm_loop<T, 0, 0>(y, out, groups, n, m, lam, threads);
 }
 
-// The diagonal-metric prox of one group of 4 in general (any lam; the groups convex_m4 leaves): scalar code
-// following nm.py's _prox_metric. Scaled by a power of two to max |y| in [0.5, 1) (lam by 2^(e (n-1)); the
-// step is unchanged), then the candidates: the top n of a^2/s (ties: lower index) as they are; every support of
-// size n+1, where x_i = c_i u_i with c_i = sqrt(s_i) turns the problem into the unweighted one with
-// b_i = a_i / c_i and lam prod c_i, solved by monotone Newton on psi (see prox_block); every larger support
-// by coordinate descent from a. The smallest objective wins (strict <: the earlier candidate on ties).
-template <typename T>
-void prox_metric_group(const T* y, const T* step, T* out, int n, T lam) {
-  constexpr int m = 4;
+// The diagonal-metric prox of the groups of 4 that convex_m4 leaves (any lam), following nm.py's _prox_metric,
+// for the kLanes groups of a block at once (structure of arrays, one lane per group; each lane's iterations
+// stop on their own). Scaled by a power of two to max |y| in [0.5, 1) (lam by 2^(e (n-1)); the step is
+// unchanged), then the candidates: the top n of a^2/s (ties: lower index) as they are; every support of size
+// n+1, where x_i = c_i u_i with c_i = sqrt(s_i) turns the problem into the unweighted one with b_i = a_i / c_i
+// and lam prod c_i, solved by monotone Newton on psi (see prox_block; it needs only the support's smallest b,
+// ties: the higher index, and the gaps of the others, in any order); every larger support by coordinate descent
+// from a. The smallest objective wins (strict <: the earlier candidate on ties). Writes the lanes l < lanes
+// with !done[l]. (A scalar version of the same solver, one group at a time, was 3.7x slower: the divisions and
+// square roots of one group form a dependent chain.)
+template <typename T, int N>
+void metric_block(const T* y, const T* step, T* out, int lanes, T lam, const uint8_t* done) {
+  constexpr int m = 4, K1 = N + 1;
   const T tiny = std::numeric_limits<T>::min();
-  T a[m], s[m], amax = 0;
-  bool finite = true;
-  for (int i = 0; i < m; ++i) {
-    a[i] = std::fabs(y[i]);
-    s[i] = step[i];
-    amax = a[i] > amax ? a[i] : amax;
-    finite = finite && a[i] <= std::numeric_limits<T>::max();
+  T a[m][kLanes], s[m][kLanes], amax[kLanes], finite[kLanes], lam_g[kLanes], up1[kLanes], up2[kLanes];
+  for (int i = 0; i < m; ++i) LANES {
+    a[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
+    s[i][l] = l < lanes ? step[l * m + i] : T(1);
   }
-  if (!finite) {
-    for (int i = 0; i < m; ++i) out[i] = std::numeric_limits<T>::quiet_NaN();
-    return;
+  LANES { amax[l] = 0; finite[l] = 1; }
+  for (int i = 0; i < m; ++i) LANES {
+    amax[l] = a[i][l] > amax[l] ? a[i][l] : amax[l];
+    finite[l] = a[i][l] <= std::numeric_limits<T>::max() ? finite[l] : T(0);
   }
-  const int e = amax > 0 ? exponent(amax) : 0;
-  for (int i = 0; i < m; ++i) a[i] = std::ldexp(a[i], -e);
-  const double lg = std::ldexp(double(lam), e * (n - 1));
-  const T lam_g = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
-  auto objective_of = [&](const T* x) {
-    T quad = 0, el[m + 1] = {1, 0, 0, 0, 0};
+  for (int l = 0; l < kLanes; ++l) {  // power-of-two scaling to max in [0.5, 1), as two exact factors
+    const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
+    up1[l] = pow2<T>(e / 2);
+    up2[l] = pow2<T>(e - e / 2);
+    const T dn1 = pow2<T>(-(e / 2)), dn2 = pow2<T>(-(e - e / 2));
+    for (int i = 0; i < m; ++i) a[i][l] = finite[l] != 0 ? a[i][l] * dn1 * dn2 : T(0);
+    const int el = e * (N - 1);
+    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
+    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
+  }
+  T best[m][kLanes], best_f[kLanes], x[m][kLanes], f[kLanes];
+  {  // the top n of a^2 / s (ties: lower index), as they are
+    T score[m][kLanes], rank[m][kLanes];
+    for (int i = 0; i < m; ++i) LANES { score[i][l] = a[i][l] * a[i][l] / s[i][l]; rank[i][l] = 0; }
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < m; ++j)
+        if (j != i)
+          LANES rank[i][l] += score[j][l] > score[i][l] || (score[j][l] == score[i][l] && j < i) ? T(1) : T(0);
+    for (int i = 0; i < m; ++i) LANES best[i][l] = rank[i][l] < N ? a[i][l] : T(0);
+    LANES best_f[l] = 0;
+    for (int r = N; r < m; ++r)  // (summed by rank, as the scalar solver does)
+      for (int i = 0; i < m; ++i) LANES best_f[l] += rank[i][l] == r ? T(0.5) * score[i][l] : T(0);
+  }
+  auto objective = [&]() {
+    T el[m + 1][kLanes], quad[kLanes];
+    LANES { quad[l] = 0; el[0][l] = 1; }
+    for (int r = 1; r <= N + 1; ++r) LANES el[r][l] = 0;
     for (int i = 0; i < m; ++i) {
-      quad += (x[i] - a[i]) * (x[i] - a[i]) / s[i];
-      for (int r = n + 1; r >= 1; --r) el[r] += x[i] * el[r - 1];
+      LANES quad[l] += (x[i][l] - a[i][l]) * (x[i][l] - a[i][l]) / s[i][l];
+      for (int r = N + 1; r >= 1; --r) LANES el[r][l] += x[i][l] * el[r - 1][l];
     }
-    return T(0.5) * quad + lam_g * el[n + 1];
+    LANES f[l] = T(0.5) * quad[l] + lam_g[l] * el[N + 1][l];
+    for (int i = 0; i < m; ++i) LANES best[i][l] = f[l] < best_f[l] ? x[i][l] : best[i][l];
+    LANES best_f[l] = f[l] < best_f[l] ? f[l] : best_f[l];
   };
-  T best[m], best_f = 0, x[m];
-  {  // the top n of a^2 / s
-    T score[m];
-    int idx[m];
-    for (int i = 0; i < m; ++i) score[i] = a[i] * a[i] / s[i];
-    argsort_desc(score, m, idx);
-    for (int r = 0; r < m; ++r) {
-      best[idx[r]] = r < n ? a[idx[r]] : T(0);
-      if (r >= n) best_f += T(0.5) * score[idx[r]];
-    }
-  }
-  for (int k = n + 1; k <= m; ++k)  // sparser supports first: they win ties
+  for (int k = K1; k <= m; ++k)  // sparser supports first: they win ties
   for (int support = 1; support < (1 << m); ++support) {
     if (__builtin_popcount(support) != k) continue;
     int on[m], len = 0;
     for (int i = 0; i < m; ++i)
       if (support >> i & 1) on[len++] = i;
-    for (int i = 0; i < m; ++i) x[i] = 0;
-    if (k == n + 1) {
-      T c[m], beta[m], lam_p = lam_g;
-      int order[m];
-      for (int j = 0; j < k; ++j) {
-        c[j] = std::sqrt(s[on[j]]);
-        beta[j] = a[on[j]] / c[j];
-        lam_p *= c[j];
+    for (int i = 0; i < m; ++i) LANES x[i][l] = 0;
+    if (k == K1) {
+      T c[K1][kLanes], beta[K1][kLanes], lam_p[kLanes], bk[kLanes], bmax[kLanes], low[kLanes];
+      LANES { lam_p[l] = lam_g[l]; low[l] = 0; }
+      for (int j = 0; j < K1; ++j) LANES {
+        c[j][l] = std::sqrt(s[on[j]][l]);
+        beta[j][l] = a[on[j]][l] / c[j][l];
+        lam_p[l] *= c[j][l];
       }
-      argsort_desc(beta, k, order);
-      const T bk = beta[order[k - 1]];
-      T gaps[m];
-      for (int j = 0; j + 1 < k; ++j) {
-        const T g = beta[order[j]] * beta[order[j]] - bk * bk;
-        gaps[j] = g > 0 ? g : T(0);
+      LANES { bk[l] = beta[0][l]; bmax[l] = beta[0][l]; }
+      for (int j = 1; j < K1; ++j) {
+        LANES low[l] += (T(j) - low[l]) * T(beta[j][l] <= bk[l]);  // (exact: small integers)
+        LANES bk[l] = beta[j][l] <= bk[l] ? beta[j][l] : bk[l];
+        LANES bmax[l] = beta[j][l] > bmax[l] ? beta[j][l] : bmax[l];
       }
-      T z = bk;
+      T gap[K1][kLanes], z[kLanes], active[kLanes];  // gap of the smallest itself: unused (masked below)
+      for (int j = 0; j < K1; ++j) LANES {
+        const T g = beta[j][l] * beta[j][l] - bk[l] * bk[l];
+        gap[j][l] = g > 0 ? g : T(0);
+      }
+      LANES { z[l] = bk[l]; active[l] = 1; }
       for (int it = 0; it < Iters<T>::newton; ++it) {
-        const T d = 2 * z - bk;
-        T prod = 1, dlog = 0;
-        for (int j = 0; j + 1 < k; ++j) {
-          const T rj = std::sqrt(d * d + gaps[j]);
-          const T uj = (beta[order[j]] + rj) * T(0.5);
-          prod *= uj;
+        T d[kLanes], prod[kLanes], dlog[kLanes];
+        LANES { d[l] = 2 * z[l] - bk[l]; prod[l] = 1; dlog[l] = 0; }
+        for (int j = 0; j < K1; ++j) LANES {
+          const T rj = std::sqrt(d[l] * d[l] + gap[j][l]);
+          const T uj = (beta[j][l] + rj) * T(0.5);
           const T den = rj * uj;
-          dlog += d / (den > tiny ? den : tiny);
+          const T inc = d[l] / (den > tiny ? den : tiny);  // (unconditional: divisions are not if-converted)
+          const bool other = low[l] != T(j);
+          prod[l] = other ? prod[l] * uj : prod[l];
+          dlog[l] = other ? dlog[l] + inc : dlog[l];
         }
-        const T psi = lam_p * prod + z - bk;
-        const T dpsi = 1 + lam_p * prod * dlog;
-        T zn = dpsi > 0 ? z - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
-        zn = zn < 0 ? T(0) : (zn > bk ? bk : zn);
-        const bool moving = std::fabs(zn - z) > Iters<T>::tol * beta[order[0]];
-        z = zn;
-        if (!moving) break;
+        {  // the Newton update, in explicit vectors: GCC does not if-convert this loop over lanes by itself
+          using V = typename Vec16<T>::V;
+          V zv, bkv, lpv, pv, dlv, bmv, av;
+          std::memcpy(&zv, z, sizeof(V));
+          std::memcpy(&bkv, bk, sizeof(V));
+          std::memcpy(&lpv, lam_p, sizeof(V));
+          std::memcpy(&pv, prod, sizeof(V));
+          std::memcpy(&dlv, dlog, sizeof(V));
+          std::memcpy(&bmv, bmax, sizeof(V));
+          std::memcpy(&av, active, sizeof(V));
+          const V zero = V{}, tinyv = V{} + tiny;
+          const V psi = lpv * pv + zv - bkv;
+          const V dpsi = 1 + lpv * pv * dlv;
+          V zn = dpsi > zero ? zv - psi / (dpsi > tinyv ? dpsi : tinyv) : zero;
+          zn = zn < zero ? zero : (zn > bkv ? bkv : zn);
+          const V dz = zn - zv;
+          const V step = dz < zero ? -dz : dz;
+          zv = av != zero ? zn : zv;
+          av = step > Iters<T>::tol * bmv ? av : zero;
+          std::memcpy(z, &zv, sizeof(V));
+          std::memcpy(active, &av, sizeof(V));
+        }
+        if (count(active) == 0) break;
       }
-      const T d = 2 * z - bk;
-      for (int j = 0; j < k; ++j) {
-        const int o = order[j];
-        const T u = j + 1 < k ? (beta[o] + std::sqrt(d * d + gaps[j])) * T(0.5) : z;
-        const T xi = u * c[o];
-        x[on[o]] = xi < a[on[o]] ? xi : a[on[o]];
+      for (int j = 0; j < K1; ++j) LANES {
+        const T d = 2 * z[l] - bk[l];
+        const T u = low[l] == T(j) ? z[l] : (beta[j][l] + std::sqrt(d * d + gap[j][l])) * T(0.5);
+        const T xi = u * c[j][l];
+        x[on[j]][l] = xi < a[on[j]][l] ? xi : a[on[j]][l];
       }
-    } else {
-      for (int j = 0; j < k; ++j) x[on[j]] = a[on[j]];
+    } else {  // coordinate descent from a on the support
+      T active[kLanes];
+      LANES active[l] = 1;
+      for (int j = 0; j < k; ++j) LANES x[on[j]][l] = a[on[j]][l];
       for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-        T change = 0;
+        T change[kLanes];
+        LANES change[l] = 0;
         for (int j = k - 1; j >= 0; --j) {
           const int i = on[j];
-          T el[m + 1] = {1, 0, 0, 0, 0};  // e_r(x minus i), r <= n
+          T el[N + 1][kLanes];  // e_r(x minus i), r <= n
+          LANES el[0][l] = 1;
+          for (int r = 1; r <= N; ++r) LANES el[r][l] = 0;
           for (int t = 0; t < m; ++t)
             if (t != i)
-              for (int r = n; r >= 1; --r) el[r] += x[t] * el[r - 1];
-          T v = a[i] - s[i] * lam_g * el[n];
-          v = v > 0 ? v : T(0);
-          change = std::fabs(v - x[i]) > change ? std::fabs(v - x[i]) : change;
-          x[i] = v;
+              for (int r = N; r >= 1; --r) LANES el[r][l] += x[t][l] * el[r - 1][l];
+          LANES {
+            T v = a[i][l] - s[i][l] * lam_g[l] * el[N][l];
+            v = v > 0 ? v : T(0);
+            const T dv = std::fabs(v - x[i][l]);
+            change[l] = dv > change[l] ? dv : change[l];  // (an inactive lane stays inactive whatever it says)
+            x[i][l] = active[l] != 0 ? v : x[i][l];
+          }
         }
-        if (change <= Iters<T>::tol) break;
+        LANES active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
+        if (count(active) == 0) break;
       }
     }
-    const T f = objective_of(x);
-    if (f < best_f) {
-      best_f = f;
-      for (int i = 0; i < m; ++i) best[i] = x[i];
+    objective();
+  }
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int l = 0; l < lanes; ++l) {
+    if (done[l]) continue;
+    for (int i = 0; i < m; ++i) {
+      const T yi = y[l * m + i];
+      const T w = best[i][l] == a[i][l] ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
+      out[l * m + i] = finite[l] != 0 ? w : nan;
     }
   }
-  for (int i = 0; i < m; ++i) out[i] = best[i] == a[i] ? y[i] : std::copysign(std::ldexp(best[i], e), y[i]);
 }
 
-// The diagonal-metric prox for m = 4: the groups of a full block that the convex path serves by it, every
-// other group by the scalar solver above.
+// The diagonal-metric prox for m = 4: the groups of a full block that the convex path serves by it, the others
+// by the general solver above, packed kLanes at a time (when a fifth of the groups is outside the convex
+// regime, nearly every block has one: solving them in place would run the general solver on every block).
+// Each thread packs the groups of its own contiguous range of blocks; a group's result does not depend on
+// the groups it is packed with (every lane of metric_block stops on its own).
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
   const int64_t blocks = (groups + kLanes - 1) / kLanes;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t g0 = blk * kLanes;
-    const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
-    uint8_t done[kLanes] = {};
-    if (lanes == kLanes) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
-    for (int l = 0; l < lanes; ++l)
-      if (!done[l]) prox_metric_group<T>(y + (g0 + l) * 4, step + (g0 + l) * 4, out + (g0 + l) * 4, N, lam);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t lo = blocks * t / nt, hi = blocks * (t + 1) / nt;
+    T py[kLanes * 4], ps[kLanes * 4], po[kLanes * 4];
+    int64_t where[kLanes];
+    const uint8_t none[kLanes] = {};
+    int packed = 0;
+    auto flush = [&]() {
+      metric_block<T, N>(py, ps, po, packed, lam, none);
+      for (int l = 0; l < packed; ++l) std::memcpy(out + where[l] * 4, po + l * 4, 4 * sizeof(T));
+      packed = 0;
+    };
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t g0 = blk * kLanes;
+      const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
+      uint8_t done[kLanes] = {};
+      if (lanes == kLanes) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
+      for (int l = 0; l < lanes; ++l) {
+        if (done[l]) continue;
+        std::memcpy(py + packed * 4, y + (g0 + l) * 4, 4 * sizeof(T));
+        std::memcpy(ps + packed * 4, step + (g0 + l) * 4, 4 * sizeof(T));
+        where[packed++] = g0 + l;
+        if (packed == kLanes) flush();
+      }
+    }
+    if (packed > 0) flush();
   }
 }
 
