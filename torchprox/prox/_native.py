@@ -1,6 +1,7 @@
 """The fused CPU kernels of ``csrc/nm_cpu.cpp``, built once with the system C++ compiler and cached.
 
-The first call compiles the kernel (about 2 s with g++ -O3 -fopenmp) into
+The first call compiles the kernel (about 15 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
+specialisation of the m = 4 vector paths and the general block solver) into
 ``$TORCHPROX_CACHE/kernels/`` (default ``~/.cache/torchprox/kernels``), named by a hash of the source and the
 compiler command, written atomically; later processes load the cached library at once. Without a compiler
 (or with ``TORCHPROX_NATIVE=0``) :func:`library` returns None and the operators use their plain-torch path,
