@@ -217,6 +217,70 @@ def test_prox_nm_dispatches_to_triton(device, monkeypatch):
     assert len(calls) == 2
 
 
+def test_prox_nm_with_a_tensor_step_dispatches_to_the_metric_kernel(device, monkeypatch):
+    calls = []
+    real = _triton.prox_nm_metric_triton
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_triton, "prox_nm_metric_triton", spy)
+    monkeypatch.setattr(_native, "_LIB", None)  # on CPU (interpreting), route past the fused CPU kernel
+    y = sample(32, 8, torch.float32, seed=12).reshape(16, 16).to(device)
+    s = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)).to(device) + 0.1
+    w = prox_nm(y.t(), 0.3, 2, 4, step=s.t(), dim=0)  # another dim: the groups are gathered first
+    assert len(calls) == 1
+    assert torch.equal(w, real(y.reshape(-1, 4), s.reshape(-1, 4), 0.3, 2).reshape(16, 16).t())
+    prox_nm(y, 0.3, 2, 8, step=s)  # m = 8: the plain-torch path
+    assert len(calls) == 1
+
+
+def metric_sample(groups, dtype, seed):
+    """Rows as in ``sample`` with steps spread over three decades (every regime of the metric prox)."""
+    gen = torch.Generator().manual_seed(seed)
+    return sample(groups, 4, dtype, seed), (10 ** (torch.rand(groups, 4, generator=gen, dtype=torch.float64) * 3 - 1.5)).to(dtype)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_metric_kernel_same_objective_as_cpu(device, n, dtype):
+    y, s = metric_sample(256, dtype, seed=n)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for lam in (1e-3, 0.05, 0.5, 5.0):
+        w = _triton.prox_nm_metric_triton(y.to(device), s.to(device), lam, n).cpu()
+        ref = prox_nm(y, lam, n, 4, step=s)  # the CPU kernel
+        y64, s64 = y.double(), s.double()
+        f, f_ref = nm_objective(w.double(), y64, lam, n, step=s64), nm_objective(ref.double(), y64, lam, n, step=s64)
+        assert ((f - f_ref) <= tol * (1 + f_ref.abs())).all(), (f - f_ref).max()
+        assert ((w == 0) | (torch.sign(w) == torch.sign(y))).all() and (w.abs() <= y.abs()).all()
+
+
+def test_metric_kernel_blocks_in_both_regimes(device, monkeypatch):
+    """Blocks all in the convex regime and blocks with a group outside it, in one call."""
+    block = 64 if device == "cuda" else 16
+    if device == "cpu":
+        monkeypatch.setattr(_triton, "_config", lambda *args: (block, 1))
+    y, s = metric_sample(4 * block, torch.float32, seed=5)
+    s[: 2 * block] = 1e-3  # small steps: convex
+    s[block + 3] = 50.0  # one group of the second block outside the convex regime
+    w = _triton.prox_nm_metric_triton(y.to(device), s.to(device), 0.3, 2).cpu()
+    ref = prox_nm(y, 0.3, 2, 4, step=s)
+    f, f_ref = nm_objective(w.double(), y.double(), 0.3, 2, step=s.double()), nm_objective(ref.double(), y.double(), 0.3, 2, step=s.double())
+    assert ((f - f_ref) <= 1e-5 * (1 + f_ref.abs())).all()
+
+
+def test_metric_kernel_non_finite_group_and_validation(device):
+    y = torch.tensor([[1.0, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]]).to(device)
+    s = torch.ones(2, 4).to(device)
+    w = _triton.prox_nm_metric_triton(y, s, 0.1, 2).cpu()
+    assert w[0].isnan().all() and torch.allclose(w[1], prox_nm(y[1:].cpu(), 0.1, 2, 4, step=s[1:].cpu())[0])
+    with pytest.raises(ValueError, match="step must be a tensor shaped like groups"):
+        _triton.prox_nm_metric_triton(y, s[:1], 0.1, 2)
+    with pytest.raises(ValueError, match="0 < n < 4"):
+        _triton.prox_nm_metric_triton(y, s, 0.1, 4)
+
+
 def test_usable(monkeypatch):
     monkeypatch.setenv("TORCHPROX_TRITON_INTERPRET", "1")
     t = torch.zeros(4, 4)

@@ -21,6 +21,11 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
 6. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
    becomes NaN.
 
+The diagonal-metric prox (``prox_nm_metric_triton``, m = 4: argmin_w ½ Σ (w − y)²/s + λ e_{n+1}(|w|), ProxAdam's
+``metric="adam"``) is generated from the same pieces: the convex case with λ s_i in row i, else the CPU
+kernel's general metric solver (the top n of |y|²/s; every support of size n+1 made unweighted by
+x_i = √s_i u_i and solved by monotone Newton; larger supports by coordinate descent from |y|).
+
 Iterations: a loop stops once no group of the block moved by more than a tolerance
 (1e-5 in float32, 1e-10 in float64, on values scaled into [0, 1); the CPU kernel stops each group on its own
 at 1e-6 / 1e-12) in its last step, or at the CPU kernel's caps
@@ -64,7 +69,7 @@ import threading
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_M", "available", "usable", "serves", "prox_nm_triton"]
+__all__ = ["MAX_M", "available", "usable", "serves", "prox_nm_triton", "prox_nm_metric_triton"]
 
 MAX_M = 8  # m = 16 compiles for minutes and spills registers: larger groups use the plain-torch path
 # As in the CPU kernel (csrc/nm_cpu.cpp, Iters<T>): caps on Newton iterations and coordinate-descent sweeps,
@@ -188,9 +193,10 @@ def _emit_esym(emit: _Src, names: list[str], d: int, tag: str) -> str:
     return f"{tag}{d}"
 
 
-def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
-    """Source of the kernel for pattern n:m computing in float64 (else float32), and its function name."""
-    name = f"_prox_nm_{n}_{m}_{'f64' if fp64 else 'f32'}"
+def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, str]:
+    """Source of the kernel for pattern n:m computing in float64 (else float32), and its function name. With
+    metric, the diagonal-metric prox (a per-entry step read from ``s_ptr``; m = 4)."""
+    name = f"_prox_nm_{'metric_' if metric else ''}{n}_{m}_{'f64' if fp64 else 'f32'}"
     T = "tl.float64" if fp64 else "tl.float32"
     IT = "tl.int64" if fp64 else "tl.int32"
     tiny = "2.2250738585072014e-308" if fp64 else "1.1754943508222875e-38"
@@ -211,7 +217,8 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
         return f"((({k}) + 127) << 23).to(tl.float32, bitcast=True)"
 
     e = _Src()
-    out = [f"def {name}(y_ptr, out_ptr, lam_ptr, lam_bits, G, LAM_PTR: tl.constexpr, BLOCK: tl.constexpr):"]
+    step_arg = "s_ptr, " if metric else ""
+    out = [f"def {name}(y_ptr, {step_arg}out_ptr, lam_ptr, lam_bits, G, LAM_PTR: tl.constexpr, BLOCK: tl.constexpr):"]
     e("pid = tl.program_id(0)")
     e("offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
     e("valid = offs < G")
@@ -226,6 +233,8 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
         e(f"y{j} = tl.load(y_ptr + base + {j}, mask=valid, other=0.0).to({T})")
         e(f"b{j} = tl.abs(y{j})")
         e(f"i{j} = {2 * j} + (y{j}.to({IT}, bitcast=True) < 0).to(tl.int32)")
+        if metric:
+            e(f"s{j} = tl.load(s_ptr + base + {j}, mask=valid, other=1.0).to({T})")
     e("fin = " + " & ".join(f"(b{j} <= {fmax})" for j in range(m)))
     for j in range(m):
         e(f"b{j} = tl.where(fin, b{j}, 0.0)")
@@ -251,6 +260,12 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
         e(f"b{j} = b{j} * dn1 * dn2")
     for _ in range(n - 1):  # lam · scale^(n−1), monotone: no spurious overflow or underflow
         e("lam = lam * up1 * up2")
+    if metric:  # row i of the diagonal metric: lam s_i (the step is not scaled)
+        for j in range(m):
+            e(f"ls{j} = lam * s{j}")
+
+    def lam_of(i: int) -> str:
+        return f"ls{i}" if metric else "lam"
 
     def converge(cap: int, body) -> None:
         """Up to cap steps, chunk at a time, skipping the rest once no group of the block changed in a step."""
@@ -263,17 +278,20 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
         e("go = tl.reduce(ch.to(tl.int32), 0, _any)")
         e.depth -= 2
 
-    def sweep_of(k: int, xs: list[str]):
-        """One coordinate-descent sweep x_i <- max(0, b_i − lam e_n(x minus i)) over the first k coordinates,
-        last first (as the CPU kernel); with track, ch flags the groups where some x_i moved by > tol."""
+    def sweep_of(k: int, xs: list[str], on: list[int] | None = None):
+        """One coordinate-descent sweep x_i <- max(0, b_i − lam_i e_n(x minus i)) over the coordinates ``on``
+        (default the first k; the others are 0), last first (as the CPU kernel); with track, ch flags the
+        groups where some x_i moved by > tol."""
+        on = list(range(k)) if on is None else on
+
         def sweep(track: bool) -> None:
-            for i in reversed(range(k)):
-                coupling = _emit_esym(e, [x for j, x in enumerate(xs) if j != i], n, "ec")
-                e(f"v = b{i} - lam * {coupling}")
+            for pos, i in enumerate(reversed(on)):
+                coupling = _emit_esym(e, [xs[j] for j in on if j != i], n, "ec")
+                e(f"v = b{i} - {lam_of(i)} * {coupling}")
                 e("v = tl.where(v < 0.0, 0.0, v)")
                 if track:
                     change = f"tl.abs(v - {xs[i]}) > tol"
-                    e(f"ch = {change}" if i == k - 1 else f"ch = ch | ({change})")
+                    e(f"ch = {change}" if pos == 0 else f"ch = ch | ({change})")
                 e(f"{xs[i]} = v")
         return sweep
 
@@ -284,8 +302,8 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
     # group) does not qualify.
     for i in range(m):
         es = _emit_esym(e, [f"b{j}" for j in range(m) if j != i], n - 1, f"cv{i}_")
-        e(f"qc = {es}" if i == 0 else f"qc = tl.maximum(qc, {es})")
-    e(f"qc = lam * {float(m - n)} * qc + b0 * 0.0")  # (a vector per group also when n = 1: e_0 = 1)
+        e(f"qc = {lam_of(i)} * {es}" if i == 0 else f"qc = tl.maximum(qc, {lam_of(i)} * {es})")
+    e(f"qc = {float(m - n)} * qc + b0 * 0.0")  # (a vector per group also when n = 1: e_0 = 1)
     e("nonconvex = tl.reduce((~(qc <= 0.5)).to(tl.int32), 0, _any)")
     e("if nonconvex == 0:")
     e.depth += 1
@@ -298,6 +316,10 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
     e.depth -= 1
     e("else:")
     e.depth += 1
+    if metric:
+        _emit_metric_candidates(e, n, m, fp64, converge, sweep_of, div, sqrt)
+        e.depth -= 1
+        return _emit_store(e, out, m, fp64, name)
     # Stable descending sort of (b, idx).
     for p, q in _sorting_network(m):
         e(f"sw = (b{q} > b{p}) | ((b{q} == b{p}) & (i{q} < i{p}))")
@@ -392,7 +414,13 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
             for j in range(k):
                 e(f"g{j} = x{j}")
     e.depth -= opened + 1  # the candidate branches and the general case's else
-    # Back to the original order and signs; non-finite groups become NaN.
+    return _emit_store(e, out, m, fp64, name)
+
+
+def _emit_store(e: _Src, out: list[str], m: int, fp64: bool, name: str) -> tuple[str, str]:
+    """Emit the store (back to the original order, i_j >> 1, and signs, i_j & 1; non-finite groups become
+    NaN) and return the kernel's source and name."""
+    T, IT = ("tl.float64", "tl.int64") if fp64 else ("tl.float32", "tl.int32")
     nan_bits = "9221120237041090560" if fp64 else "2143289344"
     e(f"nan = tl.full([BLOCK], {nan_bits}, {IT}).to({T}, bitcast=True)")
     for j in range(m):
@@ -404,8 +432,95 @@ def _generate(n: int, m: int, fp64: bool) -> tuple[str, str]:
     return "\n".join(out + e.lines + combine) + "\n", name
 
 
-def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool):
-    key = (n, m, dtype, interpret)
+def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep_of, div, sqrt) -> None:
+    """The diagonal-metric general case (the CPU kernel's metric_block): best{j}, best_f over the candidates.
+
+    The top n of b²/s (ties: lower index) as they are; every support of size n+1 (in bitmask order), where
+    x_i = c_i u_i with c_i = √s_i makes the problem unweighted with β_i = b_i / c_i and lam ∏ c_i, solved by
+    monotone Newton (it needs only the support's smallest β, ties: the higher index, and the gaps
+    β_j² − β_min² of the others); every larger support by coordinate descent from b. The smallest objective
+    wins (strict <: the earlier candidate on ties).
+    """
+    tiny = "2.2250738585072014e-308" if fp64 else "1.1754943508222875e-38"
+    cdt = torch.float64 if fp64 else torch.float32
+    for j in range(m):
+        e(f"sc{j} = {div(f'b{j} * b{j}', f's{j}')}")
+    for j in range(m):
+        terms = [f"(sc{k} {'>=' if k < j else '>'} sc{j}).to(tl.int32)" for k in range(m) if k != j]
+        e(f"rk{j} = " + " + ".join(terms))
+    for j in range(m):
+        e(f"best{j} = tl.where(rk{j} < {n}, b{j}, 0.0)")
+    e("best_f = 0.5 * (" + " + ".join(f"tl.where(rk{j} >= {n}, sc{j}, 0.0)" for j in range(m)) + ")")
+    xs = [f"x{j}" for j in range(m)]
+    for k in range(n + 1, m + 1):
+        for support in range(1, 1 << m):
+            on = [i for i in range(m) if support >> i & 1]
+            if len(on) != k:
+                continue
+            if k == n + 1:
+                for j in on:
+                    e(f"c{j} = {sqrt(f's{j}')}")
+                    e(f"be{j} = {div(f'b{j}', f'c{j}')}")
+                e("lp = lam * " + " * ".join(f"c{j}" for j in on))
+                e(f"bk = be{on[0]}")
+                e(f"bmax = be{on[0]}")
+                e(f"low = i0 * 0 + {on[0]}")
+                for j in on[1:]:
+                    e(f"le = be{j} <= bk")
+                    e(f"low = tl.where(le, {j}, low)")
+                    e(f"bk = tl.where(le, be{j}, bk)")
+                    e(f"bmax = tl.maximum(bmax, be{j})")
+                for j in on:
+                    e(f"gp{j} = be{j} * be{j} - bk * bk")
+                    e(f"gp{j} = tl.where(gp{j} > 0.0, gp{j}, 0.0)")
+
+                def newton(track: bool, on=on) -> None:
+                    e("d = 2.0 * z - bk")
+                    e("d2 = d * d")
+                    e("prod = d * 0.0 + 1.0")
+                    e("dl = d * 0.0")
+                    for j in on:
+                        e(f"r = {sqrt(f'd2 + gp{j}')}")
+                        e(f"u = (be{j} + r) * 0.5")
+                        e(f"oth = low != {j}")
+                        e("den = r * u")
+                        e(f"dl = tl.where(oth, dl + {div('d', f'tl.where(den > {tiny}, den, {tiny})')}, dl)")
+                        e("prod = tl.where(oth, prod * u, prod)")
+                    e("psi = lp * prod + z - bk")
+                    e("dpsi = 1.0 + lp * prod * dl")
+                    e(f"zn = tl.where(dpsi > 0.0, z - {div('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
+                    e("zn = tl.where(zn < 0.0, 0.0, zn)")
+                    e("zn = tl.where(zn > bk, bk, zn)")
+                    if track:
+                        e("ch = tl.abs(zn - z) > tol * bmax")
+                    e("z = zn")
+
+                e("z = bk")
+                converge(_NEWTON_CAP[cdt], newton)
+                e("d = 2.0 * z - bk")
+                e("d2 = d * d")
+                for j in range(m):
+                    if j in on:
+                        e(f"u = tl.where(low == {j}, z, (be{j} + {sqrt(f'd2 + gp{j}')}) * 0.5)")
+                        e(f"x{j} = tl.minimum(u * c{j}, b{j})")
+                    else:
+                        e(f"x{j} = b{j} * 0.0")
+            else:
+                for j in range(m):
+                    e(f"x{j} = b{j}" if j in on else f"x{j} = b{j} * 0.0")
+                converge(_SWEEP_CAP[cdt], sweep_of(k, xs, on))
+            terms = [div(f"(x{j} - b{j}) * (x{j} - b{j})", f"s{j}") for j in range(m)]
+            e("q = " + " + ".join(terms))
+            es = _emit_esym(e, [xs[j] for j in on], n + 1, "eo")
+            e(f"f = 0.5 * q + lam * {es}")
+            e("better = f < best_f")
+            e("best_f = tl.where(better, f, best_f)")
+            for j in range(m):
+                e(f"best{j} = tl.where(better, x{j}, best{j})")
+
+
+def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool, metric: bool = False):
+    key = (n, m, dtype, interpret, metric)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -413,7 +528,7 @@ def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool):
         kernel = _KERNELS.get(key)
         if kernel is None:
             triton, tl = _import_triton()
-            src, name = _generate(n, m, dtype == torch.float64)
+            src, name = _generate(n, m, dtype == torch.float64, metric)
             filename = f"<torchprox-triton-{name}>"
             # Register the source so that inspect.getsource (Triton's front end) finds it.
             linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
@@ -457,12 +572,30 @@ def prox_nm_triton(groups: Tensor, lam, n: int, m: int) -> Tensor:
     """
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m <= MAX_M):
         raise ValueError(f"prox_nm_triton needs integers 0 < n < m <= {MAX_M}, got n={n!r}, m={m!r}")
+    return _launch(groups, None, lam, n, m)
+
+
+def prox_nm_metric_triton(groups: Tensor, step: Tensor, lam, n: int) -> Tensor:
+    r"""argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row y of ``groups`` (G, 4) with the positive
+    steps s of ``step`` (G, 4) (a diagonal metric, e.g. Adam's), out of place; the other arguments as for
+    :func:`prox_nm_triton` (``0 < n < 4``)."""
+    if not (isinstance(n, int) and 0 < n < 4):
+        raise ValueError(f"prox_nm_metric_triton needs an integer 0 < n < 4, got n={n!r}")
+    if not isinstance(step, Tensor) or step.shape != groups.shape or step.device != groups.device:
+        raise ValueError(
+            f"step must be a tensor shaped like groups {tuple(groups.shape)} on {groups.device}, got "
+            f"{type(step).__name__} {tuple(getattr(step, 'shape', ()))}"
+        )
+    return _launch(groups, step, lam, n, 4)
+
+
+def _launch(groups: Tensor, step: Tensor | None, lam, n: int, m: int) -> Tensor:
     if groups.dim() != 2 or groups.shape[1] != m or groups.dtype not in _FLOATS:
         raise ValueError(f"groups must be a float (G, {m}) tensor, got {groups.dtype} {tuple(groups.shape)}")
     interpret = interpreting()
     if interpret and groups.dtype in (torch.bfloat16, torch.float16):
         # The interpreter rounds float32 → bfloat16 toward zero; compiled kernels round to nearest even, like this.
-        return prox_nm_triton(groups.float(), lam, n, m).to(groups.dtype)
+        return _launch(groups.float(), step, lam, n, m).to(groups.dtype)
     y = groups.detach().contiguous()
     out = torch.empty_like(y)
     count = y.shape[0]
@@ -475,14 +608,15 @@ def prox_nm_triton(groups: Tensor, lam, n: int, m: int) -> Tensor:
         bits = torch.tensor(float(lam), dtype=cdt).view(torch.int64 if cdt == torch.float64 else torch.int32)
         lam_arg, lam_bits, lam_ptr = out, int(bits.item()), False
     block, warps = _config(m, cdt, count, interpret)
-    kernel = _kernel(n, m, cdt, interpret)
+    kernel = _kernel(n, m, cdt, interpret, metric=step is not None)
     grid = ((count + block - 1) // block,)
+    args = (y,) if step is None else (y, step.detach().to(cdt).contiguous())
     if interpret:
-        kernel[grid](y, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block)
+        kernel[grid](*args, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block)
     else:
         with torch.cuda.device(y.device):
             kernel[grid](
-                y, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block, num_warps=warps,
+                *args, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block, num_warps=warps,
                 enable_fp_fusion=_FP_FUSION,
             )
     return out

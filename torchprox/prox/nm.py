@@ -312,6 +312,8 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         return restore(_native.prox_nm_cpu(g, lam_s, n, m).to(y.dtype))
     if not metric and _triton.serves(g, lam, s, m):  # the fused Triton kernel (CUDA): λ read on the device
         return restore(_triton.prox_nm_triton(g, lam * s, n, m).to(y.dtype))
+    if metric and m == 4 and n < 4 and _triton.serves(g, lam, 1.0, m) and _triton.usable(s, m):
+        return restore(_triton.prox_nm_metric_triton(g, s, lam, n).to(y.dtype))
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
     scale = torch.ldexp(torch.ones_like(g[:, :1]), torch.frexp(g.abs().amax(-1, keepdim=True))[1])
