@@ -193,6 +193,14 @@ def test_fused_default_takes_generators_and_leaves_the_callers_groups_alone():
     assert named.defaults["fused"] is True
 
 
+def test_params_torch_rejects_are_still_rejected_by_torch():
+    w, b = _leaves(*_init())
+    with pytest.raises(TypeError, match="iterable of Tensors"):
+        ProxAdam(w, prox="nm", lam=0.5, prox_kwargs=NM)
+    with pytest.raises(TypeError, match="ordered collections"):
+        ProxAdam([{"params": {w, b}, "prox": "nm", "lam": 0.5, "prox_kwargs": NM}])
+
+
 def test_tensor_subclass_params_keep_the_default_kernel():
     class Tagged(torch.Tensor):  # stands for a tensor subclass such as DTensor
         pass

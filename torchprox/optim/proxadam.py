@@ -7,6 +7,7 @@ group's proximal operator, found by name in :mod:`torchprox.prox`'s registry, to
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -135,12 +136,11 @@ def _fused_by_default(params: list, prox_defaults: dict) -> bool:
 
 def _listed(params: Any) -> list:
     """``params`` as a list that can be read twice (it may be a generator, or hold group dicts whose
-    ``params`` are generators: those are copied into new dicts, the caller's dicts are left as they are)."""
-    if isinstance(params, Tensor):
-        return [params]
+    ``params`` are iterators: those are copied into new dicts, the caller's dicts are left as they are).
+    Anything else is left for torch to accept or reject (a set, say)."""
     out = []
     for item in params:
-        if isinstance(item, dict) and not isinstance(item.get("params"), (Tensor, list, tuple)):
+        if isinstance(item, dict) and isinstance(item.get("params"), Iterator):
             item = {**item, "params": list(item["params"])}
         out.append(item)
     return out
@@ -175,7 +175,7 @@ class ProxAdam(AdamW):
             "lam_scaling": lam_scaling,
         }
         _check_prox_group(prox_defaults)
-        if fused is None and foreach is None and not differentiable:
+        if fused is None and foreach is None and not differentiable and not isinstance(params, Tensor):
             # torch's own default is the for-loop kernel on CPU; with a prox to apply ProxAdam picks the fused
             # one (same Adam math, one pass per tensor: a 2:4 ProxAdam step then costs about what a default
             # AdamW step does). Explicit foreach/fused choices are kept as given.
