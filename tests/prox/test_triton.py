@@ -196,17 +196,23 @@ def test_empty_and_validation(device):
         prox_nm_triton(torch.zeros(2, 32, device=device), 0.3, 2, 32)
 
 
-def test_prox_nm_dispatches_to_triton(device, monkeypatch):
-    """prox_nm (scalar step) reaches the kernel for the groups that the CPU kernel does not serve."""
-    calls = []
-    real = _triton.prox_nm_triton
+def spy_on_kernel(monkeypatch, name):
+    """Record the calls of ``_triton.<name>`` (still running it) and route CPU tensors past the CPU kernel
+    (interpreting); return the list of calls and the real function."""
+    calls, real = [], getattr(_triton, name)
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_triton, "prox_nm_triton", spy)
-    monkeypatch.setattr(_native, "_LIB", None)  # on CPU (interpreting), route past the fused CPU kernel
+    monkeypatch.setattr(_triton, name, spy)
+    monkeypatch.setattr(_native, "_LIB", None)
+    return calls, real
+
+
+def test_prox_nm_dispatches_to_triton(device, monkeypatch):
+    """prox_nm (scalar step) reaches the kernel for the groups that the CPU kernel does not serve."""
+    calls, real = spy_on_kernel(monkeypatch, "prox_nm_triton")
     y = sample(32, 8, torch.float32, seed=11).reshape(16, 16).to(device)
     w = prox_nm(y, 0.3, 2, 4, step=0.5, dim=1)
     assert len(calls) == 1
@@ -218,15 +224,7 @@ def test_prox_nm_dispatches_to_triton(device, monkeypatch):
 
 
 def test_prox_nm_with_a_tensor_step_dispatches_to_the_metric_kernel(device, monkeypatch):
-    calls = []
-    real = _triton.prox_nm_metric_triton
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_triton, "prox_nm_metric_triton", spy)
-    monkeypatch.setattr(_native, "_LIB", None)  # on CPU (interpreting), route past the fused CPU kernel
+    calls, real = spy_on_kernel(monkeypatch, "prox_nm_metric_triton")
     y = sample(32, 8, torch.float32, seed=12).reshape(16, 16).to(device)
     s = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)).to(device) + 0.1
     w = prox_nm(y.t(), 0.3, 2, 4, step=s.t(), dim=0)  # another dim: the groups are gathered first
