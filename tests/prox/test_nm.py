@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchprox.prox import get_prox, nm_mask, nm_penalty, project_nm, project_nm_, prox_nm, prox_nm_
@@ -131,6 +131,29 @@ def test_optimal_against_random_perturbations(n, m, data):
         for _ in range(16):
             d = torch.randn(w.shape, generator=gen, dtype=torch.float64) * eps * scale
             assert torch.all(f <= nm_objective(w + d, y, lam, n) + 1e-12 * (1 + f.abs()))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=20)  # (a brute-force reference per example)
+@given(data=st.data())
+def test_metric_prox_optimal_hypothesis(n, dtype, data):
+    # A diagonal metric (ProxAdam's metric="adam"): ties, zeros, values scaled by 10^±3, steps over three decades,
+    # tiled past 16 groups so that the CPU kernel's convex vector path and its packed general solver both serve.
+    y = data.draw(grouped(4)).repeat(4, 1)[:20]
+    logs = data.draw(st.lists(st.floats(-1.5, 1.5), min_size=y.numel(), max_size=y.numel()))
+    s = 10 ** torch.tensor(logs, dtype=torch.float64).reshape(y.shape)
+    lam = data.draw(st.sampled_from([1e-3, 0.05, 0.5, 5.0]))
+    y, s = y.to(dtype).double(), s.to(dtype).double()  # the problem the kernel solves, in float64
+    w = prox_nm(y.to(dtype), lam, n, 4, step=s.to(dtype)).double()
+    f = nm_objective(w, y, lam, n, s)
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    assert torch.all(f <= brute_prox_nm(y, lam, n, step=s, starts=3, sweeps=60) + tol * (1 + f.abs()))
+    gen = torch.Generator().manual_seed(0)
+    scale = y.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    for eps in (1e-2, 1e-5):
+        d = torch.randn(16, *w.shape, generator=gen, dtype=torch.float64) * eps * scale
+        assert torch.all(f <= nm_objective(w + d, y, lam, n, s) + tol * (1 + f.abs()))
 
 
 def _global_gap_cases(m):
