@@ -73,9 +73,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/recipes.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok = load_default_model()
-    if args.twin:
-        rescale_twin(model, args.twin)
+
+    def load():  # the embedded default, or its rescaled twin
+        model, tok = load_default_model()
+        if args.twin:
+            rescale_twin(model, args.twin)
+        return model, tok
+
+    model, tok = load()
     evals = evaluation_blocks(tok, args.data, seqlen=512, max_tokens=args.eval_tokens)
     row = {"method": args.method, "name": args.name or args.method, "threads": args.threads, "data": args.data,
            "twin": args.twin,
@@ -106,9 +111,7 @@ def main() -> None:
         calib = calibration_blocks(tok, args.data, seqlen=512, n_blocks=args.calib_blocks)
         t1 = time.perf_counter()
         if args.update == "obs":
-            model, _ = load_default_model()  # the OBS update starts from the dense weights
-            if args.twin:
-                rescale_twin(model, args.twin)
+            model, _ = load()  # the OBS update starts from the dense weights
             obs_update(model, calib, masks, progress=True)
         else:
             report = finetune_masked(model, calib, masks, args.ft_steps, args.ft_lr, args.batch_size, progress=True)
@@ -133,9 +136,7 @@ def main() -> None:
             torch.save(masks, args.save_masks)
             Path(args.save_masks).with_suffix(".json").write_text(json.dumps(
                 {"name": row["name"], "data": args.data, "learn_seconds": row["seconds"]}))
-        model, _ = load_default_model()  # the update starts from the dense weights
-        if args.twin:
-            rescale_twin(model, args.twin)
+        model, _ = load()  # the update starts from the dense weights
         t1 = time.perf_counter()
         sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)
         row["reconstruct_seconds"] = time.perf_counter() - t1

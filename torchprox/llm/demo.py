@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     """What the demo runs. ``FULL`` takes about 14 minutes on 2 CPU cores (at most 20), ``QUICK`` about 4.
 
-    FULL: ProxSparse learns for 100 steps of 512 tokens with the Adam-metric prox (about 4.6 s a step on 2
-    cores, 8 minutes; λ 0.001 normalised); Wanda and
+    FULL: ProxSparse learns for 100 steps of 512 tokens with the Adam-metric prox (about 3.4 s a step on 2
+    cores, 6 minutes; λ 0.001 normalised); Wanda and
     SparseGPT calibrate on 32 blocks of 512 tokens (benchmarks/results uses 64, the papers 128); every method
     is scored on the first 16,384 held-out tokens (about 40 s each).
 

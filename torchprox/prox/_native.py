@@ -145,7 +145,7 @@ def _(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
 def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
     """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row of ``groups`` (G, 4) with steps ``step``
     (G, 4), n < 4: the convex path where lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the regime of mask
-    learning), an exact scalar solver for the other groups."""
+    learning), the exact general solver for the other groups, packed 16 at a time."""
     y, s = groups.contiguous(), step.contiguous()
     out = torch.empty_like(y)
     lam64 = lam.detach().to(torch.float64).contiguous()

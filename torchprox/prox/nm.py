@@ -304,7 +304,8 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     s = group_step(step, y, m, dim, dtype)
     g = g.to(dtype)
     metric = isinstance(s, Tensor) and s.dim() > 0
-    if metric and m == 4 and n < 4 and _native_scalar(g, lam, 1.0, m) and s.device.type == "cpu":
+    metric_kernel = metric and m == 4 and n < 4  # the fused kernels' diagonal-metric prox covers m = 4
+    if metric_kernel and _native_scalar(g, lam, 1.0, m) and s.device.type == "cpu":
         lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
         return restore(_native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), lam64, n).to(y.dtype))
     if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
@@ -312,7 +313,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         return restore(_native.prox_nm_cpu(g, lam_s, n, m).to(y.dtype))
     if not metric and _triton.serves(g, lam, s, m):  # the fused Triton kernel (CUDA): λ read on the device
         return restore(_triton.prox_nm_triton(g, lam * s, n, m).to(y.dtype))
-    if metric and m == 4 and n < 4 and _triton.serves(g, lam, 1.0, m) and _triton.usable(s, m):
+    if metric_kernel and _triton.serves(g, lam, 1.0, m) and _triton.usable(s, m):
         return restore(_triton.prox_nm_metric_triton(g, s, lam, n).to(y.dtype))
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.

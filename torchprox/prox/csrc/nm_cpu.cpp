@@ -144,6 +144,24 @@ INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int 
   }
 }
 
+// Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1): per lane, the
+// scale 2^e as two factors up1 = 2^(e/2), up2 = 2^(e - e/2) so that it never overflows (max |y| near the
+// largest float), their inverses dn1, dn2, and lam * 2^(e (n-1)), saturated: a lambda beyond the largest float
+// acts like an infinite one (top n). A zero or non-finite group keeps e = 0.
+template <typename T>
+INLINE void lane_scales(const T* amax, const T* finite, int n, T lam, T* up1, T* up2, T* dn1, T* dn2, T* lam_g) {
+  for (int l = 0; l < kLanes; ++l) {
+    const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
+    up1[l] = pow2<T>(e / 2);
+    up2[l] = pow2<T>(e - e / 2);
+    dn1[l] = pow2<T>(-(e / 2));
+    dn2[l] = pow2<T>(-(e - e / 2));
+    const int el = e * (n - 1);
+    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
+    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
+  }
+}
+
 // Values within [2^-L, 2^L], L (n + 1) <= Range<T>::bits, can be used unscaled: no product of up to n+1 of them
 // over- or underflows, so scaling by powers of two would change no rounding.
 template <typename T> struct Range;
@@ -206,20 +224,8 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam) {
       convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam))
     return;
   LANES tol_g[l] = Iters<T>::tol;
-  // Power-of-two scaling of each group to max in [0.5, 1) (exact; R is homogeneous of degree n+1). The
-  // scale 2^e is applied as two factors 2^(e/2) so that it never overflows (max |y| near the largest float).
   T half_up[kLanes], half_down[kLanes], inv_scale[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
-    half_up[l] = pow2<T>(e / 2);
-    scale[l] = pow2<T>(e - e / 2);
-    inv_scale[l] = pow2<T>(-(e - e / 2));
-    half_down[l] = pow2<T>(-(e / 2));
-    // lam * 2^(e (n-1)), saturated: a lambda beyond the largest float acts like an infinite one (top n).
-    const int el = e * (n - 1);
-    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
-    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
-  }
+  lane_scales(amax, finite, n, lam, half_up, scale, half_down, inv_scale, lam_g);
 
   // Convex case. The Hessian of the objective is I + lam H(x) with H_ij = e_{n-1}(x minus i, j) >= 0 off the
   // diagonal, and the minimizer lies in the box 0 <= x <= b, where the off-diagonal row sums are at most
@@ -560,13 +566,15 @@ void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int
 // and lam prod c_i, solved by monotone Newton on psi (see prox_block; it needs only the support's smallest b,
 // ties: the higher index, and the gaps of the others, in any order); every larger support by coordinate descent
 // from a. The smallest objective wins (strict <: the earlier candidate on ties). Solves the lanes l < lanes
-// (the others are padding). (A scalar version of the same solver, one group at a time, was 3.7x slower: the divisions and
-// square roots of one group form a dependent chain.)
+// (the others are padding). (A scalar version of the same solver, one group at a time, was 3.7x slower: the
+// divisions and square roots of one group form a dependent chain.)
 template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
   const T tiny = std::numeric_limits<T>::min();
+  static_assert(kLanes == 16, "the Newton update below holds a block in one Vec16");
   T a[m][kLanes], s[m][kLanes], amax[kLanes], finite[kLanes], lam_g[kLanes], up1[kLanes], up2[kLanes];
+  T dn1[kLanes], dn2[kLanes];
   for (int i = 0; i < m; ++i) LANES {
     a[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
     s[i][l] = l < lanes ? step[l * m + i] : T(1);
@@ -576,16 +584,8 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
     amax[l] = a[i][l] > amax[l] ? a[i][l] : amax[l];
     finite[l] = a[i][l] <= std::numeric_limits<T>::max() ? finite[l] : T(0);
   }
-  for (int l = 0; l < kLanes; ++l) {  // power-of-two scaling to max in [0.5, 1), as two exact factors
-    const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
-    up1[l] = pow2<T>(e / 2);
-    up2[l] = pow2<T>(e - e / 2);
-    const T dn1 = pow2<T>(-(e / 2)), dn2 = pow2<T>(-(e - e / 2));
-    for (int i = 0; i < m; ++i) a[i][l] = finite[l] != 0 ? a[i][l] * dn1 * dn2 : T(0);
-    const int el = e * (N - 1);
-    const double lg = el > -1000 && el < 1000 ? double(lam) * pow2<double>(el) : std::ldexp(double(lam), el);
-    lam_g[l] = lg < double(std::numeric_limits<T>::max()) ? T(lg) : std::numeric_limits<T>::max();
-  }
+  lane_scales(amax, finite, N, lam, up1, up2, dn1, dn2, lam_g);
+  for (int i = 0; i < m; ++i) LANES a[i][l] = finite[l] != 0 ? a[i][l] * dn1[l] * dn2[l] : T(0);
   T best[m][kLanes], best_f[kLanes], x[m][kLanes], f[kLanes];
   {  // the top n of a^2 / s (ties: lower index), as they are
     T score[m][kLanes], rank[m][kLanes];
