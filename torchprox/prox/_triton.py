@@ -40,7 +40,10 @@ about 3 s, 4:8 in about 15 s); larger m is left to the plain-torch path, since a
 takes minutes to compile and spills registers.
 
 CPU testing: with ``TRITON_INTERPRET=1`` or ``TORCHPROX_TRITON_INTERPRET=1`` the kernel runs in Triton's
-interpreter and :func:`usable` accepts CPU tensors too (slow: tests only).
+interpreter and :func:`usable` accepts CPU tensors too (slow: tests only). The interpreter accepts more than the
+compiler does, so ``tests/prox/test_triton_compile.py`` also compiles every launched variant ahead of time to
+cubins for sm_80 and sm_90 (Triton's pipeline and its bundled ``ptxas``; no GPU needed) and checks that none
+spills registers (Triton 3.9, sm_90, float32: 2:4 42 registers, its metric kernel 80, 4:8 72).
 
 Measured on an H200 (Triton 3.6, 4096 × 4096 float32, λ = 0.3), before the convex branch and the support
 test of steps 3 and 5 existed: 2:4 in about 0.4 ms, 1:4 0.3 ms, 4:8 1.8 ms, 2:4 in float64 1.3 ms; a
