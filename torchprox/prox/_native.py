@@ -1,7 +1,7 @@
 """The fused CPU kernels of ``csrc/nm_cpu.cpp``, built once with the system C++ compiler and cached.
 
-The first call compiles the kernel (about 15 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
-specialisation of the m = 4 vector paths and the general block solver) into
+The first call compiles the kernel (about 25 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
+specialisation of the m = 4 vector paths, the general block solver and its descent engine) into
 ``$TORCHPROX_CACHE/kernels/`` (default ``~/.cache/torchprox/kernels``), named by a hash of the source and the
 compiler command, written atomically; later processes load the cached library at once. Without a compiler
 (or with ``TORCHPROX_NATIVE=0``) :func:`library` returns None and the operators use their plain-torch path,
@@ -145,7 +145,7 @@ def _(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
 def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
     """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row of ``groups`` (G, 4) with steps ``step``
     (G, 4), n < 4: the convex path where lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the regime of mask
-    learning), the exact general solver for the other groups, packed 16 at a time."""
+    learning), the exact general solver for the other groups, packed 32 (float32) or 16 (float64) at a time."""
     y, s = groups.contiguous(), step.contiguous()
     out = torch.empty_like(y)
     lam64 = lam.detach().to(torch.float64).contiguous()

@@ -8,7 +8,7 @@
 // When lam is small enough that the objective is strongly convex on the box 0 <= x <= b (a per-group bound,
 // checked for the whole block), projected coordinate descent from b alone gives the global minimizer.
 //
-// Layout: groups are processed in blocks of kLanes, structure-of-arrays (value[i][lane]), so every step is a
+// Layout: groups are processed in blocks of kLanes (128 bytes of each row: 32 float or 16 double groups), structure-of-arrays (value[i][lane]), so every step is a
 // short loop over lanes that the compiler vectorizes: the iterations of many groups are interleaved instead
 // of one group's dependent chain of divisions and square roots running alone. Iterations stop when every
 // lane of the block has converged (or at a cap), so the work adapts to lambda without per-group branches;
@@ -29,14 +29,18 @@
 namespace {
 
 constexpr int kMaxM = 32;
-constexpr int kLanes = 16;
+// Groups per block: 128 bytes of each row, four 256-bit vectors: enough independent work to hide the latency
+// of the dependent chains of coordinate descent and Newton (one thread, lam 0.25: 16 float32 lanes instead of 32
+// took 1.2x as long for 2:4, 1.4x for 1:4; 32 float64 lanes instead of 16 took 1.3x as long).
+template <typename T>
+constexpr int kLanes = 128 / sizeof(T);
 
 template <typename T> struct Iters;
 // Caps, and the step below which an iterate counts as converged (values are scaled into [0, 1)).
 template <> struct Iters<float> { static constexpr int newton = 40, sweeps = 60; static constexpr float tol = 1e-6f; };
 template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 200; static constexpr double tol = 1e-12; };
 
-#define LANES _Pragma("omp simd") for (int l = 0; l < kLanes; ++l)
+#define LANES _Pragma("omp simd") for (int l = 0; l < kLanes<T>; ++l)
 // The lane helpers are always inlined, so that their loops see the caller's compile-time n and m.
 #define INLINE inline __attribute__((always_inline))
 
@@ -45,14 +49,14 @@ template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 20
 template <typename T>
 INLINE int count(const T* flag) {
   int c = 0;
-  for (int l = 0; l < kLanes; ++l) c += flag[l] != 0;
+  for (int l = 0; l < kLanes<T>; ++l) c += flag[l] != 0;
   return c;
 }
 
-// e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes].
+// e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes<T>].
 template <typename T>
-INLINE void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
-  T e[kMaxM + 1][kLanes];
+INLINE void esym(const T (*x)[kLanes<T>], int len, int k, int skip, T* out) {
+  T e[kMaxM + 1][kLanes<T>];
   LANES e[0][l] = 1;
   for (int r = 1; r <= k; ++r) LANES e[r][l] = 0;
   for (int j = 0; j < len; ++j) {
@@ -64,15 +68,15 @@ INLINE void esym(const T (*x)[kLanes], int len, int k, int skip, T* out) {
 
 // f = 1/2 sum (x - b)^2 + lam e_{n+1}(x), per lane.
 template <typename T>
-INLINE void objective(const T (*x)[kLanes], const T (*b)[kLanes], int m, int n, const T* lam, T* f) {
-  T r[kLanes];
+INLINE void objective(const T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int m, int n, const T* lam, T* f) {
+  T r[kLanes<T>];
   esym(x, m, n + 1, -1, r);
   LANES f[l] = lam[l] * r[l];
   for (int i = 0; i < m; ++i) LANES { T d = x[i][l] - b[i][l]; f[l] += T(0.5) * d * d; }
 }
 
 template <typename T>
-INLINE void keep_best(T (*best)[kLanes], T* best_f, const T (*cand)[kLanes], const T* f, int m) {
+INLINE void keep_best(T (*best)[kLanes<T>], T* best_f, const T (*cand)[kLanes<T>], const T* f, int m) {
   for (int i = 0; i < m; ++i) LANES best[i][l] = f[l] < best_f[l] ? cand[i][l] : best[i][l];
   LANES best_f[l] = f[l] < best_f[l] ? f[l] : best_f[l];
 }
@@ -111,20 +115,20 @@ inline int exponent(T x) {
 // sweep, sums of non-negative terms only. A lane whose b and x are 0 on [j, k) gets the same bits as a sweep on
 // x[0..j): those coordinates stay +0 and add exact zeros.
 template <typename T>
-INLINE void cd_sweep(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam, const T* active, T* change) {
-  T P[kMaxM][kMaxM][kLanes];  // P[i][r]: e_r(x[0..i)), r = 0..n
+INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* active, T* change) {
+  T P[kMaxM][kMaxM][kLanes<T>];  // P[i][r]: e_r(x[0..i)), r = 0..n
   LANES P[0][0][l] = 1;
   for (int r = 1; r <= n; ++r) LANES P[0][r][l] = 0;
   for (int i = 1; i < k; ++i) {
     LANES P[i][0][l] = 1;
     for (int r = 1; r <= n; ++r) LANES P[i][r][l] = P[i - 1][r][l] + x[i - 1][l] * P[i - 1][r - 1][l];
   }
-  T S[kMaxM][kLanes];  // e_r(x(i..k)), r = 0..n
+  T S[kMaxM][kLanes<T>];  // e_r(x(i..k)), r = 0..n
   LANES S[0][l] = 1;
   for (int r = 1; r <= n; ++r) LANES S[r][l] = 0;
   LANES change[l] = 0;
   for (int i = k - 1; i >= 0; --i) {
-    T c[kLanes];
+    T c[kLanes<T>];
     LANES c[l] = 0;
     for (int r = 0; r <= n; ++r) LANES c[l] += P[i][r][l] * S[n - r][l];
     LANES {
@@ -141,13 +145,13 @@ INLINE void cd_sweep(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T
 // Coordinate descent (sweeps of cd_sweep) until no lane moves by more than tol[l] (each lane stops on its own)
 // or the sweep cap. lanes: which lanes to iterate at all (the others keep x), or all of them.
 template <typename T>
-INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int n, const T* lam, const T* tol,
+INLINE void coordinate_descent(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* tol,
                                const T* lanes = nullptr) {
-  T active[kLanes];
+  T active[kLanes<T>];
   LANES active[l] = lanes == nullptr ? T(1) : lanes[l];
   if (lanes != nullptr && count(active) == 0) return;
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-    T change[kLanes];
+    T change[kLanes<T>];
     cd_sweep(x, b, k, n, lam, active, change);
     LANES active[l] *= change[l] > tol[l] ? T(1) : T(0);
     if (count(active) == 0) break;
@@ -160,7 +164,7 @@ INLINE void coordinate_descent(T (*x)[kLanes], const T (*b)[kLanes], int k, int 
 // acts like an infinite one (top n). A zero or non-finite group keeps e = 0.
 template <typename T>
 INLINE void lane_scales(const T* amax, const T* finite, int n, T lam, T* up1, T* up2, T* dn1, T* dn2, T* lam_g) {
-  for (int l = 0; l < kLanes; ++l) {
+  for (int l = 0; l < kLanes<T>; ++l) {
     const int e = finite[l] != 0 && amax[l] > 0 ? exponent(amax[l]) : 0;
     up1[l] = pow2<T>(e / 2);
     up2[l] = pow2<T>(e - e / 2);
@@ -183,17 +187,17 @@ template <> struct Range<double> { static constexpr int bits = 900; };
 // Returns false, having written nothing, unless every lane of the block is convex. A function of its own so
 // that the compiler vectorizes it on its own terms, whatever it makes of the much larger general path.
 template <typename T, int NT, int MT>
-__attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes], const T* amax, const T* y, T* out, int n_rt,
+__attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes<T>], const T* amax, const T* y, T* out, int n_rt,
                                                int m_rt, T lam) {
   const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
-  T x[kMaxM][kLanes], rho[kLanes], convex[kLanes], lam_l[kLanes], tol[kLanes];
+  T x[kMaxM][kLanes<T>], rho[kLanes<T>], convex[kLanes<T>], lam_l[kLanes<T>], tol[kLanes<T>];
   esym(b, m, n - 1, -1, rho);
   LANES {
     convex[l] = lam * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
     lam_l[l] = lam;
     tol[l] = Iters<T>::tol * amax[l];
   }
-  if (count(convex) != kLanes) return false;
+  if (count(convex) != kLanes<T>) return false;
   for (int i = 0; i < m; ++i) LANES x[i][l] = b[i][l];
   coordinate_descent(x, b, m, n, lam_l, tol);
   LANES for (int i = 0; i < m; ++i) {  // lanes outer: m interleaved stores the compiler vectorizes as a group
@@ -208,9 +212,9 @@ __attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes], const T* am
 // order, the best objective kept with a strict < (the earlier candidate wins ties). Run kLanes groups at a time
 // with lane refill: a lane whose descent has stopped takes its group's next descent, or a waiting group, at
 // once, so a descent's sweeps are its own and not those of the slowest group of a block: on random 4:8 groups
-// at lam 0.25, the block ran 87 sweeps of up to 8 coordinates (the slowest of 16 lanes, each support and start
-// in turn), the engine runs 19 of 8 per 16 groups (4:8 at lam 0.25 on 4096 x 4096: 0.98 s -> 0.69 s). Used
-// for m > 4 only: for m = 4 its bookkeeping costs more than it saves (1:4 at lam 0.25 took 1.9x as long).
+// at lam 0.25, blocks of 16 ran 87 sweeps of up to 8 coordinates (the slowest lane, each support and start
+// in turn), the engine 19 sweeps of 8 per 16 groups (4:8 at lam 0.25 on 4096 x 4096, one thread: 1.6 s ->
+// 0.86 s). Used for m > 4 only: for m = 4 its bookkeeping costs more than it saves (1:4 took 1.9x as long).
 // Every lane runs its group's descents in order and stops on its own (cd_sweep on a lane whose support is
 // smaller than the engine's widest adds exact zeros), so a group's result does not depend on the groups that
 // share the engine, nor on the thread count.
@@ -225,23 +229,23 @@ struct DescentEngine {
   const T* y;
   T* out;
   int n_rt, m_rt;  // n and m read through N() and Mm(): compile-time constants where NT and MT are
-  Group wait[kLanes];  // at most kLanes wait: run() returns with none waiting, and a block adds at most kLanes
+  Group wait[kLanes<T>];  // at most kLanes<T> wait: run() returns with none waiting, and a block adds at most kLanes<T>
   int waiting = 0;
   // Lanes, structure of arrays (small integers as T, so that every lane loop vectorizes). bk: b on the current
   // support k, 0 beyond; start: 0 from b, 1 from grown; busy: the lane holds a group.
-  T b[M][kLanes] = {}, bk[M][kLanes] = {}, x[M][kLanes] = {}, best[M][kLanes] = {}, grown[M][kLanes] = {};
-  T best_f[kLanes] = {}, lam[kLanes] = {}, scale[kLanes] = {}, half_up[kLanes] = {}, busy[kLanes] = {};
-  T k[kLanes] = {}, kmax[kLanes] = {}, start[kLanes] = {}, sweeps[kLanes] = {};
-  int idx[M][kLanes] = {};
-  int64_t row[kLanes] = {};
+  T b[M][kLanes<T>] = {}, bk[M][kLanes<T>] = {}, x[M][kLanes<T>] = {}, best[M][kLanes<T>] = {}, grown[M][kLanes<T>] = {};
+  T best_f[kLanes<T>] = {}, lam[kLanes<T>] = {}, scale[kLanes<T>] = {}, half_up[kLanes<T>] = {}, busy[kLanes<T>] = {};
+  T k[kLanes<T>] = {}, kmax[kLanes<T>] = {}, start[kLanes<T>] = {}, sweeps[kLanes<T>] = {};
+  int idx[M][kLanes<T>] = {};
+  int64_t row[kLanes<T>] = {};
 
   DescentEngine(const T* y_, T* out_, int n_, int m_) : y(y_), out(out_), n_rt(n_), m_rt(m_) {}
   int N() const { return NT ? NT : n_rt; }
   int Mm() const { return MT ? MT : m_rt; }
 
   // Queue lane l of a block (SoA arrays as in prox_block) for the supports n+2..kmax_l; its output row is row.
-  void push(int l, const T (*b_)[kLanes], const T (*best_)[kLanes], const T* best_f_, const T (*grown_)[kLanes],
-            const T* lam_, const T* scale_, const T* half_up_, const int (*idx_)[kLanes], int kmax_l, int64_t row_) {
+  void push(int l, const T (*b_)[kLanes<T>], const T (*best_)[kLanes<T>], const T* best_f_, const T (*grown_)[kLanes<T>],
+            const T* lam_, const T* scale_, const T* half_up_, const int (*idx_)[kLanes<T>], int kmax_l, int64_t row_) {
     const int m = Mm();
     Group& g = wait[waiting++];
     for (int i = 0; i < m; ++i) {
@@ -254,7 +258,7 @@ struct DescentEngine {
   // Free lanes take waiting groups and start their first descent: support n+2, from b.
   void fill() {
     const int n = N(), m = Mm();
-    for (int l = 0; l < kLanes && waiting > 0; ++l) {
+    for (int l = 0; l < kLanes<T> && waiting > 0; ++l) {
       if (busy[l] != 0) continue;
       const Group& g = wait[--waiting];
       for (int i = 0; i < m; ++i) {
@@ -287,20 +291,20 @@ struct DescentEngine {
     for (;;) {
       fill();
       const int used = count(busy);
-      if (used == 0 || (used < kLanes && !drain)) return;
+      if (used == 0 || (used < kLanes<T> && !drain)) return;
       int K = M;  // the widest support among the lanes (all of them for a compile-time m)
       if (!MT) {
         K = 0;
-        for (int l = 0; l < kLanes; ++l) K = busy[l] != 0 && int(k[l]) > K ? int(k[l]) : K;
+        for (int l = 0; l < kLanes<T>; ++l) K = busy[l] != 0 && int(k[l]) > K ? int(k[l]) : K;
       }
-      T change[kLanes], stop[kLanes];
+      T change[kLanes<T>], stop[kLanes<T>];
       cd_sweep(x, bk, K, n, lam, busy, change);
       LANES {
         sweeps[l] += 1;
         stop[l] = busy[l] != 0 && (!(change[l] > Iters<T>::tol) || sweeps[l] >= T(Iters<T>::sweeps)) ? T(1) : T(0);
       }
       if (count(stop) == 0) continue;
-      T f[kLanes], better[kLanes], second[kLanes], next[kLanes], done[kLanes];
+      T f[kLanes<T>], better[kLanes<T>], second[kLanes<T>], next[kLanes<T>], done[kLanes<T>];
       objective(x, b, m, n, lam, f);
       LANES {
         better[l] = stop[l] != 0 && f[l] < best_f[l] ? T(1) : T(0);
@@ -325,7 +329,7 @@ struct DescentEngine {
         x[i][l] = second[l] != 0 ? (on ? grown[i][l] : T(0)) : (next[l] != 0 ? bk[i][l] : x[i][l]);
       }
       if (count(done) != 0)
-        for (int l = 0; l < kLanes; ++l)
+        for (int l = 0; l < kLanes<T>; ++l)
           if (done[l] != 0) write(l);
     }
   }
@@ -337,17 +341,17 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
                 int64_t g0) {
   const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
   const T tiny = std::numeric_limits<T>::min();
-  T b[kMaxM][kLanes], best[kMaxM][kLanes], cand[kMaxM][kLanes], grown[kMaxM][kLanes];
-  int idx[kMaxM][kLanes];
-  T scale[kLanes], lam_g[kLanes], best_f[kLanes], f[kLanes], tol_g[kLanes];
-  T finite[kLanes];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
+  T b[kMaxM][kLanes<T>], best[kMaxM][kLanes<T>], cand[kMaxM][kLanes<T>], grown[kMaxM][kLanes<T>];
+  int idx[kMaxM][kLanes<T>];
+  T scale[kLanes<T>], lam_g[kLanes<T>], best_f[kLanes<T>], f[kLanes<T>], tol_g[kLanes<T>];
+  T finite[kLanes<T>];  // 1 or 0 (a T, not a bool, so that lane loops vectorize)
   // |y| in group order, and the per-group max (a NaN or an infinity anywhere makes the group non-finite).
-  if (lanes == kLanes) {  // lanes outer: m interleaved loads the compiler vectorizes as a group (no gathers)
+  if (lanes == kLanes<T>) {  // lanes outer: m interleaved loads the compiler vectorizes as a group (no gathers)
     LANES for (int i = 0; i < m; ++i) b[i][l] = std::fabs(y[l * m + i]);
   } else {
     for (int i = 0; i < m; ++i) LANES b[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
   }
-  T amax[kLanes], in_range[kLanes];
+  T amax[kLanes<T>], in_range[kLanes<T>];
   const int L = Range<T>::bits / (n + 1);
   const T lo = pow2<T>(-L), hi = pow2<T>(L);
   LANES { amax[l] = 0; finite[l] = 1; in_range[l] = 1; }
@@ -359,11 +363,11 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   }
   // (For m = 4 convex_m4 has already tried this block with a weaker condition: when it declined, so would this.)
   constexpr bool tried_m4 = MT == 4 && NT < 4;
-  if (!tried_m4 && lanes == kLanes && count(in_range) == kLanes &&
+  if (!tried_m4 && lanes == kLanes<T> && count(in_range) == kLanes<T> &&
       convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam))
     return;
   LANES tol_g[l] = Iters<T>::tol;
-  T half_up[kLanes], half_down[kLanes], inv_scale[kLanes];
+  T half_up[kLanes<T>], half_down[kLanes<T>], inv_scale[kLanes<T>];
   lane_scales(amax, finite, n, lam, half_up, scale, half_down, inv_scale, lam_g);
 
   // Convex case. The Hessian of the objective is I + lam H(x) with H_ij = e_{n-1}(x minus i, j) >= 0 off the
@@ -373,17 +377,17 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   // support at once) is the limit of projected coordinate descent from b: no sort and no candidates. When
   // every lane of the block qualifies (small lam, the regime of mask learning) that is the whole solve.
   {
-    T rho[kLanes];
+    T rho[kLanes<T>];
     for (int i = 0; i < m; ++i) LANES cand[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv_scale[l] : T(0);
     esym(cand, m, n - 1, -1, rho);
-    T convex[kLanes];
+    T convex[kLanes<T>];
     LANES convex[l] = lam_g[l] * T(m - n) * rho[l] <= T(0.5) ? T(1) : T(0);
-    if (count(convex) == kLanes) {
+    if (count(convex) == kLanes<T>) {
       for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
       coordinate_descent(best, cand, m, n, lam_g, tol_g);
       // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
       const T nan = std::numeric_limits<T>::quiet_NaN();
-      if (lanes == kLanes) {  // a full block: strided loads and stores the compiler vectorizes
+      if (lanes == kLanes<T>) {  // a full block: strided loads and stores the compiler vectorizes
         for (int i = 0; i < m; ++i) LANES {
           const T yi = y[l * m + i];
           const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
@@ -421,15 +425,15 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   }
   // Candidate 2: the top n+1, exactly: Newton from z = b_n on psi(z) = lam prod u_i(z) + z - b_n.
   const int k1 = n + 1;
-  T z[kLanes], gaps[kMaxM][kLanes];
+  T z[kLanes<T>], gaps[kMaxM][kLanes<T>];
   for (int i = 0; i < k1 - 1; ++i) LANES {
     const T g = b[i][l] * b[i][l] - b[k1 - 1][l] * b[k1 - 1][l];
     gaps[i][l] = g > 0 ? g : T(0);
   }
-  T active[kLanes];  // 1 until the lane converges: each group stops on its own, never influenced by others
+  T active[kLanes<T>];  // 1 until the lane converges: each group stops on its own, never influenced by others
   LANES { z[l] = b[k1 - 1][l]; active[l] = 1; }
   for (int it = 0; it < Iters<T>::newton; ++it) {
-    T prod[kLanes], dlog[kLanes], d[kLanes];
+    T prod[kLanes<T>], dlog[kLanes<T>], d[kLanes<T>];
     LANES { d[l] = 2 * z[l] - b[k1 - 1][l]; prod[l] = 1; dlog[l] = 0; }
     for (int i = 0; i < k1 - 1; ++i) LANES {
       const T ri = std::sqrt(d[l] * d[l] + gaps[i][l]);
@@ -459,62 +463,67 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   LANES cand[k1 - 1][l] = z[l];
   objective(cand, b, m, n, lam_g, f);
   keep_best(best, best_f, cand, f, m);
-  std::memcpy(grown, cand, sizeof(T) * kLanes * m);
-  // Candidates 3..: the top k > n+1, by coordinate descent in the engine (see DescentEngine), for the k whose
-  // support can hold a local minimizer. At a local minimizer x with support the top k, every
+  std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);
+  // Candidates 3..: the top k > n+1, by coordinate descent from x = b and from the previous solution, for
+  // the k whose support can hold a local minimizer. At a local minimizer x with support the top k, every
   // x_i = b_i - lam e_n(x minus i) with lam e_n(x minus i) <= lam e_n(x minus (k-1)) < b_{k-1}, so
   // x_i > d_i = b_i - b_{k-1}; then (a) lam prod_{i<n} d_i < b_{k-1}, and (b) the 2x2 principal minor of the
   // Hessian at the two smallest coordinates is >= 0: lam e_{n-1}(d_0..d_{k-3}) <= 1. Both only get harder
-  // to meet as k grows, so a group's supports end at the first k where it cannot meet them.
-  int kmax[kLanes];
-  LANES kmax[l] = n + 1;
+  // to meet as k grows, so the first k where no lane of the block can meet them ends the enumeration.
+  int kmax = m;
+  T possible[kMaxM + 1][kLanes<T>];
   for (int k = n + 2; k <= m; ++k) {
-    T d[kMaxM][kLanes], e1[kLanes], pn[kLanes], possible[kLanes];
+    T d[kMaxM][kLanes<T>], e1[kLanes<T>], pn[kLanes<T>];
     for (int j = 0; j < k - 2; ++j) LANES { const T dj = b[j][l] - b[k - 1][l]; d[j][l] = dj > 0 ? dj : T(0); }
     esym(d, k - 2, n - 1, -1, e1);
     LANES pn[l] = 1;
     for (int j = 0; j < n; ++j) LANES pn[l] *= d[j][l];
     const T margin = T(1) + T(1e-4);  // rounding in the bounds never rules out a candidate
-    LANES possible[l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
-    LANES kmax[l] = possible[l] != 0 && finite[l] != 0 && kmax[l] == k - 1 ? k : kmax[l];
-    if (count(possible) == 0) break;
+    LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
+    if (count(possible[k]) == 0) { kmax = k - 1; break; }
   }
-  // For m <= 4 (at most two such supports, of at most 4 coordinates) the descents run here, on the block: the
-  // engine's bookkeeping costs more than it saves there (2:4 at lam 0.25: 10% slower, 1:4: 1.9x). Each group
-  // is solved on its own supports only, as in the engine.
-  const bool in_block = m <= 4;
-  if (in_block) {
-    int kb = n + 1;
-    for (int l = 0; l < kLanes; ++l) kb = kmax[l] > kb ? kmax[l] : kb;
-    for (int k = n + 2; k <= kb; ++k) {
-      T on[kLanes];
-      LANES on[l] = k <= kmax[l] ? T(1) : T(0);
-      for (int start = 0; start < 2; ++start) {
-        for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-        coordinate_descent(cand, b, k, n, lam_g, tol_g, on);
-        objective(cand, b, m, n, lam_g, f);
-        LANES f[l] = on[l] != 0 ? f[l] : best_f[l];  // a group whose supports ended keeps its best
-        keep_best(best, best_f, cand, f, m);
-      }
-      std::memcpy(grown, cand, sizeof(T) * kLanes * m);
-    }
-  }
-  // The groups that need no more candidates are written now, the others by the engine. A value the prox
-  // leaves unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would
-  // round it).
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (int l = 0; l < lanes; ++l) {
-    if (!in_block && kmax[l] > n + 1) {
-      engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, kmax[l], g0 + l);
-      continue;
+  if (m > 4) {
+    // The descents run in the engine (see DescentEngine), each group's on the supports n+2..its own last
+    // possible k. The groups that need none are written now (as below).
+    for (int l = 0; l < lanes; ++l) {
+      int last = n + 1;
+      while (last < kmax && possible[last + 1][l] != 0) ++last;
+      if (finite[l] != 0 && last > n + 1) {
+        engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, g0 + l);
+        continue;
+      }
+      for (int i = 0; i < m; ++i) {
+        const int j = idx[i][l];
+        const T yj = y[l * m + j];
+        const T w = best[i][l] == b[i][l] ? yj : std::copysign(best[i][l] * scale[l] * half_up[l], yj);
+        out[l * m + j] = finite[l] != 0 ? w : nan;
+      }
     }
+    return;
+  }
+  // For m <= 4 (at most two such supports, of at most 4 coordinates) the descents run here, on the block, as
+  // the engine's bookkeeping would cost more than it saves (1:4 at lam 0.25 took 1.9x as long). Only the lanes
+  // where the top k can hold a local minimizer are iterated: the others keep their start, a genuine point whose
+  // objective is never below the minimizer's, so it cannot displace the right candidate.
+  for (int k = n + 2; k <= kmax; ++k) {
+    for (int start = 0; start < 2; ++start) {
+      for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
+      coordinate_descent(cand, b, k, n, lam_g, tol_g, possible[k]);
+      objective(cand, b, m, n, lam_g, f);
+      keep_best(best, best_f, cand, f, m);
+    }
+    std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);
+  }
+  // A value the prox leaves unchanged is written back from y itself, bit for bit (scaling a subnormal down
+  // and up again would round it).
+  for (int l = 0; l < lanes; ++l)
     for (int i = 0; i < m; ++i) {
       const int j = idx[i][l];
       const T yj = y[l * m + j];
       const T w = best[i][l] == b[i][l] ? yj : std::copysign(best[i][l] * scale[l] * half_up[l], yj);
       out[l * m + j] = finite[l] != 0 ? w : nan;
     }
-  }
 }
 
 template <typename T>
@@ -579,7 +588,7 @@ template <typename T, int N>
 __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T lam, uint8_t* done = nullptr) {
   using V = typename Vec16<T>::V;
   using I = typename Vec16<T>::I;
-  constexpr int kVecs = kLanes * 4 / 16;  // a block of kLanes groups
+  constexpr int kVecs = kLanes<T> * 4 / 16;  // a block of kLanes groups
   const I sign = (I)(-V{});                // -0.0: the sign bit
   const int L = Range<T>::bits / (N + 1);
   const V lo = V{} + pow2<T>(-L), hi = V{} + pow2<T>(L), zero = V{};
@@ -692,16 +701,16 @@ void nm_mask_m4(const T* scores, uint8_t* mask, T* out, int64_t groups, int n, i
 
 template <typename T, int NT, int MT>
 void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
-  const int64_t blocks = (groups + kLanes - 1) / kLanes;
+  const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t lo = blocks * t / nt, hi = blocks * (t + 1) / nt;
     DescentEngine<T, NT, MT> engine(y, out, n, m);
     for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t g0 = blk * kLanes;
-      const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
-      if (MT == 4 && NT < 4 && lanes == kLanes && convex_m4<T, NT>(y + g0 * m, nullptr, out + g0 * m, lam)) continue;
+      const int64_t g0 = blk * kLanes<T>;
+      const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
+      if (MT == 4 && NT < 4 && lanes == kLanes<T> && convex_m4<T, NT>(y + g0 * m, nullptr, out + g0 * m, lam)) continue;
       prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam, engine, g0);
       engine.run(false);
     }
@@ -734,9 +743,8 @@ template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
   const T tiny = std::numeric_limits<T>::min();
-  static_assert(kLanes == 16, "the Newton update below holds a block in one Vec16");
-  T a[m][kLanes], s[m][kLanes], amax[kLanes], finite[kLanes], lam_g[kLanes], up1[kLanes], up2[kLanes];
-  T dn1[kLanes], dn2[kLanes];
+  T a[m][kLanes<T>], s[m][kLanes<T>], amax[kLanes<T>], finite[kLanes<T>], lam_g[kLanes<T>], up1[kLanes<T>], up2[kLanes<T>];
+  T dn1[kLanes<T>], dn2[kLanes<T>];
   for (int i = 0; i < m; ++i) LANES {
     a[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
     s[i][l] = l < lanes ? step[l * m + i] : T(1);
@@ -748,9 +756,9 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   }
   lane_scales(amax, finite, N, lam, up1, up2, dn1, dn2, lam_g);
   for (int i = 0; i < m; ++i) LANES a[i][l] = finite[l] != 0 ? a[i][l] * dn1[l] * dn2[l] : T(0);
-  T best[m][kLanes], best_f[kLanes], x[m][kLanes], f[kLanes];
+  T best[m][kLanes<T>], best_f[kLanes<T>], x[m][kLanes<T>], f[kLanes<T>];
   {  // the top n of a^2 / s (ties: lower index), as they are
-    T score[m][kLanes], rank[m][kLanes];
+    T score[m][kLanes<T>], rank[m][kLanes<T>];
     for (int i = 0; i < m; ++i) LANES { score[i][l] = a[i][l] * a[i][l] / s[i][l]; rank[i][l] = 0; }
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < m; ++j)
@@ -762,7 +770,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
       for (int i = 0; i < m; ++i) LANES best_f[l] += rank[i][l] == r ? T(0.5) * score[i][l] : T(0);
   }
   auto objective = [&]() {
-    T el[m + 1][kLanes], quad[kLanes];
+    T el[m + 1][kLanes<T>], quad[kLanes<T>];
     LANES { quad[l] = 0; el[0][l] = 1; }
     for (int r = 1; r <= N + 1; ++r) LANES el[r][l] = 0;
     for (int i = 0; i < m; ++i) {
@@ -781,7 +789,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
       if (support >> i & 1) on[len++] = i;
     for (int i = 0; i < m; ++i) LANES x[i][l] = 0;
     if (k == K1) {
-      T c[K1][kLanes], beta[K1][kLanes], lam_p[kLanes], bk[kLanes], bmax[kLanes], low[kLanes];
+      T c[K1][kLanes<T>], beta[K1][kLanes<T>], lam_p[kLanes<T>], bk[kLanes<T>], bmax[kLanes<T>], low[kLanes<T>];
       LANES { lam_p[l] = lam_g[l]; low[l] = 0; }
       for (int j = 0; j < K1; ++j) LANES {
         c[j][l] = std::sqrt(s[on[j]][l]);
@@ -794,14 +802,14 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
         LANES bk[l] = beta[j][l] <= bk[l] ? beta[j][l] : bk[l];
         LANES bmax[l] = beta[j][l] > bmax[l] ? beta[j][l] : bmax[l];
       }
-      T gap[K1][kLanes], z[kLanes], active[kLanes];  // gap of the smallest itself: unused (masked below)
+      T gap[K1][kLanes<T>], z[kLanes<T>], active[kLanes<T>];  // gap of the smallest itself: unused (masked below)
       for (int j = 0; j < K1; ++j) LANES {
         const T g = beta[j][l] * beta[j][l] - bk[l] * bk[l];
         gap[j][l] = g > 0 ? g : T(0);
       }
       LANES { z[l] = bk[l]; active[l] = 1; }
       for (int it = 0; it < Iters<T>::newton; ++it) {
-        T d[kLanes], prod[kLanes], dlog[kLanes];
+        T d[kLanes<T>], prod[kLanes<T>], dlog[kLanes<T>];
         LANES { d[l] = 2 * z[l] - bk[l]; prod[l] = 1; dlog[l] = 0; }
         for (int j = 0; j < K1; ++j) LANES {
           const T rj = std::sqrt(d[l] * d[l] + gap[j][l]);
@@ -812,16 +820,16 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
           prod[l] = other ? prod[l] * uj : prod[l];
           dlog[l] = other ? dlog[l] + inc : dlog[l];
         }
-        {  // the Newton update, in explicit vectors: GCC does not if-convert this loop over lanes by itself
-          using V = typename Vec16<T>::V;
+        for (int h = 0; h < kLanes<T>; h += 16) {  // the Newton update, in explicit vectors of 16 lanes: GCC does not
+          using V = typename Vec16<T>::V;       // if-convert this loop over lanes by itself
           V zv, bkv, lpv, pv, dlv, bmv, av;
-          std::memcpy(&zv, z, sizeof(V));
-          std::memcpy(&bkv, bk, sizeof(V));
-          std::memcpy(&lpv, lam_p, sizeof(V));
-          std::memcpy(&pv, prod, sizeof(V));
-          std::memcpy(&dlv, dlog, sizeof(V));
-          std::memcpy(&bmv, bmax, sizeof(V));
-          std::memcpy(&av, active, sizeof(V));
+          std::memcpy(&zv, z + h, sizeof(V));
+          std::memcpy(&bkv, bk + h, sizeof(V));
+          std::memcpy(&lpv, lam_p + h, sizeof(V));
+          std::memcpy(&pv, prod + h, sizeof(V));
+          std::memcpy(&dlv, dlog + h, sizeof(V));
+          std::memcpy(&bmv, bmax + h, sizeof(V));
+          std::memcpy(&av, active + h, sizeof(V));
           const V zero = V{}, tinyv = V{} + tiny;
           const V psi = lpv * pv + zv - bkv;
           const V dpsi = 1 + lpv * pv * dlv;
@@ -831,8 +839,8 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
           const V step = dz < zero ? -dz : dz;
           zv = av != zero ? zn : zv;
           av = step > Iters<T>::tol * bmv ? av : zero;
-          std::memcpy(z, &zv, sizeof(V));
-          std::memcpy(active, &av, sizeof(V));
+          std::memcpy(z + h, &zv, sizeof(V));
+          std::memcpy(active + h, &av, sizeof(V));
         }
         if (count(active) == 0) break;
       }
@@ -843,15 +851,15 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
         x[on[j]][l] = xi < a[on[j]][l] ? xi : a[on[j]][l];
       }
     } else {  // coordinate descent from a on the support
-      T active[kLanes];
+      T active[kLanes<T>];
       LANES active[l] = 1;
       for (int j = 0; j < k; ++j) LANES x[on[j]][l] = a[on[j]][l];
       for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-        T change[kLanes];
+        T change[kLanes<T>];
         LANES change[l] = 0;
         for (int j = k - 1; j >= 0; --j) {
           const int i = on[j];
-          T el[N + 1][kLanes];  // e_r(x minus i), r <= n
+          T el[N + 1][kLanes<T>];  // e_r(x minus i), r <= n
           LANES el[0][l] = 1;
           for (int r = 1; r <= N; ++r) LANES el[r][l] = 0;
           for (int t = 0; t < m; ++t)
@@ -888,13 +896,13 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
 // the groups it is packed with (every lane of metric_block stops on its own).
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
-  const int64_t blocks = (groups + kLanes - 1) / kLanes;
+  const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t lo = blocks * t / nt, hi = blocks * (t + 1) / nt;
-    T py[kLanes * 4], ps[kLanes * 4], po[kLanes * 4];
-    int64_t where[kLanes];
+    T py[kLanes<T> * 4], ps[kLanes<T> * 4], po[kLanes<T> * 4];
+    int64_t where[kLanes<T>];
     int packed = 0;
     auto flush = [&]() {
       metric_block<T, N>(py, ps, po, packed, lam);
@@ -902,16 +910,16 @@ void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T la
       packed = 0;
     };
     for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t g0 = blk * kLanes;
-      const int lanes = static_cast<int>(groups - g0 < kLanes ? groups - g0 : kLanes);
-      uint8_t done[kLanes] = {};
-      if (lanes == kLanes) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
+      const int64_t g0 = blk * kLanes<T>;
+      const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
+      uint8_t done[kLanes<T>] = {};
+      if (lanes == kLanes<T>) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
       for (int l = 0; l < lanes; ++l) {
         if (done[l]) continue;
         std::memcpy(py + packed * 4, y + (g0 + l) * 4, 4 * sizeof(T));
         std::memcpy(ps + packed * 4, step + (g0 + l) * 4, 4 * sizeof(T));
         where[packed++] = g0 + l;
-        if (packed == kLanes) flush();
+        if (packed == kLanes<T>) flush();
       }
     }
     if (packed > 0) flush();
