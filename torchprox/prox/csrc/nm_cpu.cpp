@@ -230,12 +230,12 @@ struct DescentEngine {
   T* out;
   int n_rt, m_rt;  // n and m read through N() and Mm(): compile-time constants where NT and MT are
   Group wait[kLanes<T>];  // at most kLanes<T> wait: run() returns with none waiting, and a block adds at most kLanes<T>
-  int waiting = 0;
+  int waiting = 0, used = 0;  // groups waiting; lanes busy
   // Lanes, structure of arrays (small integers as T, so that every lane loop vectorizes). bk: b on the current
   // support k, 0 beyond; start: 0 from b, 1 from grown; busy: the lane holds a group.
   T b[M][kLanes<T>] = {}, bk[M][kLanes<T>] = {}, x[M][kLanes<T>] = {}, best[M][kLanes<T>] = {}, grown[M][kLanes<T>] = {};
   T best_f[kLanes<T>] = {}, lam[kLanes<T>] = {}, scale[kLanes<T>] = {}, half_up[kLanes<T>] = {}, busy[kLanes<T>] = {};
-  T k[kLanes<T>] = {}, kmax[kLanes<T>] = {}, start[kLanes<T>] = {}, sweeps[kLanes<T>] = {};
+  T k[kLanes<T>] = {}, kmax[kLanes<T>] = {}, start[kLanes<T>] = {}, sweeps[kLanes<T>] = {}, parked[kLanes<T>] = {};
   int idx[M][kLanes<T>] = {};
   int64_t row[kLanes<T>] = {};
 
@@ -258,8 +258,9 @@ struct DescentEngine {
   // Free lanes take waiting groups and start their first descent: support n+2, from b.
   void fill() {
     const int n = N(), m = Mm();
-    for (int l = 0; l < kLanes<T> && waiting > 0; ++l) {
+    for (int l = 0; l < kLanes<T> && waiting > 0 && used < kLanes<T>; ++l) {
       if (busy[l] != 0) continue;
+      ++used;
       const Group& g = wait[--waiting];
       for (int i = 0; i < m; ++i) {
         b[i][l] = g.b[i]; best[i][l] = g.best[i]; grown[i][l] = g.grown[i]; idx[i][l] = g.idx[i];
@@ -281,6 +282,7 @@ struct DescentEngine {
       o[j] = best[i][l] == b[i][l] ? yr[j] : std::copysign(best[i][l] * scale[l] * half_up[l], yr[j]);
     }
     busy[l] = 0;
+    --used;
   }
 
   // Sweep until a lane is free and no group waits (drain: until every lane is free). After a sweep, the lanes
@@ -290,43 +292,51 @@ struct DescentEngine {
     const int n = N(), m = Mm();
     for (;;) {
       fill();
-      const int used = count(busy);
       if (used == 0 || (used < kLanes<T> && !drain)) return;
       int K = M;  // the widest support among the lanes (all of them for a compile-time m)
       if (!MT) {
         K = 0;
         for (int l = 0; l < kLanes<T>; ++l) K = busy[l] != 0 && int(k[l]) > K ? int(k[l]) : K;
       }
-      T change[kLanes<T>], stop[kLanes<T>];
-      cd_sweep(x, bk, K, n, lam, busy, change);
+      T change[kLanes<T>], moving[kLanes<T>], stop[kLanes<T>];
+      LANES moving[l] = busy[l] != 0 && parked[l] == 0 ? T(1) : T(0);
+      cd_sweep(x, bk, K, n, lam, moving, change);
       LANES {
-        sweeps[l] += 1;
-        stop[l] = busy[l] != 0 && (!(change[l] > Iters<T>::tol) || sweeps[l] >= T(Iters<T>::sweeps)) ? T(1) : T(0);
+        sweeps[l] += moving[l];
+        const bool stops = !(change[l] > Iters<T>::tol) || sweeps[l] >= T(Iters<T>::sweeps);
+        parked[l] = moving[l] != 0 && stops ? T(1) : parked[l];
+        moving[l] = parked[l] != 0 ? T(0) : moving[l];
       }
-      if (count(stop) == 0) continue;
-      T f[kLanes<T>], better[kLanes<T>], second[kLanes<T>], next[kLanes<T>], done[kLanes<T>];
+      // Parked lanes (their descent stopped, x frozen) move on together, once a quarter of the lanes waits or
+      // none still moves: the moves below cost about a sweep, whatever the number of lanes they serve.
+      if (count(parked) < kLanes<T> / 4 && count(moving) != 0) continue;
+      LANES { stop[l] = parked[l]; parked[l] = 0; }
+      T f[kLanes<T>], better[kLanes<T>], second[kLanes<T>], grows[kLanes<T>], next[kLanes<T>], done[kLanes<T>];
       objective(x, b, m, n, lam, f);
       LANES {
         better[l] = stop[l] != 0 && f[l] < best_f[l] ? T(1) : T(0);
         best_f[l] = better[l] != 0 ? f[l] : best_f[l];
-        second[l] = stop[l] != 0 && start[l] == 0 ? T(1) : T(0);
-        const bool after_second = stop[l] != 0 && start[l] != 0;
-        next[l] = after_second && k[l] < kmax[l] ? T(1) : T(0);
-        done[l] = after_second && !(k[l] < kmax[l]) ? T(1) : T(0);
+        second[l] = stop[l] != 0 && start[l] == 0 ? T(1) : T(0);  // the first start done: the second next
+        grows[l] = stop[l] != 0 && start[l] != 0 ? T(1) : T(0);   // the second done: its result seeds k + 1
+        next[l] = grows[l] != 0 && k[l] < kmax[l] ? T(1) : T(0);
+        done[l] = grows[l] != 0 && !(k[l] < kmax[l]) ? T(1) : T(0);
       }
-      for (int i = 0; i < m; ++i) LANES {
-        best[i][l] = better[l] != 0 ? x[i][l] : best[i][l];
-        grown[i][l] = stop[l] != 0 && second[l] == 0 ? x[i][l] : grown[i][l];  // the second start's result
+      for (int i = 0; i < m; ++i) {
+        LANES best[i][l] = better[l] != 0 ? x[i][l] : best[i][l];
+        LANES grown[i][l] = grows[l] != 0 ? x[i][l] : grown[i][l];
       }
       LANES {
         k[l] = next[l] != 0 ? k[l] + 1 : k[l];
         start[l] = second[l] != 0 ? T(1) : (next[l] != 0 ? T(0) : start[l]);
         sweeps[l] = stop[l] != 0 ? T(0) : sweeps[l];
       }
-      for (int i = 0; i < m; ++i) LANES {
-        const bool on = T(i) < k[l];
-        bk[i][l] = next[l] != 0 ? (on ? b[i][l] : T(0)) : bk[i][l];
-        x[i][l] = second[l] != 0 ? (on ? grown[i][l] : T(0)) : (next[l] != 0 ? bk[i][l] : x[i][l]);
+      for (int i = 0; i < m; ++i) {  // (one select per statement: nested ones compile to mask shuffling)
+        T fresh[kLanes<T>];
+        LANES fresh[l] = T(i) < k[l] ? b[i][l] : T(0);
+        LANES bk[i][l] = next[l] != 0 ? fresh[l] : bk[i][l];
+        LANES x[i][l] = next[l] != 0 ? fresh[l] : x[i][l];
+        LANES fresh[l] = T(i) < k[l] ? grown[i][l] : T(0);
+        LANES x[i][l] = second[l] != 0 ? fresh[l] : x[i][l];
       }
       if (count(done) != 0)
         for (int l = 0; l < kLanes<T>; ++l)
