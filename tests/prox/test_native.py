@@ -98,10 +98,10 @@ def test_build_cache_is_reused_and_can_be_disabled(tmp_path, monkeypatch):
 @pytest.mark.parametrize("lam", [1e-3, 0.05, 0.3, 1.0, 4.0, 30.0, 1e3])
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 def test_full_blocks_every_regime_same_objective_as_eager(n, m, lam, dtype, rtol):
-    # Many groups, so whole 16-group blocks take the convex paths (small lam: the in-place vectors for m = 4,
-    # the unscaled lanes otherwise), the pruned enumeration of supports (large lam) or a mix; values of mixed
-    # scale put different lanes in different regimes, and one row of tiny values sends its blocks to the
-    # scaled path.
+    # Many groups, so whole blocks (32 float32 or 16 float64 groups) take the convex paths (small lam: the
+    # in-place vectors for m = 4, the unscaled lanes otherwise), the pruned enumeration of supports (large lam;
+    # for m = 8 in the descent engine, its lanes refilled) or a mix; values of mixed scale put different lanes in
+    # different regimes, and one row of tiny values sends its blocks to the scaled path.
     gen = torch.Generator().manual_seed(int(lam * 1000) + m)
     scale = torch.rand(96, 1, generator=gen, dtype=torch.float64) * 3
     scale[7] = 1e-30 if dtype == torch.float32 else 1e-300
