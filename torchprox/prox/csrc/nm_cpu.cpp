@@ -8,9 +8,10 @@
 // When lam is small enough that the objective is strongly convex on the box 0 <= x <= b (a per-group bound,
 // checked for the whole block), projected coordinate descent from b alone gives the global minimizer.
 //
-// Layout: groups are processed in blocks of kLanes (128 bytes of each row: 32 float or 16 double groups), structure-of-arrays (value[i][lane]), so every step is a
-// short loop over lanes that the compiler vectorizes: the iterations of many groups are interleaved instead
-// of one group's dependent chain of divisions and square roots running alone. Iterations stop when every
+// Layout: groups are processed in blocks of kLanes (128 bytes of each row: 32 float or 16 double groups),
+// structure-of-arrays (value[i][lane]), so every step is a short loop over lanes that the compiler vectorizes:
+// the iterations of many groups are interleaved instead of one group's dependent chain of divisions and square
+// roots running alone. Iterations stop when every
 // lane of the block has converged (or at a cap), so the work adapts to lambda without per-group branches;
 // for m > 4 the coordinate descents on the larger supports, most of the work, run instead in a per-thread
 // engine whose lanes are refilled as their groups finish (DescentEngine).
@@ -115,7 +116,8 @@ inline int exponent(T x) {
 // sweep, sums of non-negative terms only. A lane whose b and x are 0 on [j, k) gets the same bits as a sweep on
 // x[0..j): those coordinates stay +0 and add exact zeros.
 template <typename T>
-INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* active, T* change) {
+INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* active,
+                     T* change) {
   T P[kMaxM][kMaxM][kLanes<T>];  // P[i][r]: e_r(x[0..i)), r = 0..n
   LANES P[0][0][l] = 1;
   for (int r = 1; r <= n; ++r) LANES P[0][r][l] = 0;
@@ -229,11 +231,12 @@ struct DescentEngine {
   const T* y;
   T* out;
   int n_rt, m_rt;  // n and m read through N() and Mm(): compile-time constants where NT and MT are
-  Group wait[kLanes<T>];  // at most kLanes<T> wait: run() returns with none waiting, and a block adds at most kLanes<T>
+  Group wait[kLanes<T>];  // at most kLanes wait: run() returns with none waiting, and a block adds at most kLanes
   int waiting = 0, used = 0;  // groups waiting; lanes busy
   // Lanes, structure of arrays (small integers as T, so that every lane loop vectorizes). bk: b on the current
   // support k, 0 beyond; start: 0 from b, 1 from grown; busy: the lane holds a group.
-  T b[M][kLanes<T>] = {}, bk[M][kLanes<T>] = {}, x[M][kLanes<T>] = {}, best[M][kLanes<T>] = {}, grown[M][kLanes<T>] = {};
+  T b[M][kLanes<T>] = {}, bk[M][kLanes<T>] = {}, x[M][kLanes<T>] = {};
+  T best[M][kLanes<T>] = {}, grown[M][kLanes<T>] = {};
   T best_f[kLanes<T>] = {}, lam[kLanes<T>] = {}, scale[kLanes<T>] = {}, half_up[kLanes<T>] = {}, busy[kLanes<T>] = {};
   T k[kLanes<T>] = {}, kmax[kLanes<T>] = {}, start[kLanes<T>] = {}, sweeps[kLanes<T>] = {}, parked[kLanes<T>] = {};
   int idx[M][kLanes<T>] = {};
@@ -244,8 +247,9 @@ struct DescentEngine {
   int Mm() const { return MT ? MT : m_rt; }
 
   // Queue lane l of a block (SoA arrays as in prox_block) for the supports n+2..kmax_l; its output row is row.
-  void push(int l, const T (*b_)[kLanes<T>], const T (*best_)[kLanes<T>], const T* best_f_, const T (*grown_)[kLanes<T>],
-            const T* lam_, const T* scale_, const T* half_up_, const int (*idx_)[kLanes<T>], int kmax_l, int64_t row_) {
+  void push(int l, const T (*b_)[kLanes<T>], const T (*best_)[kLanes<T>], const T* best_f_,
+            const T (*grown_)[kLanes<T>], const T* lam_, const T* scale_, const T* half_up_,
+            const int (*idx_)[kLanes<T>], int kmax_l, int64_t row_) {
     const int m = Mm();
     Group& g = wait[waiting++];
     for (int i = 0; i < m; ++i) {
@@ -545,7 +549,8 @@ inline void argsort_desc(const T* a, int m, int* idx);
 // x <- T(x) = max(0, b - lam e_n(x minus i)) from x = b has the same fixed point as the coordinate descent
 // above, keeps x in the box [0, b], and is a contraction in the max norm with factor
 // q = lam max_i sum_{j != i} e_{n-1}(b minus i, j) = lam (m - n) max_i e_{n-1}(b minus i) when q <= 1/2 (which
-// also makes the objective strongly convex on the box, as in prox_block). So |x_k - x*| <= q / (1 - q) |x_k - x_{k-1}|: each group stops on its own as soon as that bound
+// also makes the objective strongly convex on the box, as in prox_block). So |x_k - x*| <= q / (1 - q)
+// |x_k - x_{k-1}|: each group stops on its own as soon as that bound
 // is at most tol * max_i b_i (the scaled path's tolerance), and never depends on its neighbours.
 template <typename T> struct Vec16;
 template <> struct Vec16<float> {
@@ -753,7 +758,8 @@ template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
   const T tiny = std::numeric_limits<T>::min();
-  T a[m][kLanes<T>], s[m][kLanes<T>], amax[kLanes<T>], finite[kLanes<T>], lam_g[kLanes<T>], up1[kLanes<T>], up2[kLanes<T>];
+  T a[m][kLanes<T>], s[m][kLanes<T>], amax[kLanes<T>], finite[kLanes<T>], lam_g[kLanes<T>];
+  T up1[kLanes<T>], up2[kLanes<T>];
   T dn1[kLanes<T>], dn2[kLanes<T>];
   for (int i = 0; i < m; ++i) LANES {
     a[i][l] = l < lanes ? std::fabs(y[l * m + i]) : T(0);
