@@ -302,14 +302,17 @@ struct DescentEngine {
         K = 0;
         for (int l = 0; l < kLanes<T>; ++l) K = busy[l] != 0 && int(k[l]) > K ? int(k[l]) : K;
       }
+      // The lane flags are 0/1 values combined by arithmetic (compound conditions compile to mask shuffling).
       T change[kLanes<T>], moving[kLanes<T>], stop[kLanes<T>];
-      LANES moving[l] = busy[l] != 0 && parked[l] == 0 ? T(1) : T(0);
+      LANES moving[l] = busy[l] * (T(1) - parked[l]);
       cd_sweep(x, bk, K, n, lam, moving, change);
       LANES {
         sweeps[l] += moving[l];
-        const bool stops = !(change[l] > Iters<T>::tol) || sweeps[l] >= T(Iters<T>::sweeps);
-        parked[l] = moving[l] != 0 && stops ? T(1) : parked[l];
-        moving[l] = parked[l] != 0 ? T(0) : moving[l];
+        const T converged = change[l] > Iters<T>::tol ? T(0) : T(1);  // (NaN: converged)
+        const T capped = sweeps[l] >= T(Iters<T>::sweeps) ? T(1) : T(0);
+        const T stops = converged > capped ? converged : capped;
+        parked[l] += moving[l] * stops;
+        moving[l] -= moving[l] * stops;
       }
       // Parked lanes (their descent stopped, x frozen) move on together, once a quarter of the lanes waits or
       // none still moves: the moves below cost about a sweep, whatever the number of lanes they serve.
@@ -318,21 +321,21 @@ struct DescentEngine {
       T f[kLanes<T>], better[kLanes<T>], second[kLanes<T>], grows[kLanes<T>], next[kLanes<T>], done[kLanes<T>];
       objective(x, b, m, n, lam, f);
       LANES {
-        better[l] = stop[l] != 0 && f[l] < best_f[l] ? T(1) : T(0);
+        better[l] = stop[l] * (f[l] < best_f[l] ? T(1) : T(0));
         best_f[l] = better[l] != 0 ? f[l] : best_f[l];
-        second[l] = stop[l] != 0 && start[l] == 0 ? T(1) : T(0);  // the first start done: the second next
-        grows[l] = stop[l] != 0 && start[l] != 0 ? T(1) : T(0);   // the second done: its result seeds k + 1
-        next[l] = grows[l] != 0 && k[l] < kmax[l] ? T(1) : T(0);
-        done[l] = grows[l] != 0 && !(k[l] < kmax[l]) ? T(1) : T(0);
+        second[l] = stop[l] * (T(1) - start[l]);  // the first start done: the second next
+        grows[l] = stop[l] * start[l];            // the second done: its result seeds support k + 1
+        next[l] = grows[l] * (k[l] < kmax[l] ? T(1) : T(0));
+        done[l] = grows[l] - next[l];
       }
       for (int i = 0; i < m; ++i) {
         LANES best[i][l] = better[l] != 0 ? x[i][l] : best[i][l];
         LANES grown[i][l] = grows[l] != 0 ? x[i][l] : grown[i][l];
       }
       LANES {
-        k[l] = next[l] != 0 ? k[l] + 1 : k[l];
-        start[l] = second[l] != 0 ? T(1) : (next[l] != 0 ? T(0) : start[l]);
-        sweeps[l] = stop[l] != 0 ? T(0) : sweeps[l];
+        k[l] += next[l];
+        start[l] += second[l] - next[l];
+        sweeps[l] -= stop[l] * sweeps[l];
       }
       for (int i = 0; i < m; ++i) {  // (one select per statement: nested ones compile to mask shuffling)
         T fresh[kLanes<T>];
