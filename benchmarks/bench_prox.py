@@ -47,6 +47,7 @@ def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, fl
         ("prox_nm 2:4 lam=2500", lambda: prox_nm(y, 2500.0, 2, 4)),
         ("prox_nm 4:8 lam=0.25", lambda: prox_nm(y, 0.25, 4, 8)),
         ("prox_nm 4:8 lam=25", lambda: prox_nm(y, 25.0, 4, 8)),
+        ("prox_nm 4:8 lam=2500", lambda: prox_nm(y, 2500.0, 4, 8)),
         ("project_nm 2:4", lambda: project_nm(y, 2, 4)),
         ("nm_mask 2:4", lambda: nm_mask(y, 2, 4)),
     ]
