@@ -9,6 +9,7 @@ would multiply the kernel's memory traffic).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -23,9 +24,15 @@ GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget
 from torchprox.prox import _triton  # noqa: E402
 
 _NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(_NVIDIA_BIN, "ptxas")), reason="Triton's wheel ships no ptxas here"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.exists(os.path.join(_NVIDIA_BIN, "ptxas")), reason="Triton's wheel ships no ptxas here"
+    ),
+    pytest.mark.skipif(  # ASTSource(fn, signature, constexprs) with "constexpr" signature entries (newer Triton)
+        "constexprs" not in inspect.signature(compiler.ASTSource.__init__).parameters,
+        reason="this Triton's ahead-of-time API predates ASTSource(constexprs=...)",
+    ),
+]
 
 _TYPE = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
