@@ -196,13 +196,18 @@ def _emit_esym(emit: _Src, names: list[str], d: int, tag: str) -> str:
     return f"{tag}{d}"
 
 
+def _types(fp64: bool) -> tuple[str, str, str]:
+    """The generated code's float type, its same-width integer type, and the smallest normal float."""
+    if fp64:
+        return "tl.float64", "tl.int64", "2.2250738585072014e-308"
+    return "tl.float32", "tl.int32", "1.1754943508222875e-38"
+
+
 def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, str]:
     """Source of the kernel for pattern n:m computing in float64 (else float32), and its function name. With
     metric, the diagonal-metric prox (a per-entry step read from ``s_ptr``; m = 4)."""
     name = f"_prox_nm_{'metric_' if metric else ''}{n}_{m}_{'f64' if fp64 else 'f32'}"
-    T = "tl.float64" if fp64 else "tl.float32"
-    IT = "tl.int64" if fp64 else "tl.int32"
-    tiny = "2.2250738585072014e-308" if fp64 else "1.1754943508222875e-38"
+    T, IT, tiny = _types(fp64)
     fmax = "1.7976931348623157e308" if fp64 else "3.4028234663852886e38"
     cdt = torch.float64 if fp64 else torch.float32
     newton_cap, sweep_cap, tol = _NEWTON_CAP[cdt], _SWEEP_CAP[cdt], _TOL[cdt]
@@ -423,7 +428,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
 def _emit_store(e: _Src, out: list[str], m: int, fp64: bool, name: str) -> tuple[str, str]:
     """Emit the store (back to the original order, i_j >> 1, and signs, i_j & 1; non-finite groups become
     NaN) and return the kernel's source and name."""
-    T, IT = ("tl.float64", "tl.int64") if fp64 else ("tl.float32", "tl.int32")
+    T, IT, _ = _types(fp64)
     nan_bits = "9221120237041090560" if fp64 else "2143289344"
     e(f"nan = tl.full([BLOCK], {nan_bits}, {IT}).to({T}, bitcast=True)")
     for j in range(m):
@@ -444,7 +449,7 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
     β_j² − β_min² of the others); every larger support by coordinate descent from b. The smallest objective
     wins (strict <: the earlier candidate on ties).
     """
-    tiny = "2.2250738585072014e-308" if fp64 else "1.1754943508222875e-38"
+    tiny = _types(fp64)[2]
     cdt = torch.float64 if fp64 else torch.float32
     for j in range(m):
         e(f"sc{j} = {div(f'b{j} * b{j}', f's{j}')}")

@@ -11,10 +11,10 @@
 // Layout: groups are processed in blocks of kLanes (128 bytes of each row: 32 float or 16 double groups),
 // structure-of-arrays (value[i][lane]), so every step is a short loop over lanes that the compiler vectorizes:
 // the iterations of many groups are interleaved instead of one group's dependent chain of divisions and square
-// roots running alone. Iterations stop when every
-// lane of the block has converged (or at a cap), so the work adapts to lambda without per-group branches;
-// for m > 4 the coordinate descents on the larger supports, most of the work, run instead in a per-thread
-// engine whose lanes are refilled as their groups finish (DescentEngine).
+// roots running alone. Iterations stop when every lane of the block has converged (or at a cap), so the work
+// adapts to lambda without per-group branches; for m > 4 the coordinate descents on the larger supports, most
+// of the work, run instead in a per-thread engine whose lanes are refilled as their groups finish
+// (DescentEngine).
 // OpenMP splits the blocks over threads.
 //
 // Built once by torchprox/prox/_native.py with the system C++ compiler and loaded with ctypes.
@@ -54,7 +54,7 @@ INLINE int count(const T* flag) {
   return c;
 }
 
-// e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes<T>].
+// e_k(x[0..len) minus index skip) for every lane, into out[l].  x is [len][kLanes].
 template <typename T>
 INLINE void esym(const T (*x)[kLanes<T>], int len, int k, int skip, T* out) {
   T e[kMaxM + 1][kLanes<T>];
@@ -209,6 +209,20 @@ __attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes<T>], const T*
   return true;
 }
 
+// Lane l's group back to its row (y, out: the group's m values): the candidate best, sorted as b (idx[i] is the
+// position of b[i] in the group), rescaled by scale * half_up, with the signs of y. A value the prox leaves
+// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it);
+// a non-finite group becomes NaN.
+template <typename T>
+INLINE void write_group(const T* y, T* out, int m, int l, const T (*best)[kLanes<T>], const T (*b)[kLanes<T>],
+                        const int (*idx)[kLanes<T>], T scale, T half_up, bool finite) {
+  for (int i = 0; i < m; ++i) {
+    const int j = idx[i][l];
+    const T w = best[i][l] == b[i][l] ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
+    out[j] = finite ? w : std::numeric_limits<T>::quiet_NaN();
+  }
+}
+
 // The candidates on the top-k supports, k > n+1, of the groups that need them (see prox_block): coordinate descent
 // from two starts per support, x = b and the previous support's solution ("grown"), supports in increasing
 // order, the best objective kept with a strict < (the earlier candidate wins ties). Run kLanes groups at a time
@@ -279,12 +293,7 @@ struct DescentEngine {
   // A lane's group is done: write its best candidate (the engine serves finite groups only).
   void write(int l) {
     const int m = Mm();
-    const T* yr = y + row[l] * m;
-    T* o = out + row[l] * m;
-    for (int i = 0; i < m; ++i) {
-      const int j = idx[i][l];
-      o[j] = best[i][l] == b[i][l] ? yr[j] : std::copysign(best[i][l] * scale[l] * half_up[l], yr[j]);
-    }
+    write_group(y + row[l] * m, out + row[l] * m, m, l, best, b, idx, scale[l], half_up[l], true);
     busy[l] = 0;
     --used;
   }
@@ -499,23 +508,16 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
     if (count(possible[k]) == 0) { kmax = k - 1; break; }
   }
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   if (m > 4) {
     // The descents run in the engine (see DescentEngine), each group's on the supports n+2..its own last
-    // possible k. The groups that need none are written now (as below).
+    // possible k; the groups that need none are written now.
     for (int l = 0; l < lanes; ++l) {
       int last = n + 1;
       while (last < kmax && possible[last + 1][l] != 0) ++last;
-      if (finite[l] != 0 && last > n + 1) {
+      if (finite[l] != 0 && last > n + 1)
         engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, g0 + l);
-        continue;
-      }
-      for (int i = 0; i < m; ++i) {
-        const int j = idx[i][l];
-        const T yj = y[l * m + j];
-        const T w = best[i][l] == b[i][l] ? yj : std::copysign(best[i][l] * scale[l] * half_up[l], yj);
-        out[l * m + j] = finite[l] != 0 ? w : nan;
-      }
+      else
+        write_group(y + l * m, out + l * m, m, l, best, b, idx, scale[l], half_up[l], finite[l] != 0);
     }
     return;
   }
@@ -532,15 +534,8 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     }
     std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);
   }
-  // A value the prox leaves unchanged is written back from y itself, bit for bit (scaling a subnormal down
-  // and up again would round it).
   for (int l = 0; l < lanes; ++l)
-    for (int i = 0; i < m; ++i) {
-      const int j = idx[i][l];
-      const T yj = y[l * m + j];
-      const T w = best[i][l] == b[i][l] ? yj : std::copysign(best[i][l] * scale[l] * half_up[l], yj);
-      out[l * m + j] = finite[l] != 0 ? w : nan;
-    }
+    write_group(y + l * m, out + l * m, m, l, best, b, idx, scale[l], half_up[l], finite[l] != 0);
 }
 
 template <typename T>
@@ -717,13 +712,20 @@ void nm_mask_m4(const T* scores, uint8_t* mask, T* out, int64_t groups, int n, i
 }
 #undef TP_ROT
 
+// The calling OpenMP thread's contiguous share [lo, hi) of blocks 0..blocks (the split of schedule(static)).
+inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
+  const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+  lo = blocks * t / nt;
+  hi = blocks * (t + 1) / nt;
+}
+
 template <typename T, int NT, int MT>
 void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
   const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t lo = blocks * t / nt, hi = blocks * (t + 1) / nt;
+    int64_t lo, hi;
+    thread_blocks(blocks, lo, hi);
     DescentEngine<T, NT, MT> engine(y, out, n, m);
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t g0 = blk * kLanes<T>;
@@ -918,8 +920,8 @@ void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T la
   const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t lo = blocks * t / nt, hi = blocks * (t + 1) / nt;
+    int64_t lo, hi;
+    thread_blocks(blocks, lo, hi);
     T py[kLanes<T> * 4], ps[kLanes<T> * 4], po[kLanes<T> * 4];
     int64_t where[kLanes<T>];
     int packed = 0;
