@@ -5,8 +5,9 @@
 // Newton on a convex scalar function, larger top-k supports by exact coordinate descent from two starts, and
 // the candidate with the smallest objective (strict <, so the sparser one wins ties).
 //
-// When lam is small enough that the objective is strongly convex on the box 0 <= x <= b (a per-group bound,
-// checked for the whole block), projected coordinate descent from b alone gives the global minimizer.
+// When lam is small enough that the objective is strongly convex on the box 0 <= x <= b (a per-group bound),
+// projected coordinate descent from b alone gives the global minimizer: for m = 4 decided group by group
+// (convex_m4, the other groups packed into blocks for the general path), for other m block by block.
 //
 // Layout: groups are processed in blocks of kLanes (128 bytes of each row: 32 float or 16 double groups),
 // structure-of-arrays (value[i][lane]), so every step is a short loop over lanes that the compiler vectorizes:
@@ -18,6 +19,7 @@
 // OpenMP splits the blocks over threads.
 //
 // Built once by torchprox/prox/_native.py with the system C++ compiler and loaded with ctypes.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -387,7 +389,9 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     finite[l] = v <= std::numeric_limits<T>::max() ? finite[l] : T(0);
     in_range[l] = v == 0 || (v >= lo && v <= hi) ? in_range[l] : T(0);  // NaN and inf fail too
   }
-  // (For m = 4 convex_m4 has already tried this block with a weaker condition: when it declined, so would this.)
+  // For m = 4 (n < 4) convex_m4 has already served every group that qualifies for its convex path, and this
+  // block holds the groups it left: the general path solves them, each on its own (the convex cases below
+  // would serve a block only when all of its lanes qualify, so a group's path would depend on its neighbours).
   constexpr bool tried_m4 = MT == 4 && NT < 4;
   if (!tried_m4 && lanes == kLanes<T> && count(in_range) == kLanes<T> &&
       convex_unscaled<T, NT, MT>(b, amax, y, out, n, m, lam))
@@ -402,7 +406,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   // With rho <= 1/2 the objective is strongly convex on the box, so its unique minimizer (over every
   // support at once) is the limit of projected coordinate descent from b: no sort and no candidates. When
   // every lane of the block qualifies (small lam, the regime of mask learning) that is the whole solve.
-  {
+  if (!tried_m4) {
     T rho[kLanes<T>];
     for (int i = 0; i < m; ++i) LANES cand[i][l] = finite[l] != 0 ? b[i][l] * half_down[l] * inv_scale[l] : T(0);
     esym(cand, m, n - 1, -1, rho);
@@ -598,7 +602,7 @@ INLINE bool any_lane(const I& v) {
 // A contraction of the box into itself has one fixed point there, and every KKT point of the problem is a
 // fixed point in the box (the global minimizer among them), so T's limit is the global minimizer.
 template <typename T, int N>
-__attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T lam, uint8_t* done = nullptr) {
+__attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam, uint8_t* qualify, int min_count) {
   using V = typename Vec16<T>::V;
   using I = typename Vec16<T>::I;
   constexpr int kVecs = kLanes<T> * 4 / 16;  // a block of kLanes groups
@@ -636,12 +640,17 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
     ok_v[v] = ok & TP_ROT(ok, 1) & TP_ROT(ok, 2) & TP_ROT(ok, 3);  // per group, in all its lanes
     active[v] = ok_v[v];
   }
-  // Without done, all or nothing: the caller's path solves the whole block otherwise. With done, the groups
-  // that qualify are solved and flagged, the others left for the caller.
-  if (done == nullptr) {
-    I bad = I{};
-    for (int v = 0; v < kVecs; ++v) bad |= ~ok_v[v];
-    if (any_lane(bad)) return false;
+  // Returns how many groups qualify. Unless all do, which ones is written to qualify, and unless at least
+  // min_count do, nothing else: the caller's path serves the block. Otherwise the qualifying groups are solved
+  // and every group written (the others unchanged: x = b there).
+  I bad = I{};
+  for (int v = 0; v < kVecs; ++v) bad |= ~ok_v[v];
+  int qualifying = kLanes<T>;
+  if (any_lane(bad)) {
+    qualifying = 0;
+    for (int v = 0; v < kVecs; ++v)
+      for (int g = 0; g < 4; ++g) qualifying += qualify[4 * v + g] = ok_v[v][4 * g] != 0;
+    if (qualifying < min_count || qualifying == 0) return qualifying;
   }
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
     I any = I{};
@@ -664,10 +673,8 @@ __attribute__((noinline)) bool convex_m4(const T* y, const T* step, T* out, T la
     const V w = (V)(((I)x[v] & ~sign) | ((I)yv[v] & sign));
     const V o = x[v] == b[v] ? yv[v] : w;
     std::memcpy(out + 16 * v, &o, sizeof(V));
-    if (done != nullptr)
-      for (int g = 0; g < 4; ++g) done[4 * v + g] = ok_v[v][4 * g] != 0;
   }
-  return true;
+  return qualifying;
 }
 
 // The top-n mask for m = 4, four groups per vector: the rank of each value is the number of the group's
@@ -719,22 +726,96 @@ inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
   hi = blocks * (t + 1) / nt;
 }
 
+// For m = 4, the calling OpenMP thread's share of the groups (its contiguous range of blocks). A block whose
+// groups all qualify for convex_m4's path is solved in place by it, one where none does by solve(y, s, out,
+// lanes) (the general path). In a block with groups on both sides (near the edge of the convex regime, nearly
+// every block: solved in place, every block would run the general solver, 2:4 at lam 0.05 on random data
+// twice the time) the groups that qualify are solved in place by convex_m4 when they are at least half of
+// the block, else packed into blocks for it (the last one filled with zero groups and unit steps, which
+// qualify), and the others packed into blocks for solve. Which path a group takes depends on the group alone,
+// and neither path's lanes depend on each other, so a group's result depends neither on the order of the
+// groups nor on the thread count. step may be null (ps is then null too); out may be y itself (a group is
+// read before it is written).
+template <typename T, int N, typename Solve>
+void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam, Solve&& solve) {
+  constexpr int K = kLanes<T>;
+  struct Packed {
+    T y[K * 4], s[K * 4], o[K * 4];
+    int64_t where[K];
+    int count = 0;
+  } convex, general, tail;
+  uint8_t qualify[K];
+  auto flush = [&](Packed& p) {
+    if (&p == &convex) {
+      std::fill(p.y + p.count * 4, p.y + K * 4, T(0));
+      std::fill(p.s + p.count * 4, p.s + K * 4, T(1));
+      convex_m4<T, N>(p.y, step != nullptr ? p.s : nullptr, p.o, lam, qualify, 0);
+    } else {
+      solve(p.y, step != nullptr ? p.s : nullptr, p.o, p.count);
+    }
+    for (int l = 0; l < p.count; ++l) std::memcpy(out + p.where[l] * 4, p.o + l * 4, 4 * sizeof(T));
+    p.count = 0;
+  };
+  int64_t lo, hi;
+  thread_blocks((groups + K - 1) / K, lo, hi);
+  for (int64_t blk = lo; blk < hi; ++blk) {
+    const int64_t g0 = blk * K;
+    const int lanes = static_cast<int>(groups - g0 < K ? groups - g0 : K);
+    const T *yb = y + g0 * 4, *sb = step != nullptr ? step + g0 * 4 : nullptr;
+    T* ob = out + g0 * 4;
+    if (lanes < K) {  // the last block, filled with zero groups and unit steps (which qualify)
+      std::fill(tail.y, tail.y + K * 4, T(0));
+      std::fill(tail.s, tail.s + K * 4, T(1));
+      std::memcpy(tail.y, yb, lanes * 4 * sizeof(T));
+      if (step != nullptr) std::memcpy(tail.s, sb, lanes * 4 * sizeof(T));
+      yb = tail.y;
+      sb = step != nullptr ? tail.s : nullptr;
+      ob = tail.o;
+    }
+    const int qualifying = convex_m4<T, N>(yb, sb, ob, lam, qualify, K / 2) - (K - lanes);
+    const bool solved_convex = qualifying + (K - lanes) >= K / 2;  // convex_m4 has written the block
+    if (qualifying == 0) solve(yb, sb, ob, lanes);
+    if (qualifying == 0 || qualifying == lanes) {
+      if (lanes < K) std::memcpy(out + g0 * 4, tail.o, lanes * 4 * sizeof(T));
+      continue;
+    }
+    for (int l = 0; l < lanes; ++l) {
+      if (qualify[l] && solved_convex) {
+        if (lanes < K) std::memcpy(out + (g0 + l) * 4, tail.o + l * 4, 4 * sizeof(T));
+        continue;
+      }
+      Packed& p = qualify[l] ? convex : general;
+      std::memcpy(p.y + p.count * 4, yb + l * 4, 4 * sizeof(T));
+      if (step != nullptr) std::memcpy(p.s + p.count * 4, sb + l * 4, 4 * sizeof(T));
+      p.where[p.count++] = g0 + l;
+      if (p.count == K) flush(p);
+    }
+  }
+  if (convex.count > 0) flush(convex);
+  if (general.count > 0) flush(general);
+}
+
 template <typename T, int NT, int MT>
 void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
   const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
-    int64_t lo, hi;
-    thread_blocks(blocks, lo, hi);
     DescentEngine<T, NT, MT> engine(y, out, n, m);
-    for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t g0 = blk * kLanes<T>;
-      const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
-      if (MT == 4 && NT < 4 && lanes == kLanes<T> && convex_m4<T, NT>(y + g0 * m, nullptr, out + g0 * m, lam)) continue;
-      prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam, engine, g0);
-      engine.run(false);
+    if constexpr (MT == 4 && NT < 4) {
+      convex_then_packed<T, NT>(y, nullptr, out, groups, lam, [&](const T* py, const T*, T* po, int count) {
+        prox_block<T, NT, MT>(py, po, count, n, m, lam, engine, 0);
+      });
+    } else {
+      int64_t lo, hi;
+      thread_blocks(blocks, lo, hi);
+      for (int64_t blk = lo; blk < hi; ++blk) {
+        const int64_t g0 = blk * kLanes<T>;
+        const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
+        prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam, engine, g0);
+        engine.run(false);
+      }
+      engine.run(true);
     }
-    engine.run(true);
   }
 }
 
@@ -744,6 +825,7 @@ void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int
   const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
   if (n == 2 && m == 4) return prox_nm_loop<T, 2, 4>(y, out, groups, n, m, lam, threads);
   if (n == 1 && m == 4) return prox_nm_loop<T, 1, 4>(y, out, groups, n, m, lam, threads);
+  if (n == 3 && m == 4) return prox_nm_loop<T, 3, 4>(y, out, groups, n, m, lam, threads);
   if (n == 1 && m == 2) return prox_nm_loop<T, 1, 2>(y, out, groups, n, m, lam, threads);
   if (n == 4 && m == 8) return prox_nm_loop<T, 4, 8>(y, out, groups, n, m, lam, threads);
   prox_nm_loop<T, 0, 0>(y, out, groups, n, m, lam, threads);
@@ -910,41 +992,13 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   }
 }
 
-// The diagonal-metric prox for m = 4: the groups of a full block that the convex path serves by it, the others
-// by the general solver above, packed kLanes at a time (when a fifth of the groups is outside the convex
-// regime, nearly every block has one: solving them in place would run the general solver on every block).
-// Each thread packs the groups of its own contiguous range of blocks; a group's result does not depend on
-// the groups it is packed with (every lane of metric_block stops on its own).
+// The diagonal-metric prox for m = 4: convex_m4 where a group qualifies, the general solver above for the others.
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
-  const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
-  {
-    int64_t lo, hi;
-    thread_blocks(blocks, lo, hi);
-    T py[kLanes<T> * 4], ps[kLanes<T> * 4], po[kLanes<T> * 4];
-    int64_t where[kLanes<T>];
-    int packed = 0;
-    auto flush = [&]() {
-      metric_block<T, N>(py, ps, po, packed, lam);
-      for (int l = 0; l < packed; ++l) std::memcpy(out + where[l] * 4, po + l * 4, 4 * sizeof(T));
-      packed = 0;
-    };
-    for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t g0 = blk * kLanes<T>;
-      const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
-      uint8_t done[kLanes<T>] = {};
-      if (lanes == kLanes<T>) convex_m4<T, N>(y + g0 * 4, step + g0 * 4, out + g0 * 4, lam, done);
-      for (int l = 0; l < lanes; ++l) {
-        if (done[l]) continue;
-        std::memcpy(py + packed * 4, y + (g0 + l) * 4, 4 * sizeof(T));
-        std::memcpy(ps + packed * 4, step + (g0 + l) * 4, 4 * sizeof(T));
-        where[packed++] = g0 + l;
-        if (packed == kLanes<T>) flush();
-      }
-    }
-    if (packed > 0) flush();
-  }
+  convex_then_packed<T, N>(y, step, out, groups, lam, [&](const T* py, const T* ps, T* po, int count) {
+    metric_block<T, N>(py, ps, po, count, lam);
+  });
 }
 
 template <typename T>
