@@ -97,6 +97,38 @@ def test_blocks_in_different_regimes(device, monkeypatch, n, m):
         check_against_cpu(y, w, lam, n, m, 1e-5)
 
 
+@pytest.mark.parametrize("n,m,metric", [(2, 4, False), (1, 4, False), (4, 8, False), (2, 4, True), (1, 4, True)])
+def test_result_of_a_group_does_not_depend_on_its_block(device, monkeypatch, n, m, metric):
+    """Each group stops on its own and takes the convex path or the general one by itself, and the groups
+    outside the convex regime of a block where they are at most half are listed and solved by a second launch:
+    the results must not depend on the order of the groups, nor on whether that list is used."""
+    block = 64 if device == "cuda" else 16
+    if device == "cpu":
+        monkeypatch.setattr(_triton, "_config", lambda *args: (block, 1))
+    gen = torch.Generator().manual_seed(8)
+    y = torch.randn(8 * block, m, generator=gen)
+    y[: 5 * block] *= 0.05  # convex at lam 0.3
+    y[: 5 * block : 7] *= 20  # a few groups per block that are not
+    s = 10 ** (torch.rand(y.shape, generator=gen) - 0.5) if metric else None
+
+    def run(y, s):
+        y = y.to(device)
+        if metric:
+            return _triton.prox_nm_metric_triton(y, s.to(device), 0.3, n).cpu()
+        return prox_nm_triton(y, 0.3, n, m).cpu()
+
+    ref = run(y, s)
+    step = 1.0 if s is None else s.double()
+    f = nm_objective(ref.double(), y.double(), 0.3, n, step=step)
+    cpu = prox_nm(y, 0.3, n, m) if s is None else prox_nm(y, 0.3, n, m, step=s)
+    f_cpu = nm_objective(cpu.double(), y.double(), 0.3, n, step=step)
+    assert ((f - f_cpu) <= 1e-5 * (1 + f_cpu.abs())).all()
+    perm = torch.randperm(y.shape[0], generator=gen)
+    assert torch.equal(run(y[perm], None if s is None else s[perm]), ref[perm])
+    monkeypatch.setattr(_triton, "_COMPACT", False)
+    assert torch.equal(run(y, s), ref)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_case(device, dtype):
     y = torch.tensor([[1.0, 0.98, 0.96, 0.94]], dtype=dtype)

@@ -37,8 +37,9 @@ pytestmark = [
 _TYPE = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def _compile(n: int, m: int, dtype: torch.dtype, metric: bool, lam_on_device: bool, capability: int):
-    """Compile the kernel ``_launch`` would run for (G, m) ``dtype`` groups, as it would launch it."""
+def _compile(n: int, m: int, dtype: torch.dtype, metric: bool, lam_on_device: bool, capability: int, launch: str):
+    """Compile the kernel ``_launch`` would run for (G, m) ``dtype`` groups, as it would launch it: "single"
+    (one block), "first" or "list" (the two launches of several blocks)."""
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     kernel = _triton._kernel(n, m, compute, interpret=False, metric=metric)
     block, warps = _triton._config(m, compute, 1 << 20, interpret=False)
@@ -50,10 +51,15 @@ def _compile(n: int, m: int, dtype: torch.dtype, metric: bool, lam_on_device: bo
         lam_ptr="*" + _TYPE[compute if lam_on_device else dtype],  # a float λ: `out` stands in, unread
         lam_bits="i64" if compute == torch.float64 else "i32",
         G="i32",
+        list_ptr="*i32",
+        count_ptr="*i32",
         LAM_PTR="constexpr",
         BLOCK="constexpr",
+        COMPACT="constexpr",
+        FROM_LIST="constexpr",
     )
-    source = compiler.ASTSource(fn=kernel, signature=signature, constexprs={"LAM_PTR": lam_on_device, "BLOCK": block})
+    constexprs = {"LAM_PTR": lam_on_device, "BLOCK": block, "COMPACT": launch != "single", "FROM_LIST": launch == "list"}
+    source = compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     options = {"num_warps": warps, "enable_fp_fusion": _triton._FP_FUSION}
     return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
 
@@ -68,25 +74,28 @@ def _local_memory_bytes(cubin: bytes, tmp_path) -> int | None:
     return int(re.search(r"LOCAL:(\d+)", usage.stdout).group(1))
 
 
-VARIANTS = [  # (GPU capability, n, m, input dtype, metric, λ a CUDA tensor): each compile costs seconds
-    (90, 2, 4, torch.float32, False, True),
-    (90, 2, 4, torch.float32, False, False),
-    (90, 1, 4, torch.bfloat16, False, True),
-    (90, 2, 4, torch.float64, False, True),
-    (90, 2, 4, torch.float32, True, True),
-    (90, 1, 4, torch.bfloat16, True, True),
-    (90, 3, 4, torch.float64, True, False),
-    (90, 4, 8, torch.float32, False, True),
-    (80, 2, 4, torch.float32, False, True),
-    (80, 2, 4, torch.float32, True, True),
+VARIANTS = [  # (GPU capability, n, m, input dtype, metric, λ a CUDA tensor, launch): each compile costs seconds
+    (90, 2, 4, torch.float32, False, True, "first"),
+    (90, 2, 4, torch.float32, False, True, "list"),
+    (90, 2, 4, torch.float32, False, False, "single"),
+    (90, 1, 4, torch.bfloat16, False, True, "first"),
+    (90, 2, 4, torch.float64, False, True, "first"),
+    (90, 2, 4, torch.float32, True, True, "first"),
+    (90, 2, 4, torch.float32, True, True, "list"),
+    (90, 1, 4, torch.bfloat16, True, True, "first"),
+    (90, 3, 4, torch.float64, True, False, "first"),
+    (90, 4, 8, torch.float32, False, True, "first"),
+    (90, 4, 8, torch.float32, False, True, "list"),
+    (80, 2, 4, torch.float32, False, True, "first"),
+    (80, 2, 4, torch.float32, True, True, "first"),
 ]
 
 
 @pytest.mark.parametrize(
-    "capability,n,m,dtype,metric,lam_on_device", VARIANTS, ids=lambda v: str(v).replace("torch.", "")
+    "capability,n,m,dtype,metric,lam_on_device,launch", VARIANTS, ids=lambda v: str(v).replace("torch.", "")
 )
-def test_kernel_compiles_to_a_cubin_without_spills(tmp_path, capability, n, m, dtype, metric, lam_on_device):
-    compiled = _compile(n, m, dtype, metric, lam_on_device, capability)
+def test_kernel_compiles_to_a_cubin_without_spills(tmp_path, capability, n, m, dtype, metric, lam_on_device, launch):
+    compiled = _compile(n, m, dtype, metric, lam_on_device, capability, launch)
     assert f".target sm_{capability}" in compiled.asm["ptx"]
     assert len(compiled.asm["cubin"]) > 0
     local = _local_memory_bytes(compiled.asm["cubin"], tmp_path)

@@ -9,15 +9,18 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
 2. per group, scale by an exact power of two so max |y| ∈ [0.5, 1) (the frexp exponent read from the float's
    bits; the scale applied as two normal powers of two, so the extreme exponents neither overflow nor
    underflow) and fold it into λ (homogeneity);
-3. the convex case, when every group of the block has q = λ (m − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the
-   regime of mask learning): the objective is strongly convex on the box [0, |y|], so coordinate descent from
-   |y| on the unsorted values is the whole solve, as in the CPU kernel. Otherwise:
+3. the convex case, for the groups with q = λ (m − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the regime of mask
+   learning): the objective is strongly convex on the box [0, |y|], so coordinate descent from |y| on the
+   unsorted values is the whole solve, as in the CPU kernel. The other groups take the general case (4–5),
+   in the same program, or, when they are at most half of their block, in a second launch that solves them
+   ``BLOCK`` at a time from a list the first one writes (an atomic counter on the device; no host sync), so that
+   a block with a few such groups does not run the general case for all of its lanes:
 4. a stable descending sort of |y| by a sorting network (Batcher's odd-even merge sort) on
    ``(value, index)`` keys: ties keep the lower index first, like the CPU kernel;
 5. the n-sparse candidate, the (n+1)-support by monotone Newton on the convex scalar function of
    ``nm.py::_solve_product``, larger top-k supports by exact coordinate descent from two starts (only for the
-   k where some group of the block can hold a local minimizer: the CPU kernel's test), the best objective kept
-   with a strict ``<`` (sparser wins ties);
+   groups whose top k can hold a local minimizer: the CPU kernel's test), the best objective kept with a
+   strict ``<`` (sparser wins ties);
 6. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
    becomes NaN.
 
@@ -26,13 +29,12 @@ The diagonal-metric prox (``prox_nm_metric_triton``, m = 4: argmin_w ½ Σ (w �
 kernel's general metric solver (the top n of |y|²/s; every support of size n+1 made unweighted by
 x_i = √s_i u_i and solved by monotone Newton; larger supports by coordinate descent from |y|).
 
-Iterations: a loop stops once no group of the block moved by more than a tolerance
-(1e-5 in float32, 1e-10 in float64, on values scaled into [0, 1); the CPU kernel stops each group on its own
-at 1e-6 / 1e-12) in its last step, or at the CPU kernel's caps
-(Newton 40 / 80 iterations, 60 / 200 coordinate-descent sweeps). The check is a reduction over the block every
-few steps, inside a fixed-count loop whose remaining steps are skipped (a uniform branch): no host sync
-anywhere, and λ may be a 0-d CUDA tensor read by the kernel. A group whose block-mates converge more slowly
-runs a few more steps, which only brings it closer to its fixed point.
+Iterations: each group stops on its own once its last step moved nothing by more than a tolerance (1e-5 in
+float32, 1e-10 in float64, on values scaled into [0, 1); the CPU kernel's are 1e-6 / 1e-12), or at the CPU
+kernel's caps (Newton 40 / 80 iterations, 60 / 200 coordinate-descent sweeps); a loop ends when no group of the
+block is still moving, checked by a reduction every few steps inside a fixed-count loop whose remaining steps
+are skipped (a uniform branch): no host sync anywhere, and λ may be a 0-d CUDA tensor read by the kernel. So a
+group's result depends neither on the groups that share its program nor on whether it went through the list.
 
 The kernel source is generated per ``(n, m, dtype)`` (every group coordinate unrolled into its own variable)
 and compiled by Triton on first use (cached by Triton on disk). Patterns: any ``0 < n < m ≤ 8`` (2:4 compiles in
@@ -85,6 +87,9 @@ _CHUNK = None
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Fused multiply-add contraction (Triton's default): about 9% faster on an H200 than separate roundings.
 _FP_FUSION = True
+# Groups outside the convex regime listed and solved by a second launch when they are at most half of their
+# block (see _generate); False: solved in their own block (one launch).
+_COMPACT = os.environ.get("TORCHPROX_TRITON_COMPACT", "1") != "0"
 _LOCK = threading.Lock()
 _KERNELS: dict = {}
 
@@ -226,10 +231,18 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
 
     e = _Src()
     step_arg = "s_ptr, " if metric else ""
-    out = [f"def {name}(y_ptr, {step_arg}out_ptr, lam_ptr, lam_bits, G, LAM_PTR: tl.constexpr, BLOCK: tl.constexpr):"]
+    out = [
+        f"def {name}(y_ptr, {step_arg}out_ptr, lam_ptr, lam_bits, G, list_ptr, count_ptr, LAM_PTR: tl.constexpr,",
+        "        BLOCK: tl.constexpr, COMPACT: tl.constexpr, FROM_LIST: tl.constexpr):",
+    ]
     e("pid = tl.program_id(0)")
-    e("offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
-    e("valid = offs < G")
+    e("if FROM_LIST:  # the groups listed by the first launch, BLOCK at a time")
+    e("    slot = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
+    e("    valid = slot < tl.load(count_ptr)")
+    e("    offs = tl.load(list_ptr + slot, mask=valid, other=0).to(tl.int64)")
+    e("else:")
+    e("    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
+    e("    valid = offs < G")
     e(f"tol = tl.full([], {tol!r}, {T})")
     e(f"base = offs * {m}")
     e("if LAM_PTR:")
@@ -275,59 +288,77 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
     def lam_of(i: int) -> str:
         return f"ls{i}" if metric else "lam"
 
-    def converge(cap: int, body) -> None:
-        """Up to cap steps, chunk at a time, skipping the rest once no group of the block changed in a step."""
-        e("go = tl.full([], 1, tl.int32)")
+    def converge(cap: int, body, active: str) -> None:
+        """Up to cap steps of body on the groups ``active`` (a mask expression), each group until its own step
+        changes nothing by more than tol (``act``, updated by body, freezes the others), chunk steps between
+        checks of whether any group of the block is still active (a reduction: the rest is then skipped)."""
+        e(f"act = {active}")
+        e("go = tl.reduce(act.to(tl.int32), 0, _any)")
         e(f"for _ in range({-(-cap // chunk)}):")
         e("    if go > 0:")
         e.depth += 2
-        for c in range(chunk):
-            body(c == chunk - 1)
-        e("go = tl.reduce(ch.to(tl.int32), 0, _any)")
+        for _ in range(chunk):
+            body()
+        e("go = tl.reduce(act.to(tl.int32), 0, _any)")
         e.depth -= 2
 
     def sweep_of(k: int, xs: list[str], on: list[int] | None = None):
         """One coordinate-descent sweep x_i <- max(0, b_i − lam_i e_n(x minus i)) over the coordinates ``on``
-        (default the first k; the others are 0), last first (as the CPU kernel); with track, ch flags the
-        groups where some x_i moved by > tol."""
+        (default the first k; the others are 0), last first (as the CPU kernel), on the groups ``act``; a group
+        where no x_i would move by more than tol leaves ``act``."""
         on = list(range(k)) if on is None else on
 
-        def sweep(track: bool) -> None:
+        def sweep() -> None:
             for pos, i in enumerate(reversed(on)):
                 coupling = _emit_esym(e, [xs[j] for j in on if j != i], n, "ec")
                 e(f"v = b{i} - {lam_of(i)} * {coupling}")
                 e("v = tl.where(v < 0.0, 0.0, v)")
-                if track:
-                    change = f"tl.abs(v - {xs[i]}) > tol"
-                    e(f"ch = {change}" if pos == 0 else f"ch = ch | ({change})")
-                e(f"{xs[i]} = v")
+                change = f"tl.abs(v - {xs[i]}) > tol"
+                e(f"ch = {change}" if pos == 0 else f"ch = ch | ({change})")
+                e(f"{xs[i]} = tl.where(act, v, {xs[i]})")
+            e("act = act & ch")
         return sweep
 
     # The convex case (as in the CPU kernel): with q = lam (m − n) max_i e_{n−1}(b minus i) ≤ ½ the objective is
     # strongly convex on the box [0, b], so coordinate descent from b, on the unsorted values, converges to the
-    # global minimizer: no sort, no candidates. Taken when every group of the block qualifies (the regime of
-    # mask learning, small lam); a uniform branch, like the convergence checks. A NaN q (lam = inf on a zero
-    # group) does not qualify.
+    # global minimizer: no sort, no candidates. Decided group by group: the groups that qualify (the regime of
+    # mask learning, small lam) are solved and stored here, the others (``need``) by the general case below,
+    # in this program or, with COMPACT when they are at most half of the block, appended to the list that the
+    # second launch (FROM_LIST) solves BLOCK at a time, so that a block with a few such groups does not run
+    # the general case for all of its lanes. Each group stops on its own, so its result does not depend on
+    # which groups share its program. A NaN q (lam = inf on a zero group) does not qualify.
     for i in range(m):
         es = _emit_esym(e, [f"b{j}" for j in range(m) if j != i], n - 1, f"cv{i}_")
         e(f"qc = {lam_of(i)} * {es}" if i == 0 else f"qc = tl.maximum(qc, {lam_of(i)} * {es})")
     e(f"qc = {float(m - n)} * qc + b0 * 0.0")  # (a vector per group also when n = 1: e_0 = 1)
-    e("nonconvex = tl.reduce((~(qc <= 0.5)).to(tl.int32), 0, _any)")
-    e("if nonconvex == 0:")
+    e("if FROM_LIST:")
+    e("    need = valid")
+    e("else:")
+    e.depth += 1
+    e("convex = valid & (qc <= 0.5)")
+    e("need = valid & ~(qc <= 0.5)")
+    e("if tl.reduce(convex.to(tl.int32), 0, _any) > 0:")
     e.depth += 1
     xs_all = [f"x{j}" for j in range(m)]
     for j in range(m):
         e(f"x{j} = b{j}")
-    converge(sweep_cap, sweep_of(m, xs_all))
-    for j in range(m):
-        e(f"best{j} = x{j}")
+    converge(sweep_cap, sweep_of(m, xs_all), "convex")
+    _emit_store(e, [f"x{j}" for j in range(m)], m, fp64, "convex")
     e.depth -= 1
-    e("else:")
+    e("if COMPACT:")
+    e("    count = tl.reduce(need.to(tl.int32), 0, _add)")
+    e("    if (count > 0) & (2 * count <= BLOCK):")
+    e("        first = tl.atomic_add(count_ptr, count)")
+    e("        tl.store(list_ptr + first + tl.associative_scan(need.to(tl.int32), 0, _add) - 1, offs.to(tl.int32), mask=need)")
+    e("        need = need & (count == 0)")
+    e.depth -= 1
+    e("if tl.reduce(need.to(tl.int32), 0, _any) > 0:")
     e.depth += 1
     if metric:
         _emit_metric_candidates(e, n, m, fp64, converge, sweep_of, div, sqrt)
+        _emit_store(e, [f"best{j}" for j in range(m)], m, fp64, "need")
         e.depth -= 1
-        return _emit_store(e, out, m, fp64, name)
+        return _finish(e, out, name)
     # Stable descending sort of (b, idx).
     for p, q in _sorting_network(m):
         e(f"sw = (b{q} > b{p}) | ((b{q} == b{p}) & (i{q} < i{p}))")
@@ -362,7 +393,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
         e(f"gap{i} = b{i} * b{i} - {bk} * {bk}")
         e(f"gap{i} = tl.where(gap{i} > 0.0, gap{i}, 0.0)")
 
-    def newton_step(track: bool) -> None:
+    def newton_step() -> None:
         e(f"d = 2.0 * z - {bk}")
         e("d2 = d * d")
         for i in range(n):
@@ -377,12 +408,12 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
         e(f"zn = tl.where(dpsi > 0.0, z - {div('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
         e("zn = tl.where(zn < 0.0, 0.0, zn)")
         e(f"zn = tl.where(zn > {bk}, {bk}, zn)")
-        if track:
-            e("ch = tl.abs(zn - z) > tol")
-        e("z = zn")
+        e("ch = tl.abs(zn - z) > tol")
+        e("z = tl.where(act, zn, z)")
+        e("act = act & ch")
 
     e(f"z = {bk}")
-    converge(newton_cap, newton_step)
+    converge(newton_cap, newton_step, "need")
     e(f"d = 2.0 * z - {bk}")
     e("d2 = d * d")
     for i in range(n):
@@ -392,11 +423,11 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
     objective(cand, n + 1, "eo")
     keep(cand, n + 1)
     grown = cand  # the previous support's solution (k − 1 coordinates)
-    # Larger top-k supports: exact coordinate descent from b and from the grown solution, for the k whose
-    # support can hold a local minimizer in some group of the block (the CPU kernel's test): at a local
-    # minimizer on the top k, x_i > d_i = b_i − b_{k−1}, so (a) lam prod_{i<n} d_i < b_{k−1} and (b)
-    # lam e_{n−1}(d_0..d_{k−3}) ≤ 1 (a 2×2 principal minor of the Hessian). Both only get harder as k grows, so
-    # each k is nested in the previous one's uniform branch.
+    # Larger top-k supports: exact coordinate descent from b and from the grown solution, on the groups whose
+    # top k can hold a local minimizer (the CPU kernel's test; the others keep their start, a genuine point
+    # that cannot displace the right candidate): at a local minimizer on the top k, x_i > d_i = b_i − b_{k−1},
+    # so (a) lam prod_{i<n} d_i < b_{k−1} and (b) lam e_{n−1}(d_0..d_{k−3}) ≤ 1 (a 2×2 principal minor of the
+    # Hessian). Both only get harder as k grows, so each k is nested in the previous one's uniform branch.
     opened = 0
     for k in range(n + 2, m + 1):
         for j in range(k - 2):
@@ -405,7 +436,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
         e1 = _emit_esym(e, [f"gd{j}" for j in range(k - 2)], n - 1, "ep")
         pn = " * ".join(f"gd{j}" for j in range(n))
         margin = 1.0 + 1e-4  # rounding in the bounds never rules out a candidate
-        e(f"possible = (lam * {e1} + b0 * 0.0 <= {margin}) & (lam * {pn} <= b{k - 1} * {margin})")
+        e(f"possible = need & (lam * {e1} + b0 * 0.0 <= {margin}) & (lam * {pn} <= b{k - 1} * {margin})")
         e("if tl.reduce(possible.to(tl.int32), 0, _any) > 0:")
         e.depth += 1
         opened += 1
@@ -414,29 +445,35 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
             for j in range(k):
                 src = f"b{j}" if start == 0 else (grown[j] if j < k - 1 else f"b{j} * 0.0")
                 e(f"x{j} = {src}")
-            converge(sweep_cap, sweep_of(k, xs))
+            converge(sweep_cap, sweep_of(k, xs), "possible")
             objective(xs, k, "eo")
             keep(xs, k)
         if k < m:
             grown = [f"g{j}" for j in range(k)]
             for j in range(k):
                 e(f"g{j} = x{j}")
-    e.depth -= opened + 1  # the candidate branches and the general case's else
-    return _emit_store(e, out, m, fp64, name)
+    e.depth -= opened  # the candidate branches
+    _emit_store(e, [f"best{j}" for j in range(m)], m, fp64, "need")
+    e.depth -= 1  # the general case's branch
+    return _finish(e, out, name)
 
 
-def _emit_store(e: _Src, out: list[str], m: int, fp64: bool, name: str) -> tuple[str, str]:
-    """Emit the store (back to the original order, i_j >> 1, and signs, i_j & 1; non-finite groups become
-    NaN) and return the kernel's source and name."""
+def _emit_store(e: _Src, xs: list[str], m: int, fp64: bool, mask: str) -> None:
+    """Emit the store of the groups ``mask`` with values ``xs`` (position j of the group at i_j >> 1, sign
+    i_j & 1; non-finite groups become NaN)."""
     T, IT, _ = _types(fp64)
     nan_bits = "9221120237041090560" if fp64 else "2143289344"
     e(f"nan = tl.full([BLOCK], {nan_bits}, {IT}).to({T}, bitcast=True)")
     for j in range(m):
-        e(f"w = best{j} * up1 * up2")
+        e(f"w = {xs[j]} * up1 * up2")
         e(f"w = (w.to({IT}, bitcast=True) | ((i{j} & 1).to({IT}) << {63 if fp64 else 31})).to({T}, bitcast=True)")
         e("w = tl.where(fin, w, nan)")
-        e(f"tl.store(out_ptr + base + (i{j} >> 1), w.to(out_ptr.dtype.element_ty), mask=valid)")
-    combine = ["", "", "def _any_or(a, b):", "    return a | b"]
+        e(f"tl.store(out_ptr + base + (i{j} >> 1), w.to(out_ptr.dtype.element_ty), mask={mask})")
+
+
+def _finish(e: _Src, out: list[str], name: str) -> tuple[str, str]:
+    """The kernel's source (its header lines ``out`` and the emitted body) and name."""
+    combine = ["", "", "def _any_or(a, b):", "    return a | b", "", "", "def _add(a, b):", "    return a + b"]
     return "\n".join(out + e.lines + combine) + "\n", name
 
 
@@ -482,7 +519,7 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
                     e(f"gp{j} = be{j} * be{j} - bk * bk")
                     e(f"gp{j} = tl.where(gp{j} > 0.0, gp{j}, 0.0)")
 
-                def newton(track: bool, on=on) -> None:
+                def newton(on=on) -> None:
                     e("d = 2.0 * z - bk")
                     e("d2 = d * d")
                     e("prod = d * 0.0 + 1.0")
@@ -499,12 +536,12 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
                     e(f"zn = tl.where(dpsi > 0.0, z - {div('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
                     e("zn = tl.where(zn < 0.0, 0.0, zn)")
                     e("zn = tl.where(zn > bk, bk, zn)")
-                    if track:
-                        e("ch = tl.abs(zn - z) > tol * bmax")
-                    e("z = zn")
+                    e("ch = tl.abs(zn - z) > tol * bmax")
+                    e("z = tl.where(act, zn, z)")
+                    e("act = act & ch")
 
                 e("z = bk")
-                converge(_NEWTON_CAP[cdt], newton)
+                converge(_NEWTON_CAP[cdt], newton, "need")
                 e("d = 2.0 * z - bk")
                 e("d2 = d * d")
                 for j in range(m):
@@ -516,7 +553,7 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
             else:
                 for j in range(m):
                     e(f"x{j} = b{j}" if j in on else f"x{j} = b{j} * 0.0")
-                converge(_SWEEP_CAP[cdt], sweep_of(k, xs, on))
+                converge(_SWEEP_CAP[cdt], sweep_of(k, xs, on), "need")
             terms = [div(f"(x{j} - b{j}) * (x{j} - b{j})", f"s{j}") for j in range(m)]
             e("q = " + " + ".join(terms))
             es = _emit_esym(e, [xs[j] for j in on], n + 1, "eo")
@@ -551,6 +588,7 @@ def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool, metric: bool = 
             # where Triton has it, is what the interpreter maps to numpy (and, unlike tl.max, it works in the
             # interpreter even when Triton was imported without TRITON_INTERPRET=1); else our own `or`.
             scope["_any"] = getattr(getattr(tl, "standard", None), "_elementwise_max", None) or wrap(scope["_any_or"])
+            scope["_add"] = wrap(scope["_add"])  # the combine function of the list's counts (tl.sum is jit'd)
             kernel = wrap(fn) if interpret else wrap(fn, do_not_specialize=["lam_bits", "G"])
             _KERNELS[key] = kernel
     return kernel
@@ -617,14 +655,22 @@ def _launch(groups: Tensor, step: Tensor | None, lam, n: int, m: int) -> Tensor:
         lam_arg, lam_bits, lam_ptr = out, int(bits.item()), False
     block, warps = _config(m, cdt, count, interpret)
     kernel = _kernel(n, m, cdt, interpret, metric=step is not None)
-    grid = ((count + block - 1) // block,)
+    blocks = (count + block - 1) // block
     args = (y,) if step is None else (y, step.detach().to(cdt).contiguous())
-    if interpret:
-        kernel[grid](*args, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block)
-    else:
-        with torch.cuda.device(y.device):
-            kernel[grid](
-                *args, out, lam_arg, lam_bits, count, LAM_PTR=lam_ptr, BLOCK=block, num_warps=warps,
-                enable_fp_fusion=_FP_FUSION,
-            )
+    # The groups outside the convex regime of the blocks where they are at most half (see _generate): listed
+    # by the first launch, solved by the second, whose programs past the list's end do nothing. The list's
+    # length stays on the device: no host sync.
+    compact = _COMPACT and blocks > 1 and count < 2**31
+    listed = torch.empty(blocks * block // 2 if compact else 1, dtype=torch.int32, device=y.device)
+    listed_count = torch.zeros(1, dtype=torch.int32, device=y.device)
+    for grid, from_list in (((blocks,), False), (((blocks + 1) // 2,), True))[: 2 if compact else 1]:
+        launch = dict(LAM_PTR=lam_ptr, BLOCK=block, COMPACT=compact, FROM_LIST=from_list)
+        if interpret:
+            kernel[grid](*args, out, lam_arg, lam_bits, count, listed, listed_count, **launch)
+        else:
+            with torch.cuda.device(y.device):
+                kernel[grid](
+                    *args, out, lam_arg, lam_bits, count, listed, listed_count, **launch, num_warps=warps,
+                    enable_fp_fusion=_FP_FUSION,
+                )
     return out
