@@ -426,17 +426,18 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
     # Larger top-k supports: exact coordinate descent from b and from the grown solution, on the groups whose
     # top k can hold a local minimizer (the CPU kernel's test; the others keep their start, a genuine point
     # that cannot displace the right candidate): at a local minimizer on the top k, x_i > d_i = b_i − b_{k−1},
-    # so (a) lam prod_{i<n} d_i < b_{k−1} and (b) lam e_{n−1}(d_0..d_{k−3}) ≤ 1 (a 2×2 principal minor of the
-    # Hessian). Both only get harder as k grows, so each k is nested in the previous one's uniform branch.
+    # so (a) lam e_n(d_0..d_{k−2}) < b_{k−1} − x_{k−1} < b_{k−1} and (b) lam e_{n−1}(d_0..d_{k−3}) ≤ 1 (a 2×2
+    # principal minor of the Hessian). Both only get harder as k grows, so each k is nested in the previous
+    # one's uniform branch.
     opened = 0
     for k in range(n + 2, m + 1):
-        for j in range(k - 2):
+        for j in range(k - 1):
             e(f"gd{j} = b{j} - b{k - 1}")
             e(f"gd{j} = tl.where(gd{j} > 0.0, gd{j}, 0.0)")
         e1 = _emit_esym(e, [f"gd{j}" for j in range(k - 2)], n - 1, "ep")
-        pn = " * ".join(f"gd{j}" for j in range(n))
+        en = _emit_esym(e, [f"gd{j}" for j in range(k - 1)], n, "eq")
         margin = 1.0 + 1e-4  # rounding in the bounds never rules out a candidate
-        e(f"possible = need & (lam * {e1} + b0 * 0.0 <= {margin}) & (lam * {pn} <= b{k - 1} * {margin})")
+        e(f"possible = need & (lam * {e1} + b0 * 0.0 <= {margin}) & (lam * {en} <= b{k - 1} * {margin})")
         e("if tl.reduce(possible.to(tl.int32), 0, _any) > 0:")
         e.depth += 1
         opened += 1

@@ -497,19 +497,19 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
   // Candidates 3..: the top k > n+1, by coordinate descent from x = b and from the previous solution, for
   // the k whose support can hold a local minimizer. At a local minimizer x with support the top k, every
   // x_i = b_i - lam e_n(x minus i) with lam e_n(x minus i) <= lam e_n(x minus (k-1)) < b_{k-1}, so
-  // x_i > d_i = b_i - b_{k-1}; then (a) lam prod_{i<n} d_i < b_{k-1}, and (b) the 2x2 principal minor of the
-  // Hessian at the two smallest coordinates is >= 0: lam e_{n-1}(d_0..d_{k-3}) <= 1. Both only get harder
-  // to meet as k grows, so the first k where no lane of the block can meet them ends the enumeration.
+  // x_i > d_i = b_i - b_{k-1}; then (a) lam e_n(d_0..d_{k-2}) < lam e_n(x_0..x_{k-2}) = b_{k-1} - x_{k-1}
+  // < b_{k-1}, and (b) the 2x2 principal minor of the Hessian at the two smallest coordinates is >= 0:
+  // lam e_{n-1}(d_0..d_{k-3}) <= 1. Both only get harder to meet as k grows (every d_i grows, and b_{k-1}
+  // shrinks), so the first k where no lane of the block can meet them ends the enumeration.
   int kmax = m;
   T possible[kMaxM + 1][kLanes<T>];
   for (int k = n + 2; k <= m; ++k) {
-    T d[kMaxM][kLanes<T>], e1[kLanes<T>], pn[kLanes<T>];
-    for (int j = 0; j < k - 2; ++j) LANES { const T dj = b[j][l] - b[k - 1][l]; d[j][l] = dj > 0 ? dj : T(0); }
+    T d[kMaxM][kLanes<T>], e1[kLanes<T>], en[kLanes<T>];
+    for (int j = 0; j < k - 1; ++j) LANES { const T dj = b[j][l] - b[k - 1][l]; d[j][l] = dj > 0 ? dj : T(0); }
     esym(d, k - 2, n - 1, -1, e1);
-    LANES pn[l] = 1;
-    for (int j = 0; j < n; ++j) LANES pn[l] *= d[j][l];
+    esym(d, k - 1, n, -1, en);
     const T margin = T(1) + T(1e-4);  // rounding in the bounds never rules out a candidate
-    LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * pn[l] <= b[k - 1][l] * margin ? T(1) : T(0);
+    LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * en[l] <= b[k - 1][l] * margin ? T(1) : T(0);
     if (count(possible[k]) == 0) { kmax = k - 1; break; }
   }
   if (m > 4) {
