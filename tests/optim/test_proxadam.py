@@ -1106,6 +1106,31 @@ def test_prox_step_performs_no_host_sync(metric, prox):
     assert (w.detach() != _init()[0]).any()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("metric", ["identity", "adam"])
+@pytest.mark.parametrize("lr_on_device", [False, True])
+def test_cuda_step_performs_no_host_sync(metric, lr_on_device):
+    # The whole step on CUDA (torch's fused Adam, then the Triton prox kernel, its λ a device tensor when lr is
+    # one): CUDA's own sync checker raises on any device-to-host synchronisation.
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.nn.Parameter(0.2 * torch.randn(256, 512, device="cuda", generator=gen))
+    lr = torch.tensor(1e-3, device="cuda") if lr_on_device else 1e-3
+    opt = ProxAdam([w], lr=lr, prox="nm", lam=0.1 / (1e-3 if lr_on_device else 1.0), prox_kwargs=NM,
+                   metric=metric, lam_scaling="lr" if lr_on_device else "constant")
+    for k in range(3):
+        w.grad = 1e-3 * torch.randn(w.shape, device="cuda", generator=gen)
+        if k == 0:  # state initialisation and the kernels' compilation
+            opt.step()
+            torch.cuda.synchronize()
+            continue
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(w).all()
+
+
 def test_no_host_sync_guard_detects_a_sync():
     # the guard itself must fire, or the test above checks nothing
     t = torch.tensor(1.0)
