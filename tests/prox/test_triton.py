@@ -106,9 +106,9 @@ def test_result_of_a_group_does_not_depend_on_its_block(device, monkeypatch, n, 
     if device == "cpu":
         monkeypatch.setattr(_triton, "_config", lambda *args: (block, 1))
     gen = torch.Generator().manual_seed(8)
-    y = torch.randn(8 * block, m, generator=gen)
-    y[: 5 * block] *= 0.05  # convex at lam 0.3
-    y[: 5 * block : 7] *= 20  # a few groups per block that are not
+    y = torch.randn(16 * block, m, generator=gen)
+    y[: 13 * block] *= 0.05  # convex at lam 0.3
+    y[: 13 * block : 3] *= 20  # a third of each block not: listed, several BLOCKs of them
     s = 10 ** (torch.rand(y.shape, generator=gen) - 0.5) if metric else None
 
     def run(y, s):

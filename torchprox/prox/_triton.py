@@ -235,14 +235,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
         f"def {name}(y_ptr, {step_arg}out_ptr, lam_ptr, lam_bits, G, list_ptr, count_ptr, LAM_PTR: tl.constexpr,",
         "        BLOCK: tl.constexpr, COMPACT: tl.constexpr, FROM_LIST: tl.constexpr):",
     ]
-    e("pid = tl.program_id(0)")
-    e("if FROM_LIST:  # the groups listed by the first launch, BLOCK at a time")
-    e("    slot = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
-    e("    valid = slot < tl.load(count_ptr)")
-    e("    offs = tl.load(list_ptr + slot, mask=valid, other=0).to(tl.int64)")
-    e("else:")
-    e("    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
-    e("    valid = offs < G")
+    # The body below, for the BLOCK groups ``offs`` (``valid``), is emitted once and placed twice by _finish.
     e(f"tol = tl.full([], {tol!r}, {T})")
     e(f"base = offs * {m}")
     e("if LAM_PTR:")
@@ -473,9 +466,27 @@ def _emit_store(e: _Src, xs: list[str], m: int, fp64: bool, mask: str) -> None:
 
 
 def _finish(e: _Src, out: list[str], name: str) -> tuple[str, str]:
-    """The kernel's source (its header lines ``out`` and the emitted body) and name."""
+    """The kernel's source and name: its header lines ``out``, then the emitted body for the groups ``offs``
+    placed twice: the first launch's (BLOCK consecutive groups per program) and the second's (FROM_LIST: each
+    program takes BLOCK listed groups at a time, in turn with the other programs, until the list's end)."""
+    listed = [
+        "    pid = tl.program_id(0)",
+        "    if FROM_LIST:",
+        "        total = tl.load(count_ptr)",
+        "        for first in range(pid * BLOCK, total, tl.num_programs(0) * BLOCK):",
+        "            slot = first + tl.arange(0, BLOCK)",
+        "            valid = slot < total",
+        "            offs = tl.load(list_ptr + slot, mask=valid, other=0).to(tl.int64)",
+    ]
+    listed += ["        " + line for line in e.lines]
+    listed += [
+        "    else:",
+        "        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+        "        valid = offs < G",
+    ]
+    listed += ["    " + line for line in e.lines]
     combine = ["", "", "def _any_or(a, b):", "    return a | b", "", "", "def _add(a, b):", "    return a + b"]
-    return "\n".join(out + e.lines + combine) + "\n", name
+    return "\n".join(out + listed + combine) + "\n", name
 
 
 def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep_of, div, sqrt) -> None:
@@ -607,6 +618,15 @@ def _config(m: int, dtype: torch.dtype, groups: int, interpret: bool) -> tuple[i
     return 64, 2
 
 
+def _list_programs(device: torch.device, blocks: int) -> int:
+    """Programs of the second launch, each taking BLOCK listed groups at a time until the list's end: as many
+    as the GPU keeps resident (16 per multiprocessor, about what the registers allow), not one per possible
+    BLOCK of the list (up to half the first launch's programs, most of them with nothing to do)."""
+    if device.type != "cuda":
+        return 2  # the interpreter: two programs, each going round the list
+    return min((blocks + 1) // 2, 16 * torch.cuda.get_device_properties(device).multi_processor_count)
+
+
 def prox_nm_triton(groups: Tensor, lam, n: int, m: int) -> Tensor:
     r"""argmin_w ½‖w − y‖² + lam e_{n+1}(|w|) for every row y of ``groups`` (G, m), out of place.
 
@@ -664,7 +684,7 @@ def _launch(groups: Tensor, step: Tensor | None, lam, n: int, m: int) -> Tensor:
     compact = _COMPACT and blocks > 1 and count < 2**31
     listed = torch.empty(blocks * block // 2 if compact else 1, dtype=torch.int32, device=y.device)
     listed_count = torch.zeros(1, dtype=torch.int32, device=y.device)
-    for grid, from_list in (((blocks,), False), (((blocks + 1) // 2,), True))[: 2 if compact else 1]:
+    for grid, from_list in (((blocks,), False), ((_list_programs(y.device, blocks),), True))[: 2 if compact else 1]:
         launch = dict(LAM_PTR=lam_ptr, BLOCK=block, COMPACT=compact, FROM_LIST=from_list)
         if interpret:
             kernel[grid](*args, out, lam_arg, lam_bits, count, listed, listed_count, **launch)
