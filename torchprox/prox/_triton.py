@@ -13,8 +13,9 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
    learning): the objective is strongly convex on the box [0, |y|], so coordinate descent from |y| on the
    unsorted values is the whole solve, as in the CPU kernel. The other groups take the general case (4–5),
    in the same program, or, when they are at most half of their block, in a second launch that solves them
-   ``BLOCK`` at a time from a list the first one writes (an atomic counter on the device; no host sync), so that
-   a block with a few such groups does not run the general case for all of its lanes:
+   ``BLOCK`` at a time from a list the first one writes (an atomic counter on the device; no host sync; as many
+   programs as the GPU keeps resident, each going round the list), so that a block with a few such groups
+   does not run the general case for all of its lanes:
 4. a stable descending sort of |y| by a sorting network (Batcher's odd-even merge sort) on
    ``(value, index)`` keys: ties keep the lower index first, like the CPU kernel;
 5. the n-sparse candidate, the (n+1)-support by monotone Newton on the convex scalar function of
