@@ -2,7 +2,8 @@
 
     python benchmarks/bench_triton_configs.py [--size 4096] [--repeat 20]
 
-For each (groups per program, warps) and with the list of the second launch on and off (``_COMPACT``): the
+For each (groups per program, warps) and with the list of the second launch on and off (``_COMPACT``), and for
+the library's configuration also with Newton's approximate division and square root (``_FAST_NEWTON``): the
 scalar-step 2:4 prox where nearly every group takes the general case (λ 0.25), where nearly all are convex
 (λ 0.05: a few per block are not), and the diagonal-metric prox of ``metric="adam"`` at λ 0.01 with a
 per-entry step in [0.1, 10] (about 10% of the groups outside the convex regime, spread over every block).
@@ -46,19 +47,21 @@ def main() -> None:
     copy = bench(y.clone)
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
     print(f"{args.size}x{args.size} float32; y.clone() {copy * 1e3:.0f} us\n")
-    print(f"{'case':24s} {'block x warps':>14s} {'list':>5s} {'time (us)':>10s} {'ratio':>7s}")
-    default = _triton._config, _triton._COMPACT
+    print(f"{'case':24s} {'block x warps':>14s} {'list':>5s} {'newton':>7s} {'time (us)':>10s} {'ratio':>7s}")
+    default = _triton._config, _triton._COMPACT, _triton._FAST_NEWTON
+    library = default[0](4, torch.float32, y.numel() // 4, False)
+    runs = [(c, compact, False) for c in CONFIGS for compact in (True, False)]
+    runs += [(library, compact, True) for compact in (True, False)]
     try:
         for name, fn in cases.items():
-            for block, warps in CONFIGS:
-                for compact in (True, False):
-                    _triton._config = lambda *a, c=(block, warps): c
-                    _triton._COMPACT = compact
-                    t = bench(fn)
-                    print(f"{name:24s} {f'{block} x {warps}':>14s} {'on' if compact else 'off':>5s} "
-                          f"{t * 1e3:10.0f} {t / copy:6.1f}x", flush=True)
+            for (block, warps), compact, fast in runs:
+                _triton._config = lambda *a, c=(block, warps): c
+                _triton._COMPACT, _triton._FAST_NEWTON = compact, fast
+                t = bench(fn)
+                print(f"{name:24s} {f'{block} x {warps}':>14s} {'on' if compact else 'off':>5s} "
+                      f"{'approx' if fast else 'ieee':>7s} {t * 1e3:10.0f} {t / copy:6.1f}x", flush=True)
     finally:
-        _triton._config, _triton._COMPACT = default
+        _triton._config, _triton._COMPACT, _triton._FAST_NEWTON = default
 
 
 if __name__ == "__main__":

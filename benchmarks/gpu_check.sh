@@ -14,7 +14,7 @@ out="${OUT:-.}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 python3 -m pytest -q -p no:cacheprovider tests/prox/test_triton.py tests/optim/test_proxadam.py \
-  -k "(triton and 2-4 and (same_objective or depend_on_its_block)) or cuda_step" 2>&1 | tee "$out/gpu_quick_tests.log"
+  -k "(triton and 2-4 and (same_objective or depend_on_its_block)) or fast_newton or cuda_step" 2>&1 | tee "$out/gpu_quick_tests.log"
 python3 benchmarks/bench_prox.py --device cuda --repeat 20 2>&1 | tee "$out/gpu_bench.log"
 python3 benchmarks/bench_triton_configs.py 2>&1 | tee "$out/gpu_configs.log"
 python3 -m pytest -q -p no:cacheprovider tests/prox/test_triton.py 2>&1 | tee "$out/gpu_tests.log"

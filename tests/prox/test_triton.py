@@ -129,6 +129,29 @@ def test_result_of_a_group_does_not_depend_on_its_block(device, monkeypatch, n, 
     assert torch.equal(run(y, s), ref)
 
 
+@pytest.mark.parametrize("metric", [False, True])
+def test_fast_newton_variant_same_objective_as_cpu(device, monkeypatch, metric):
+    """Newton's iterations with approximate division and square root (off by default; on a GPU they are the
+    hardware's approximate instructions, in the interpreter exact ones): the same minimizer."""
+    if not _triton._approx_division():
+        pytest.skip("this Triton's tl.fdiv has no approx=")
+    monkeypatch.setattr(_triton, "_FAST_NEWTON", True)
+    y = sample(256, 4, torch.float32, seed=21)
+    s = (10 ** (torch.rand(256, 4, generator=torch.Generator().manual_seed(22)) * 2 - 1)) if metric else None
+    for lam in (0.05, 0.3, 1.1, 4.0):
+        if metric:
+            w = _triton.prox_nm_metric_triton(y.to(device), s.to(device), lam, 2).cpu()
+            ref = prox_nm(y, lam, 2, 4, step=s)
+        else:
+            w = prox_nm_triton(y.to(device), lam, 2, 4).cpu()
+            ref = cpu_prox(y, lam, 2, 4)
+        step = 1.0 if s is None else s.double()
+        f = nm_objective(w.double(), y.double(), lam, 2, step=step)
+        f_ref = nm_objective(ref.double(), y.double(), lam, 2, step=step)
+        assert ((f - f_ref) <= 1e-5 * (1 + f_ref.abs())).all(), (f - f_ref).max()
+        assert ((w == 0) | (torch.sign(w) == torch.sign(y))).all() and (w.abs() <= y.abs()).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_case(device, dtype):
     y = torch.tensor([[1.0, 0.98, 0.96, 0.94]], dtype=dtype)

@@ -101,3 +101,15 @@ def test_kernel_compiles_to_a_cubin_without_spills(tmp_path, capability, n, m, d
     local = _local_memory_bytes(compiled.asm["cubin"], tmp_path)
     if local is not None:
         assert local == 0, f"the {n}:{m} kernel ({dtype}, metric={metric}) spills {local} bytes to local memory"
+
+
+@pytest.mark.parametrize("metric", [False, True])
+def test_fast_newton_variant_compiles_without_spills(tmp_path, monkeypatch, metric):
+    if not _triton._approx_division():
+        pytest.skip("this Triton's tl.fdiv has no approx=")
+    monkeypatch.setattr(_triton, "_FAST_NEWTON", True)
+    compiled = _compile(2, 4, torch.float32, metric, True, 90, "first")
+    assert "div.approx.f32" in compiled.asm["ptx"] and "sqrt.approx" in compiled.asm["ptx"]
+    local = _local_memory_bytes(compiled.asm["cubin"], tmp_path)
+    if local is not None:
+        assert local == 0

@@ -91,6 +91,11 @@ _FP_FUSION = True
 # Groups outside the convex regime listed and solved by a second launch when they are at most half of their
 # block (see _generate); False: solved in their own block (one launch).
 _COMPACT = os.environ.get("TORCHPROX_TRITON_COMPACT", "1") != "0"
+# Newton's iterations (float32) with the GPU's approximate division and square root (div.approx.f32, 2 ulp;
+# sqrt.approx.f32) instead of IEEE-rounded ones: the iteration converges to the same root up to a few ulp, and
+# the candidate is then computed from its limit with IEEE operations. Off until measured on a GPU
+# (benchmarks/bench_triton_configs.py times both); needs a Triton whose tl.fdiv takes approx=.
+_FAST_NEWTON = os.environ.get("TORCHPROX_TRITON_FAST_NEWTON") == "1"
 _LOCK = threading.Lock()
 _KERNELS: dict = {}
 
@@ -108,6 +113,14 @@ def _import_triton():
     except Exception:  # not installed, or broken for this torch: the plain-torch path serves
         return None
     return triton, tl
+
+
+@functools.lru_cache(maxsize=None)
+def _approx_division() -> bool:
+    """Whether this Triton's ``tl.fdiv`` takes ``approx=`` (newer versions do)."""
+    import inspect
+
+    return "approx" in inspect.signature(_import_triton()[1].fdiv).parameters
 
 
 def available() -> bool:
@@ -209,10 +222,13 @@ def _types(fp64: bool) -> tuple[str, str, str]:
     return "tl.float32", "tl.int32", "1.1754943508222875e-38"
 
 
-def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, str]:
+def _generate(n: int, m: int, fp64: bool, metric: bool = False, fast_newton: bool = False) -> tuple[str, str]:
     """Source of the kernel for pattern n:m computing in float64 (else float32), and its function name. With
-    metric, the diagonal-metric prox (a per-entry step read from ``s_ptr``; m = 4)."""
-    name = f"_prox_nm_{'metric_' if metric else ''}{n}_{m}_{'f64' if fp64 else 'f32'}"
+    metric, the diagonal-metric prox (a per-entry step read from ``s_ptr``; m = 4). With fast_newton (float32),
+    the Newton iterations divide and take square roots with the GPU's approximate instructions (see
+    _FAST_NEWTON); the candidate built from their limit is computed exactly, as everything else."""
+    fast = fast_newton and not fp64
+    name = f"_prox_nm_{'metric_' if metric else ''}{n}_{m}_{'f64' if fp64 else 'f32'}{'_fast' if fast else ''}"
     T, IT, tiny = _types(fp64)
     fmax = "1.7976931348623157e308" if fp64 else "3.4028234663852886e38"
     cdt = torch.float64 if fp64 else torch.float32
@@ -224,6 +240,12 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
 
     def sqrt(a: str) -> str:
         return f"tl.sqrt({a})" if fp64 else f"tl.sqrt_rn({a})"
+
+    def div_it(a: str, b: str) -> str:  # inside Newton's iterations
+        return f"tl.fdiv({a}, {b}, approx=True)" if fast else div(a, b)
+
+    def sqrt_it(a: str) -> str:
+        return f"tl.sqrt({a})" if fast else sqrt(a)
 
     def pow2(k: str) -> str:  # 2^k for an int32 vector k in the normal exponent range
         if fp64:
@@ -349,7 +371,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
     e("if tl.reduce(need.to(tl.int32), 0, _any) > 0:")
     e.depth += 1
     if metric:
-        _emit_metric_candidates(e, n, m, fp64, converge, sweep_of, div, sqrt)
+        _emit_metric_candidates(e, n, m, fp64, converge, sweep_of, div, sqrt, div_it, sqrt_it)
         _emit_store(e, [f"best{j}" for j in range(m)], m, fp64, "need")
         e.depth -= 1
         return _finish(e, out, name)
@@ -391,15 +413,15 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False) -> tuple[str, st
         e(f"d = 2.0 * z - {bk}")
         e("d2 = d * d")
         for i in range(n):
-            e(f"r = {sqrt(f'd2 + gap{i}')}")
+            e(f"r = {sqrt_it(f'd2 + gap{i}')}")
             e(f"u = (b{i} + r) * 0.5")
             e("prod = u" if i == 0 else "prod = prod * u")
             e("den = r * u")
-            term = div("d", f"tl.where(den > {tiny}, den, {tiny})")
+            term = div_it("d", f"tl.where(den > {tiny}, den, {tiny})")
             e(f"dl = {term}" if i == 0 else f"dl = dl + {term}")
         e(f"psi = lam * prod + z - {bk}")
         e("dpsi = 1.0 + lam * prod * dl")
-        e(f"zn = tl.where(dpsi > 0.0, z - {div('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
+        e(f"zn = tl.where(dpsi > 0.0, z - {div_it('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
         e("zn = tl.where(zn < 0.0, 0.0, zn)")
         e(f"zn = tl.where(zn > {bk}, {bk}, zn)")
         e("ch = tl.abs(zn - z) > tol")
@@ -490,7 +512,7 @@ def _finish(e: _Src, out: list[str], name: str) -> tuple[str, str]:
     return "\n".join(out + listed + combine) + "\n", name
 
 
-def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep_of, div, sqrt) -> None:
+def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep_of, div, sqrt, div_it, sqrt_it) -> None:
     """The diagonal-metric general case (the CPU kernel's metric_block): best{j}, best_f over the candidates.
 
     The top n of b²/s (ties: lower index) as they are; every support of size n+1 (in bitmask order), where
@@ -538,15 +560,15 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
                     e("prod = d * 0.0 + 1.0")
                     e("dl = d * 0.0")
                     for j in on:
-                        e(f"r = {sqrt(f'd2 + gp{j}')}")
+                        e(f"r = {sqrt_it(f'd2 + gp{j}')}")
                         e(f"u = (be{j} + r) * 0.5")
                         e(f"oth = low != {j}")
                         e("den = r * u")
-                        e(f"dl = tl.where(oth, dl + {div('d', f'tl.where(den > {tiny}, den, {tiny})')}, dl)")
+                        e(f"dl = tl.where(oth, dl + {div_it('d', f'tl.where(den > {tiny}, den, {tiny})')}, dl)")
                         e("prod = tl.where(oth, prod * u, prod)")
                     e("psi = lp * prod + z - bk")
                     e("dpsi = 1.0 + lp * prod * dl")
-                    e(f"zn = tl.where(dpsi > 0.0, z - {div('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
+                    e(f"zn = tl.where(dpsi > 0.0, z - {div_it('psi', f'tl.where(dpsi > {tiny}, dpsi, {tiny})')}, 0.0)")
                     e("zn = tl.where(zn < 0.0, 0.0, zn)")
                     e("zn = tl.where(zn > bk, bk, zn)")
                     e("ch = tl.abs(zn - z) > tol * bmax")
@@ -578,7 +600,8 @@ def _emit_metric_candidates(e: _Src, n: int, m: int, fp64: bool, converge, sweep
 
 
 def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool, metric: bool = False):
-    key = (n, m, dtype, interpret, metric)
+    fast_newton = _FAST_NEWTON and _approx_division()
+    key = (n, m, dtype, interpret, metric, fast_newton)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -586,7 +609,7 @@ def _kernel(n: int, m: int, dtype: torch.dtype, interpret: bool, metric: bool = 
         kernel = _KERNELS.get(key)
         if kernel is None:
             triton, tl = _import_triton()
-            src, name = _generate(n, m, dtype == torch.float64, metric)
+            src, name = _generate(n, m, dtype == torch.float64, metric, fast_newton)
             filename = f"<torchprox-triton-{name}>"
             # Register the source so that inspect.getsource (Triton's front end) finds it.
             linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
