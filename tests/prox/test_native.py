@@ -195,6 +195,36 @@ def test_metric_prox_of_a_group_does_not_depend_on_its_neighbours(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("metric", [False, True])
+def test_m4_prox_of_a_group_is_its_prox_alone(dtype, n, metric):
+    # For m = 4 a group takes the convex path or the general one by itself, whatever shares its block, and a
+    # partial block is filled with zero groups that need not qualify (with n = 1, q = 3 lam s whatever y):
+    # every group's result is the one it gets alone, with none, one, some or all of a block's groups in the
+    # convex regime, and group counts that fill whole blocks or not (32 float32 groups a block, 16 float64).
+    gen = torch.Generator().manual_seed(13)
+    for count in (1, 15, 17, 31, 33, 47, 64):
+        for convex in ("none", "last", "half", "all"):
+            y = torch.randn(count, 4, generator=gen, dtype=torch.float64)
+            pick = {"none": torch.zeros(count, dtype=torch.bool), "all": torch.ones(count, dtype=torch.bool),
+                    "last": torch.arange(count) == count - 1, "half": torch.rand(count, generator=gen) < 0.5}[convex]
+            if metric:  # the regime set by the step: q = lam s (4 - n) max_i e_{n-1}(|y| minus i)
+                s = torch.where(pick[:, None], 1e-3, 10.0) * torch.ones(count, 4, dtype=torch.float64)
+                lam = 0.2
+            else:  # by the scale (n > 1), or for n = 1 by lam alone (q = 3 lam)
+                s, lam = None, (0.05 if convex == "all" else 0.2) if n == 1 else 0.2
+                y = torch.where(pick[:, None], y * 1e-3, y * 10)
+            y = y.to(dtype)
+            s = None if s is None else s.to(dtype)
+
+            def prox(rows):
+                return prox_nm(y[rows], lam, n, 4) if s is None else prox_nm(y[rows], lam, n, 4, step=s[rows])
+
+            alone = torch.cat([prox(slice(i, i + 1)) for i in range(count)])
+            assert torch.equal(prox(slice(None)), alone), (count, convex)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,m", [(4, 8), (3, 6), (2, 5), (2, 4), (1, 4), (3, 4)])
 def test_prox_of_a_group_does_not_depend_on_its_neighbours(dtype, n, m):
     # For m > 4 the groups that need coordinate descent on supports larger than n+1 share the descent engine's

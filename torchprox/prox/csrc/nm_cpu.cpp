@@ -731,8 +731,9 @@ inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
 // lanes) (the general path). In a block with groups on both sides (near the edge of the convex regime, nearly
 // every block: solved in place, every block would run the general solver, 2:4 at lam 0.05 on random data
 // twice the time) the groups that qualify are solved in place by convex_m4 when they are at least half of
-// the block, else packed into blocks for it (the last one filled with zero groups and unit steps, which
-// qualify), and the others packed into blocks for solve. Which path a group takes depends on the group alone,
+// the block, else packed into blocks for it, and the others packed into blocks for solve. Partial blocks are
+// filled with zero groups and unit steps, which need not qualify (for n = 1, q = lam s (m - 1) whatever y):
+// only the block's own groups are counted. Which path a group takes depends on the group alone,
 // and neither path's lanes depend on each other, so a group's result depends neither on the order of the
 // groups nor on the thread count. step may be null (ps is then null too); out may be y itself (a group is
 // read before it is written).
@@ -763,7 +764,7 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
     const int lanes = static_cast<int>(groups - g0 < K ? groups - g0 : K);
     const T *yb = y + g0 * 4, *sb = step != nullptr ? step + g0 * 4 : nullptr;
     T* ob = out + g0 * 4;
-    if (lanes < K) {  // the last block, filled with zero groups and unit steps (which qualify)
+    if (lanes < K) {  // the last block, filled with zero groups and unit steps
       std::fill(tail.y, tail.y + K * 4, T(0));
       std::fill(tail.s, tail.s + K * 4, T(1));
       std::memcpy(tail.y, yb, lanes * 4 * sizeof(T));
@@ -772,10 +773,15 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
       sb = step != nullptr ? tail.s : nullptr;
       ob = tail.o;
     }
-    const int qualifying = convex_m4<T, N>(yb, sb, ob, lam, qualify, K / 2) - (K - lanes);
-    const bool solved_convex = qualifying + (K - lanes) >= K / 2;  // convex_m4 has written the block
+    const int total = convex_m4<T, N>(yb, sb, ob, lam, qualify, K / 2);
+    const bool solved_convex = total >= K / 2;  // convex_m4 has solved the qualifying lanes and written the block
+    int qualifying = lanes;  // of the block's groups (not its padding)
+    if (total < K) {
+      qualifying = 0;
+      for (int l = 0; l < lanes; ++l) qualifying += qualify[l];
+    }
     if (qualifying == 0) solve(yb, sb, ob, lanes);
-    if (qualifying == 0 || qualifying == lanes) {
+    if (qualifying == 0 || (qualifying == lanes && solved_convex)) {
       if (lanes < K) std::memcpy(out + g0 * 4, tail.o, lanes * 4 * sizeof(T));
       continue;
     }
