@@ -703,12 +703,15 @@ def _launch(groups: Tensor, step: Tensor | None, lam, n: int, m: int) -> Tensor:
     blocks = (count + block - 1) // block
     args = (y,) if step is None else (y, step.detach().to(cdt).contiguous())
     # The groups outside the convex regime of the blocks where they are at most half (see _generate): listed
-    # by the first launch, solved by the second, whose programs past the list's end do nothing. The list's
+    # by the first launch, solved by the second, whose programs go round the list until its end. The list's
     # length stays on the device: no host sync.
     compact = _COMPACT and blocks > 1 and count < 2**31
     listed = torch.empty(blocks * block // 2 if compact else 1, dtype=torch.int32, device=y.device)
-    listed_count = torch.zeros(1, dtype=torch.int32, device=y.device)
-    for grid, from_list in (((blocks,), False), ((_list_programs(y.device, blocks),), True))[: 2 if compact else 1]:
+    listed_count = torch.zeros(1, dtype=torch.int32, device=y.device) if compact else listed  # (unread)
+    launches = [((blocks,), False)]
+    if compact:
+        launches.append(((_list_programs(y.device, blocks),), True))
+    for grid, from_list in launches:
         launch = dict(LAM_PTR=lam_ptr, BLOCK=block, COMPACT=compact, FROM_LIST=from_list)
         if interpret:
             kernel[grid](*args, out, lam_arg, lam_bits, count, listed, listed_count, **launch)

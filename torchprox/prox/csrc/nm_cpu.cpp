@@ -747,10 +747,11 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
   } convex, general, tail;
   uint8_t qualify[K];
   auto flush = [&](Packed& p) {
-    if (&p == &convex) {
+    if (&p == &convex) {  // (its own flags: a flush inside the loop below must not touch the block's qualify)
+      uint8_t packed_qualify[K];
       std::fill(p.y + p.count * 4, p.y + K * 4, T(0));
       std::fill(p.s + p.count * 4, p.s + K * 4, T(1));
-      convex_m4<T, N>(p.y, step != nullptr ? p.s : nullptr, p.o, lam, qualify, 0);
+      convex_m4<T, N>(p.y, step != nullptr ? p.s : nullptr, p.o, lam, packed_qualify, 0);
     } else {
       solve(p.y, step != nullptr ? p.s : nullptr, p.o, p.count);
     }
