@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <omp.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -363,10 +364,85 @@ struct DescentEngine {
   }
 };
 
+// The m = 4 counterpart of DescentEngine: the groups whose top-4 (and, for n = 1, top-3) support can hold a
+// local minimizer (see prox_block) packed into whole blocks for their coordinate descents. In a block of the
+// general path, at lam 0.25 on random 2:4 groups, 41% of the lanes need a descent and nearly every block has
+// some, so the descents ran on every block until its slowest possible lane converged; packed, they run on the
+// lanes that need them. (Lane refill, as DescentEngine does, costs more than it saves for m = 4: see there.)
+// Each lane runs its group's descents, starts and supports in order, stops on its own, and keeps a candidate
+// only from a support its group can use, so a group's result depends neither on the groups packed with it nor
+// on the thread count. A group's output row is written when its block runs, from y and out as the engine's
+// (the caller's own buffers may be gone by then); the caller leaves y's values in that row meanwhile.
+template <typename T, int NT>
+struct PackedDescents {
+  static constexpr int K = kLanes<T>;
+  struct Block {  // K groups, structure of arrays as in prox_block
+    T b[4][K], best[4][K], grown[4][K], best_f[K], lam[K], scale[K], half_up[K], kmax[K];
+    int idx[4][K];
+    int64_t row[K];
+  };
+  const T* y;
+  T* out;
+  Block full = {}, next = {};  // the block that runs next, and the overflow of the caller's current block
+  int filled = 0;              // groups in full, then next
+
+  PackedDescents(const T* y_, T* out_, int, int) : y(y_), out(out_) {}
+
+  // Before the caller's next block hands on groups: runs the full block, if any. Not from push, as the caller
+  // copies its block's output (y's values in the rows of the groups handed on) once the block is solved.
+  void make_room() {
+    if (filled >= K) run();
+  }
+
+  // Lane l of a block for the supports n+2..kmax_l; its output row is row_.
+  void push(int l, const T (*b_)[K], const T (*best_)[K], const T* best_f_, const T (*grown_)[K], const T* lam_,
+            const T* scale_, const T* half_up_, const int (*idx_)[K], int kmax_l, int64_t row_) {
+    Block& d = filled < K ? full : next;
+    const int c = filled++ % K;
+    for (int i = 0; i < 4; ++i) {
+      d.b[i][c] = b_[i][l]; d.best[i][c] = best_[i][l]; d.grown[i][c] = grown_[i][l]; d.idx[i][c] = idx_[i][l];
+    }
+    d.best_f[c] = best_f_[l]; d.lam[c] = lam_[l]; d.scale[c] = scale_[l]; d.half_up[c] = half_up_[l];
+    d.kmax[c] = T(kmax_l); d.row[c] = row_;
+  }
+
+  // The descents of the full block's groups, as prox_block runs them on its own block for m < 4 (lanes past
+  // its groups: kmax 0, never iterated), then their rows; the overflow becomes the next full block.
+  void run() {
+    constexpr int n = NT;
+    Block& g = full;
+    const int used = filled < K ? filled : K;
+    for (int l = used; l < K; ++l) g.kmax[l] = 0;
+    T tol[K], cand[4][K], f[K];
+    LANES tol[l] = Iters<T>::tol;
+    for (int k = n + 2; k <= 4; ++k) {
+      T possible[K];
+      LANES possible[l] = T(k) <= g.kmax[l] ? T(1) : T(0);
+      if (count(possible) == 0) break;
+      for (int start = 0; start < 2; ++start) {
+        for (int i = 0; i < 4; ++i) LANES cand[i][l] = i < k ? (start == 0 ? g.b[i][l] : g.grown[i][l]) : T(0);
+        coordinate_descent(cand, g.b, k, n, g.lam, tol, possible);
+        objective(cand, g.b, 4, n, g.lam, f);
+        LANES f[l] = possible[l] != 0 ? f[l] : std::numeric_limits<T>::infinity();
+        keep_best(g.best, g.best_f, cand, f, 4);
+      }
+      std::memcpy(g.grown, cand, sizeof(cand));
+    }
+    for (int l = 0; l < used; ++l)
+      write_group(y + g.row[l] * 4, out + g.row[l] * 4, 4, l, g.best, g.b, g.idx, g.scale[l], g.half_up[l], true);
+    filled -= used;
+    if (filled > 0) full = next;
+  }
+};
+
+// The per-thread store of the descents that prox_block hands on (m = 4: packed blocks; m > 4: lane refill).
+template <typename T, int NT, int MT>
+using Descents = std::conditional_t<MT == 4, PackedDescents<T, NT>, DescentEngine<T, NT, MT>>;
+
 // One block of kLanes groups (the last one padded with zeros by the caller).
 template <typename T, int NT, int MT>
-void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, DescentEngine<T, NT, MT>& engine,
-                int64_t g0) {
+void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descents<T, NT, MT>& engine,
+                const int64_t* rows, int64_t g0) {
   const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
   const T tiny = std::numeric_limits<T>::min();
   T b[kMaxM][kLanes<T>], best[kMaxM][kLanes<T>], cand[kMaxM][kLanes<T>], grown[kMaxM][kLanes<T>];
@@ -512,23 +588,26 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     LANES possible[k][l] = lam_g[l] * e1[l] <= margin && lam_g[l] * en[l] <= b[k - 1][l] * margin ? T(1) : T(0);
     if (count(possible[k]) == 0) { kmax = k - 1; break; }
   }
-  if (m > 4) {
-    // The descents run in the engine (see DescentEngine), each group's on the supports n+2..its own last
-    // possible k; the groups that need none are written now.
+  if (m > 4 || tried_m4) {
+    // The descents run in the engine (m > 4, see DescentEngine) or in packed blocks (m = 4, PackedDescents),
+    // each group's on the supports n+2..its own last possible k; the groups that need none are written now.
+    // For m = 4 a handed-on group's row keeps y's values until its packed block runs.
+    if constexpr (tried_m4) engine.make_room();
     for (int l = 0; l < lanes; ++l) {
       int last = n + 1;
       while (last < kmax && possible[last + 1][l] != 0) ++last;
-      if (finite[l] != 0 && last > n + 1)
-        engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, g0 + l);
-      else
+      if (finite[l] != 0 && last > n + 1) {
+        engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, rows != nullptr ? rows[l] : g0 + l);
+        if (tried_m4 && out != y) std::memcpy(out + l * m, y + l * m, sizeof(T) * m);
+      } else {
         write_group(y + l * m, out + l * m, m, l, best, b, idx, scale[l], half_up[l], finite[l] != 0);
+      }
     }
     return;
   }
-  // For m <= 4 (at most two such supports, of at most 4 coordinates) the descents run here, on the block, as
-  // the engine's bookkeeping would cost more than it saves (1:4 at lam 0.25 took 1.9x as long). Only the lanes
-  // where the top k can hold a local minimizer are iterated: the others keep their start, a genuine point whose
-  // objective is never below the minimizer's, so it cannot displace the right candidate.
+  // For m < 4 (one such support at most, of at most 3 coordinates) the descents run here, on the block.
+  // Only the lanes where the top k can hold a local minimizer are iterated: the others keep their start, a
+  // genuine point whose objective is never below the minimizer's, so it cannot displace the right candidate.
   for (int k = n + 2; k <= kmax; ++k) {
     for (int start = 0; start < 2; ++start) {
       for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
@@ -728,7 +807,7 @@ inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
 
 // For m = 4, the calling OpenMP thread's share of the groups (its contiguous range of blocks). A block whose
 // groups all qualify for convex_m4's path is solved in place by it, one where none does by solve(y, s, out,
-// lanes) (the general path). In a block with groups on both sides (near the edge of the convex regime, nearly
+// lanes, rows, g0) (the general path; lane l's group is row rows[l] of the caller's y, or g0 + l if rows is null). In a block with groups on both sides (near the edge of the convex regime, nearly
 // every block: solved in place, every block would run the general solver, 2:4 at lam 0.05 on random data
 // twice the time) the groups that qualify are solved in place by convex_m4 when they are at least half of
 // the block, else packed into blocks for it, and the others packed into blocks for solve. Partial blocks are
@@ -753,7 +832,7 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
       std::fill(p.s + p.count * 4, p.s + K * 4, T(1));
       convex_m4<T, N>(p.y, step != nullptr ? p.s : nullptr, p.o, lam, packed_qualify, 0);
     } else {
-      solve(p.y, step != nullptr ? p.s : nullptr, p.o, p.count);
+      solve(p.y, step != nullptr ? p.s : nullptr, p.o, p.count, p.where, 0);
     }
     for (int l = 0; l < p.count; ++l) std::memcpy(out + p.where[l] * 4, p.o + l * 4, 4 * sizeof(T));
     p.count = 0;
@@ -781,7 +860,7 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
       qualifying = 0;
       for (int l = 0; l < lanes; ++l) qualifying += qualify[l];
     }
-    if (qualifying == 0) solve(yb, sb, ob, lanes);
+    if (qualifying == 0) solve(yb, sb, ob, lanes, nullptr, g0);
     if (qualifying == 0 || (qualifying == lanes && solved_convex)) {
       if (lanes < K) std::memcpy(out + g0 * 4, tail.o, lanes * 4 * sizeof(T));
       continue;
@@ -807,18 +886,20 @@ void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int t
   const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
 #pragma omp parallel num_threads(threads)
   {
-    DescentEngine<T, NT, MT> engine(y, out, n, m);
+    Descents<T, NT, MT> engine(y, out, n, m);
     if constexpr (MT == 4 && NT < 4) {
-      convex_then_packed<T, NT>(y, nullptr, out, groups, lam, [&](const T* py, const T*, T* po, int count) {
-        prox_block<T, NT, MT>(py, po, count, n, m, lam, engine, 0);
-      });
+      convex_then_packed<T, NT>(y, nullptr, out, groups, lam,
+                                [&](const T* py, const T*, T* po, int count, const int64_t* rows, int64_t g0) {
+                                  prox_block<T, NT, MT>(py, po, count, n, m, lam, engine, rows, g0);
+                                });
+      while (engine.filled > 0) engine.run();
     } else {
       int64_t lo, hi;
       thread_blocks(blocks, lo, hi);
       for (int64_t blk = lo; blk < hi; ++blk) {
         const int64_t g0 = blk * kLanes<T>;
         const int lanes = static_cast<int>(groups - g0 < kLanes<T> ? groups - g0 : kLanes<T>);
-        prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam, engine, g0);
+        prox_block<T, NT, MT>(y + g0 * m, out + g0 * m, lanes, n, m, lam, engine, nullptr, g0);
         engine.run(false);
       }
       engine.run(true);
@@ -1003,7 +1084,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
 #pragma omp parallel num_threads(threads)
-  convex_then_packed<T, N>(y, step, out, groups, lam, [&](const T* py, const T* ps, T* po, int count) {
+  convex_then_packed<T, N>(y, step, out, groups, lam, [&](const T* py, const T* ps, T* po, int count, const int64_t*, int64_t) {
     metric_block<T, N>(py, ps, po, count, lam);
   });
 }
