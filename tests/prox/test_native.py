@@ -127,6 +127,25 @@ def test_in_place_twin_writes_into_its_input(dtype):
         assert torch.equal(prox_nm.inplace(t, 0.4, **kw), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_in_place_twin_with_a_step_tensor_writes_into_its_input(dtype, n, monkeypatch):
+    gen = torch.Generator().manual_seed(n)
+    y = torch.randn(64, 32, generator=gen, dtype=dtype)
+    s = 10 ** (torch.rand(64, 32, generator=gen, dtype=dtype) * 2 - 1)  # steps in [0.1, 10]: both kernel paths
+    expected = prox_nm(y, 0.3, n, 4, step=s)
+    z = y.clone()
+    ptr = z.data_ptr()
+    with monkeypatch.context() as patch:  # served by the in-place kernel: no output tensor, no copy
+        patch.setattr(_native, "prox_nm_metric_cpu", None)
+        out = prox_nm.inplace(z, 0.3, n, 4, step=s)
+    assert out is z and z.data_ptr() == ptr and torch.equal(z, expected)
+    # A step laid out or typed unlike y, or broadcast: the out-of-place result, copied in.
+    for step in (s.t().contiguous().t(), s.float() if dtype == torch.float64 else s.double(), s[:1]):
+        expected = prox_nm(y, 0.3, n, 4, step=step)
+        assert torch.equal(prox_nm.inplace(y.clone(), 0.3, n, 4, step=step), expected)
+
+
 def test_nan_anywhere_makes_its_group_nan():
     y = torch.tensor([[0.1, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]] * 8)
     out = prox_nm(y, 0.01)

@@ -8,7 +8,8 @@ compiler command, written atomically; later processes load the cached library at
 which computes the same minimizer.
 
 The kernels are exposed to torch as custom ops (``torch.ops.torchprox.prox_nm_cpu``, its in-place twin
-``prox_nm_cpu_``, the diagonal-metric ``prox_nm_metric_cpu`` and ``torch.ops.torchprox.nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
+``prox_nm_cpu_``, the diagonal-metric ``prox_nm_metric_cpu`` and its twin ``prox_nm_metric_cpu_``,
+``project_nm4_cpu`` and ``nm_mask_cpu``) so that ``torch.compile`` treats them as opaque calls.
 """
 from __future__ import annotations
 
@@ -146,17 +147,28 @@ def prox_nm_metric_cpu(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Ten
     """argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row of ``groups`` (G, 4) with steps ``step``
     (G, 4), n < 4: the convex path where lam s (4 − n) max_i e_{n−1}(|y| minus i) ≤ ½ (the regime of mask
     learning), the exact general solver for the other groups, packed 32 (float32) or 16 (float64) at a time."""
-    y, s = groups.contiguous(), step.contiguous()
+    y = groups.contiguous()
     out = torch.empty_like(y)
-    lam64 = lam.detach().to(torch.float64).contiguous()
-    fn = getattr(library(), f"torchprox_prox_nm_metric_{_SUFFIX[y.dtype]}")
-    fn(y.data_ptr(), s.data_ptr(), out.data_ptr(), y.shape[0], n, lam64.data_ptr(), torch.get_num_threads())
+    _metric_into(y, step.contiguous(), out, lam, n)
     return out
 
 
 @prox_nm_metric_cpu.register_fake
 def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
     return torch.empty_like(groups)
+
+
+@torch.library.custom_op("torchprox::prox_nm_metric_cpu_", mutates_args=("groups",), device_types="cpu")
+def prox_nm_metric_cpu_(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> None:
+    """In-place :func:`prox_nm_metric_cpu` on a contiguous ``groups`` (G, 4): no output tensor, no copy."""
+    _metric_into(groups, step.contiguous(), groups, lam, n)
+
+
+def _metric_into(y: Tensor, s: Tensor, out: Tensor, lam: Tensor, n: int) -> None:
+    """Run the diagonal-metric kernel from contiguous ``y`` and ``s`` (G, 4) into ``out`` (may be ``y``)."""
+    lam64 = lam.detach().to(torch.float64).contiguous()
+    fn = getattr(library(), f"torchprox_prox_nm_metric_{_SUFFIX[y.dtype]}")
+    fn(y.data_ptr(), s.data_ptr(), out.data_ptr(), y.shape[0], n, lam64.data_ptr(), torch.get_num_threads())
 
 
 @torch.library.custom_op("torchprox::project_nm4_cpu", mutates_args=(), device_types="cpu")

@@ -339,8 +339,9 @@ def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
 
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
-    """In-place :func:`prox_nm` (the fused CPU kernel writes into ``y`` directly when its groups are a
-    contiguous view of it: no temporary). Same math and shapes as :func:`prox_nm`; returns ``y``.
+    """In-place :func:`prox_nm` (the fused CPU kernels write into ``y`` directly when its groups are a
+    contiguous view of it, with a scalar step or, for m = 4, a contiguous step tensor shaped and typed like
+    ``y``: no temporary). Same math and shapes as :func:`prox_nm`; returns ``y``.
 
     Examples:
         >>> import torch
@@ -352,13 +353,20 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
     check_nm(n, m)
     check_float(y, "y")
     lam = check_lam(lam)
-    fusable = y.dtype in (torch.float32, torch.float64) and y.is_contiguous() and not isinstance(step, Tensor)
+    fusable = y.dtype in (torch.float32, torch.float64) and y.is_contiguous()
     if fusable and not torch.compiler.is_compiling():  # (data_ptr is not traceable; compiled code copies)
         g, _ = group_view(y, m, dim, name="y")
-        if g.data_ptr() == y.data_ptr() and g.is_contiguous() and _native_scalar(g, lam, step, m):
-            lam_s = lam * step if isinstance(lam, Tensor) else torch.tensor(lam * step, dtype=torch.float64)
-            _native.prox_nm_cpu_(g, lam_s, n, m)
-            return y
+        if g.data_ptr() == y.data_ptr() and g.is_contiguous():  # groups in memory order
+            if not isinstance(step, Tensor) and _native_scalar(g, lam, step, m):
+                lam_s = lam * step if isinstance(lam, Tensor) else torch.tensor(lam * step, dtype=torch.float64)
+                _native.prox_nm_cpu_(g, lam_s, n, m)
+                return y
+            # A step laid out like y groups the same way (Adam's metric in ProxAdam: no output, no copy).
+            like_y = isinstance(step, Tensor) and step.shape == y.shape and step.dtype == y.dtype
+            if like_y and step.is_contiguous() and m == 4 and n < 4 and _native_scalar(g, lam, step.detach(), m):
+                lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
+                _native.prox_nm_metric_cpu_(g, step.detach().view(g.shape), lam64, n)
+                return y
     return y.copy_(prox_nm(y, lam, n, m, step, dim))
 
 
