@@ -4,7 +4,9 @@
 
 References: one out-of-place ``y.abs()`` pass over the same tensor on CPU, a device-to-device copy
 ``y.clone()`` on CUDA (for the operators), and one ``torch.optim.AdamW`` step over the same parameters (for
-ProxAdam). Times are medians of ``--repeat`` runs.
+ProxAdam). Times are medians of ``--repeat`` runs; each operator's runs alternate with runs of the reference,
+and its ratio is to the reference's median over those, so that a machine whose speed drifts during the run
+(a shared one) does not skew the ratios.
 """
 from __future__ import annotations
 
@@ -35,11 +37,26 @@ def timeit(fn, device, repeat: int) -> float:
     return statistics.median(times)
 
 
+def time_against(fn, ref_fn, device, repeat: int) -> tuple[float, float]:
+    """Medians of ``repeat`` runs of ``fn`` and of ``ref_fn``, alternating (after one warm-up run of each)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for f in (fn, ref_fn):
+        f()
+    for _ in range(repeat):
+        for f, ts in zip((fn, ref_fn), times):
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, float, float]]:
     y = torch.randn(size, size, device=device, dtype=dtype, generator=None)
     # The reference: one elementwise pass on CPU; on a GPU, a device-to-device copy (the memory-bound floor).
-    name, fn = ("y.clone() (reference)", y.clone) if device.type == "cuda" else ("y.abs() (reference)", y.abs)
-    ref = timeit(fn, device, repeat)
+    name, ref_fn = ("y.clone() (reference)", y.clone) if device.type == "cuda" else ("y.abs() (reference)", y.abs)
+    ref = timeit(ref_fn, device, repeat)
     rows = [(name, ref, 1.0)]
     # A per-entry step in [0.1, 10] (a diagonal metric like Adam's): at lam 0.01 about 90% of the groups are in
     # the convex regime and nearly every block of 32 or 64 holds some that are not (as in mask learning); with a
@@ -58,8 +75,8 @@ def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, fl
         ("nm_mask 2:4", lambda: nm_mask(y, 2, 4)),
     ]
     for name, fn in cases:
-        t = timeit(fn, device, repeat)
-        rows.append((name, t, t / ref))
+        t, t_ref = time_against(fn, ref_fn, device, repeat)
+        rows.append((name, t, t / t_ref))
     return rows
 
 
@@ -79,11 +96,13 @@ def bench_optimizer(shapes, device, dtype, repeat: int, lam: float = 0.1, adam_m
     # Each with default arguments (ProxAdam with a prox picks torch's fused Adam kernel, AdamW keeps its
     # for-loop one on CPU), then each kernel explicitly, against its AdamW twin: the prox's own cost.
     for tag, impl in (("defaults", {}), ("for-loop", {"foreach": False}), ("fused", {"fused": True})):
-        ref = timeit(make(torch.optim.AdamW, **impl).step, device, repeat)
-        rows.append((f"AdamW step ({tag}), {len(shapes)} tensors (ref)", ref, 1.0))
+        ref_step = make(torch.optim.AdamW, **impl).step
+        pairs = []
         for metric in ("identity", "adam") if adam_metric and tag == "defaults" else ("identity",):
-            t = timeit(make(ProxAdam, **nm, metric=metric, **impl).step, device, repeat)
-            rows.append((f"ProxAdam step ({tag}), 2:4, metric={metric}", t, t / ref))
+            t, t_ref = time_against(make(ProxAdam, **nm, metric=metric, **impl).step, ref_step, device, repeat)
+            pairs.append((f"ProxAdam step ({tag}), 2:4, metric={metric}", t, t / t_ref))
+        rows.append((f"AdamW step ({tag}), {len(shapes)} tensors (ref)", t_ref, 1.0))
+        rows.extend(pairs)
     return rows
 
 
