@@ -13,9 +13,10 @@
 // structure-of-arrays (value[i][lane]), so every step is a short loop over lanes that the compiler vectorizes:
 // the iterations of many groups are interleaved instead of one group's dependent chain of divisions and square
 // roots running alone. Iterations stop when every lane of the block has converged (or at a cap), so the work
-// adapts to lambda without per-group branches; for m > 4 the coordinate descents on the larger supports, most
-// of the work, run instead in a per-thread engine whose lanes are refilled as their groups finish
-// (DescentEngine).
+// adapts to lambda without per-group branches. The coordinate descents on the larger supports, most of the
+// work at moderate lambda, run instead on the groups that need them: for m > 4 in a per-thread engine whose
+// lanes are refilled as their groups finish (DescentEngine), for m = 4 packed into whole blocks
+// (PackedDescents).
 // OpenMP splits the blocks over threads.
 //
 // Built once by torchprox/prox/_native.py with the system C++ compiler and loaded with ctypes.
