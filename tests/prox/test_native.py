@@ -248,9 +248,10 @@ def test_m4_prox_of_a_group_is_its_prox_alone(dtype, n, metric):
 def test_prox_of_a_group_does_not_depend_on_its_neighbours(dtype, n, m):
     # For m > 4 the groups that need coordinate descent on supports larger than n+1 share the descent engine's
     # lanes, refilled as they finish; for m = 4 the groups outside the convex regime are packed into blocks for
-    # the general path. Either way which groups run side by side depends on the order of the groups and on the
-    # thread count: the results must not. (For m > 4 the convex path serves whole blocks, so there a group's
-    # result depends on whether its block-mates are convex too, but never on the thread count.)
+    # the general path, and those of them that need a descent packed again. Either way which groups run side by
+    # side depends on the order of the groups and on the thread count: the results must not. (For m > 4 the
+    # convex path serves whole blocks, so there a group's result depends on whether its block-mates are convex
+    # too, but never on the thread count.)
     gen = torch.Generator().manual_seed(12)
     y = (torch.randn(64 * 16 + 7, m, generator=gen, dtype=torch.float64) * 3).to(dtype)  # and a partial block
     y[::5] *= 1e-2  # some groups convex, some with no larger support, most with several
