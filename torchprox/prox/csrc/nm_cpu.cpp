@@ -598,7 +598,8 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
       int last = n + 1;
       while (last < kmax && possible[last + 1][l] != 0) ++last;
       if (finite[l] != 0 && last > n + 1) {
-        engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, rows != nullptr ? rows[l] : g0 + l);
+        const int64_t row = rows != nullptr ? rows[l] : g0 + l;
+        engine.push(l, b, best, best_f, grown, lam_g, scale, half_up, idx, last, row);
         if (tried_m4 && out != y) std::memcpy(out + l * m, y + l * m, sizeof(T) * m);
       } else {
         write_group(y + l * m, out + l * m, m, l, best, b, idx, scale[l], half_up[l], finite[l] != 0);
@@ -808,10 +809,11 @@ inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
 
 // For m = 4, the calling OpenMP thread's share of the groups (its contiguous range of blocks). A block whose
 // groups all qualify for convex_m4's path is solved in place by it, one where none does by solve(y, s, out,
-// lanes, rows, g0) (the general path; lane l's group is row rows[l] of the caller's y, or g0 + l if rows is null). In a block with groups on both sides (near the edge of the convex regime, nearly
-// every block: solved in place, every block would run the general solver, 2:4 at lam 0.05 on random data
-// twice the time) the groups that qualify are solved in place by convex_m4 when they are at least half of
-// the block, else packed into blocks for it, and the others packed into blocks for solve. Partial blocks are
+// lanes, rows, g0) (the general path; lane l's group is row rows[l] of the whole y, or row g0 + l when rows is
+// null). In a block with groups on both sides (near the edge of the convex regime, nearly every block: solved
+// in place, every block would run the general solver, 2:4 at lam 0.05 on random data twice the time) the
+// groups that qualify are solved in place by convex_m4 when they are at least half of the block, else packed
+// into blocks for it, and the others packed into blocks for solve. Partial blocks are
 // filled with zero groups and unit steps, which need not qualify (for n = 1, q = lam s (m - 1) whatever y):
 // only the block's own groups are counted. Which path a group takes depends on the group alone,
 // and neither path's lanes depend on each other, so a group's result depends neither on the order of the
@@ -1085,9 +1087,10 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
 template <typename T, int N>
 void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T lam, int threads) {
 #pragma omp parallel num_threads(threads)
-  convex_then_packed<T, N>(y, step, out, groups, lam, [&](const T* py, const T* ps, T* po, int count, const int64_t*, int64_t) {
-    metric_block<T, N>(py, ps, po, count, lam);
-  });
+  convex_then_packed<T, N>(y, step, out, groups, lam,
+                          [&](const T* py, const T* ps, T* po, int count, const int64_t*, int64_t) {
+                            metric_block<T, N>(py, ps, po, count, lam);
+                          });
 }
 
 template <typename T>
