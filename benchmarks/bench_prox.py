@@ -25,31 +25,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn, device, repeat: int) -> float:
-    fn()  # warm-up (allocations, lazy init)
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def medians(fns, device, repeat: int) -> list[float]:
+    """Median time of each of ``fns`` over ``repeat`` rounds, one run of each per round in turn (after one
+    warm-up run of each: allocations, lazy init), so that they share whatever the machine does meanwhile."""
+    for fn in fns:
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def time_against(fn, ref_fn, device, repeat: int) -> tuple[float, float]:
-    """Medians of ``repeat`` runs of ``fn`` and of ``ref_fn``, alternating (after one warm-up run of each)."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for f in (fn, ref_fn):
-        f()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        for f, ts in zip((fn, ref_fn), times):
+        for fn, ts in zip(fns, times):
             _sync(device)
             t0 = time.perf_counter()
-            f()
+            fn()
             _sync(device)
             ts.append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(ts) for ts in times]
+
+
+def timeit(fn, device, repeat: int) -> float:
+    return medians([fn], device, repeat)[0]
 
 
 def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, float, float]]:
@@ -75,7 +68,7 @@ def bench_operators(size: int, device, dtype, repeat: int) -> list[tuple[str, fl
         ("nm_mask 2:4", lambda: nm_mask(y, 2, 4)),
     ]
     for name, fn in cases:
-        t, t_ref = time_against(fn, ref_fn, device, repeat)
+        t, t_ref = medians([fn, ref_fn], device, repeat)
         rows.append((name, t, t / t_ref))
     return rows
 
@@ -99,7 +92,7 @@ def bench_optimizer(shapes, device, dtype, repeat: int, lam: float = 0.1, adam_m
         ref_step = make(torch.optim.AdamW, **impl).step
         pairs = []
         for metric in ("identity", "adam") if adam_metric and tag == "defaults" else ("identity",):
-            t, t_ref = time_against(make(ProxAdam, **nm, metric=metric, **impl).step, ref_step, device, repeat)
+            t, t_ref = medians([make(ProxAdam, **nm, metric=metric, **impl).step, ref_step], device, repeat)
             pairs.append((f"ProxAdam step ({tag}), 2:4, metric={metric}", t, t / t_ref))
         rows.append((f"AdamW step ({tag}), {len(shapes)} tensors (ref)", t_ref, 1.0))
         rows.extend(pairs)
