@@ -306,11 +306,9 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     metric = isinstance(s, Tensor) and s.dim() > 0
     metric_kernel = metric and m == 4 and n < 4  # the fused kernels' diagonal-metric prox covers m = 4
     if metric_kernel and _native_scalar(g, lam, 1.0, m) and s.device.type == "cpu":
-        lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
-        return restore(_native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), lam64, n).to(y.dtype))
+        return restore(_native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), _f64(lam), n).to(y.dtype))
     if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
-        lam_s = lam * s if isinstance(lam, Tensor) or isinstance(s, Tensor) else torch.tensor(lam * s, dtype=torch.float64)
-        return restore(_native.prox_nm_cpu(g, lam_s, n, m).to(y.dtype))
+        return restore(_native.prox_nm_cpu(g, _f64(lam * s), n, m).to(y.dtype))
     if not metric and _triton.serves(g, lam, s, m):  # the fused Triton kernel (CUDA): λ read on the device
         return restore(_triton.prox_nm_triton(g, lam * s, n, m).to(y.dtype))
     if metric_kernel and _triton.serves(g, lam, 1.0, m) and _triton.usable(s, m):
@@ -327,6 +325,11 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
     return restore(torch.copysign(x * scale, g).to(y.dtype))
+
+
+def _f64(v) -> Tensor:
+    """A Python number as a 0-d float64 CPU tensor for the fused kernels (a tensor as it is: no host sync)."""
+    return v if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float64)
 
 
 def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
@@ -358,14 +361,12 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
         g, _ = group_view(y, m, dim, name="y")
         if g.data_ptr() == y.data_ptr() and g.is_contiguous():  # groups in memory order
             if not isinstance(step, Tensor) and _native_scalar(g, lam, step, m):
-                lam_s = lam * step if isinstance(lam, Tensor) else torch.tensor(lam * step, dtype=torch.float64)
-                _native.prox_nm_cpu_(g, lam_s, n, m)
+                _native.prox_nm_cpu_(g, _f64(lam * step), n, m)
                 return y
             # A step laid out like y groups the same way (Adam's metric in ProxAdam: no output, no copy).
             like_y = isinstance(step, Tensor) and step.shape == y.shape and step.dtype == y.dtype
             if like_y and step.is_contiguous() and m == 4 and n < 4 and _native_scalar(g, lam, step.detach(), m):
-                lam64 = lam if isinstance(lam, Tensor) else torch.tensor(lam, dtype=torch.float64)
-                _native.prox_nm_metric_cpu_(g, step.detach().view(g.shape), lam64, n)
+                _native.prox_nm_metric_cpu_(g, step.detach().view(g.shape), _f64(lam), n)
                 return y
     return y.copy_(prox_nm(y, lam, n, m, step, dim))
 
