@@ -365,6 +365,27 @@ struct DescentEngine {
   }
 };
 
+// The candidates on the top-k supports k = n+2..k_last of a block (see prox_block): coordinate descent from x = b
+// and from grown (the previous support's solution; then this support's second result), iterating only the lanes
+// where possible[k] is nonzero and keeping a candidate only from those, so that a lane's result does not depend on
+// the other lanes; supports past the last one any lane can use are skipped.
+template <typename T>
+INLINE void descend_supports(T (*best)[kLanes<T>], T* best_f, T (*grown)[kLanes<T>], const T (*b)[kLanes<T>],
+                             const T* lam, int n, int m, int k_last, const T (*possible)[kLanes<T>]) {
+  T tol[kLanes<T>], cand[kMaxM][kLanes<T>], f[kLanes<T>];
+  LANES tol[l] = Iters<T>::tol;
+  for (int k = n + 2; k <= k_last && count(possible[k]) != 0; ++k) {
+    for (int start = 0; start < 2; ++start) {
+      for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
+      coordinate_descent(cand, b, k, n, lam, tol, possible[k]);
+      objective(cand, b, m, n, lam, f);
+      LANES f[l] = possible[k][l] != 0 ? f[l] : std::numeric_limits<T>::infinity();
+      keep_best(best, best_f, cand, f, m);
+    }
+    std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);
+  }
+}
+
 // The m = 4 counterpart of DescentEngine: the groups whose top-4 (and, for n = 1, top-3) support can hold a
 // local minimizer (see prox_block) packed into whole blocks for their coordinate descents. In a block of the
 // general path, at lam 0.25 on random 2:4 groups, 41% of the lanes need a descent and nearly every block has
@@ -407,28 +428,15 @@ struct PackedDescents {
     d.kmax[c] = T(kmax_l); d.row[c] = row_;
   }
 
-  // The descents of the full block's groups, as prox_block runs them on its own block for m < 4 (lanes past
-  // its groups: kmax 0, never iterated), then their rows; the overflow becomes the next full block.
+  // The descents of the full block's groups (lanes past its groups: kmax 0, never iterated), then their rows;
+  // the overflow becomes the next full block.
   void run() {
-    constexpr int n = NT;
     Block& g = full;
     const int used = filled < K ? filled : K;
     for (int l = used; l < K; ++l) g.kmax[l] = 0;
-    T tol[K], cand[4][K], f[K];
-    LANES tol[l] = Iters<T>::tol;
-    for (int k = n + 2; k <= 4; ++k) {
-      T possible[K];
-      LANES possible[l] = T(k) <= g.kmax[l] ? T(1) : T(0);
-      if (count(possible) == 0) break;
-      for (int start = 0; start < 2; ++start) {
-        for (int i = 0; i < 4; ++i) LANES cand[i][l] = i < k ? (start == 0 ? g.b[i][l] : g.grown[i][l]) : T(0);
-        coordinate_descent(cand, g.b, k, n, g.lam, tol, possible);
-        objective(cand, g.b, 4, n, g.lam, f);
-        LANES f[l] = possible[l] != 0 ? f[l] : std::numeric_limits<T>::infinity();
-        keep_best(g.best, g.best_f, cand, f, 4);
-      }
-      std::memcpy(g.grown, cand, sizeof(cand));
-    }
+    T possible[5][K];
+    for (int k = NT + 2; k <= 4; ++k) LANES possible[k][l] = T(k) <= g.kmax[l] ? T(1) : T(0);
+    descend_supports(g.best, g.best_f, g.grown, g.b, g.lam, NT, 4, 4, possible);
     for (int l = 0; l < used; ++l)
       write_group(y + g.row[l] * 4, out + g.row[l] * 4, 4, l, g.best, g.b, g.idx, g.scale[l], g.half_up[l], true);
     filled -= used;
@@ -608,17 +616,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     return;
   }
   // For m < 4 (one such support at most, of at most 3 coordinates) the descents run here, on the block.
-  // Only the lanes where the top k can hold a local minimizer are iterated: the others keep their start, a
-  // genuine point whose objective is never below the minimizer's, so it cannot displace the right candidate.
-  for (int k = n + 2; k <= kmax; ++k) {
-    for (int start = 0; start < 2; ++start) {
-      for (int i = 0; i < m; ++i) LANES cand[i][l] = i < k ? (start == 0 ? b[i][l] : grown[i][l]) : T(0);
-      coordinate_descent(cand, b, k, n, lam_g, tol_g, possible[k]);
-      objective(cand, b, m, n, lam_g, f);
-      keep_best(best, best_f, cand, f, m);
-    }
-    std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);
-  }
+  descend_supports(best, best_f, grown, b, lam_g, n, m, kmax, possible);
   for (int l = 0; l < lanes; ++l)
     write_group(y + l * m, out + l * m, m, l, best, b, idx, scale[l], half_up[l], finite[l] != 0);
 }
@@ -813,11 +811,10 @@ inline void thread_blocks(int64_t blocks, int64_t& lo, int64_t& hi) {
 // null). In a block with groups on both sides (near the edge of the convex regime, nearly every block: solved
 // in place, every block would run the general solver, 2:4 at lam 0.05 on random data twice the time) the
 // groups that qualify are solved in place by convex_m4 when they are at least half of the block, else packed
-// into blocks for it, and the others packed into blocks for solve. Partial blocks are
-// filled with zero groups and unit steps, which need not qualify (for n = 1, q = lam s (m - 1) whatever y):
-// only the block's own groups are counted. Which path a group takes depends on the group alone,
-// and neither path's lanes depend on each other, so a group's result depends neither on the order of the
-// groups nor on the thread count. step may be null (ps is then null too); out may be y itself (a group is
+// into blocks for it, and the others packed into blocks for solve. Partial blocks are filled with zero groups
+// and unit steps, which need not qualify (for n = 1, q = lam s (m - 1) whatever y): only the block's own groups
+// are counted. Which path a group takes depends on the group alone, and neither path's lanes depend on each
+// other, so a group's result depends neither on the order of the groups nor on the thread count. step may be null (ps is then null too); out may be y itself (a group is
 // read before it is written).
 template <typename T, int N, typename Solve>
 void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam, Solve&& solve) {
