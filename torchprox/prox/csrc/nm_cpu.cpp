@@ -119,7 +119,8 @@ inline int exponent(T x) {
 // with P_i the elementary symmetric polynomials of x[0..i) (computed at the start of the sweep: those
 // coordinates are not updated yet) and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a
 // sweep, sums of non-negative terms only. A lane whose b and x are 0 on [j, k) gets the same bits as a sweep on
-// x[0..j): those coordinates stay +0 and add exact zeros.
+// x[0..j): those coordinates stay +0 and add exact zeros. The terms with P_i[0] = S_i[0] = 1 are added without
+// their product, the same bits (1 * s and fma(p, 1, c) are exact) for fewer loads.
 template <typename T>
 INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* active,
                      T* change, T* en = nullptr) {
@@ -128,7 +129,8 @@ INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, c
   for (int r = 1; r <= n; ++r) LANES P[0][r][l] = 0;
   for (int i = 1; i < k; ++i) {
     LANES P[i][0][l] = 1;
-    for (int r = 1; r <= n; ++r) LANES P[i][r][l] = P[i - 1][r][l] + x[i - 1][l] * P[i - 1][r - 1][l];
+    LANES P[i][1][l] = P[i - 1][1][l] + x[i - 1][l];
+    for (int r = 2; r <= n; ++r) LANES P[i][r][l] = P[i - 1][r][l] + x[i - 1][l] * P[i - 1][r - 1][l];
   }
   if (en != nullptr) LANES en[l] = P[k - 1][n][l] + x[k - 1][l] * P[k - 1][n - 1][l];
   T S[kMaxM][kLanes<T>];  // e_r(x(i..k)), r = 0..n
@@ -137,8 +139,9 @@ INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, c
   LANES change[l] = 0;
   for (int i = k - 1; i >= 0; --i) {
     T c[kLanes<T>];
-    LANES c[l] = 0;
-    for (int r = 0; r <= n; ++r) LANES c[l] += P[i][r][l] * S[n - r][l];
+    LANES c[l] = S[n][l];
+    for (int r = 1; r < n; ++r) LANES c[l] += P[i][r][l] * S[n - r][l];
+    LANES c[l] += P[i][n][l];
     LANES {
       T v = b[i][l] - lam[l] * c[l];
       v = v < 0 ? T(0) : v;
@@ -146,7 +149,8 @@ INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, c
       change[l] = dv > change[l] ? dv : change[l];
       x[i][l] = active[l] != 0 ? v : x[i][l];
     }
-    for (int r = n; r >= 1; --r) LANES S[r][l] += x[i][l] * S[r - 1][l];
+    for (int r = n; r >= 2; --r) LANES S[r][l] += x[i][l] * S[r - 1][l];
+    LANES S[1][l] += x[i][l];
   }
 }
 
