@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "nm_cpu.cpp"
 # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC may not turn the
 # lane loops' selects (x = c ? a * b : 0) into vector blends where the CPU has no masked vector operations
-# (AVX2): such a build ran 1.43x the instructions without it on 4:8 at lam 0.25, 1.28x on 2:4. Same values.
+# (AVX2): such a build ran 1.43x the instructions without it on 4:8 at lam 0.25, 1.28x on 2:4. The same bits,
+# but for the 3:4 diagonal-metric kernel: 1-2 ulp apart in ~1% of groups (docs/benchmarks.md).
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
