@@ -305,7 +305,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     g = g.to(dtype)
     metric = isinstance(s, Tensor) and s.dim() > 0
     metric_kernel = metric and m == 4 and n < 4  # the fused kernels' diagonal-metric prox covers m = 4
-    if metric_kernel and _native_scalar(g, lam, 1.0, m) and s.device.type == "cpu":
+    if metric and _native_metric(g, lam, s, n, m):
         return restore(_native.prox_nm_metric_cpu(g, s.detach().to(g.dtype), _f64(lam), n).to(y.dtype))
     if not metric and _native_scalar(g, lam, s, m):  # the fused CPU kernel: same algorithm, one pass
         return restore(_native.prox_nm_cpu(g, _f64(lam * s), n, m).to(y.dtype))
@@ -341,6 +341,12 @@ def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
     return scalars_on_cpu and _native.usable(g, m)
 
 
+def _native_metric(g: Tensor, lam, s: Tensor, n: int, m: int) -> bool:
+    """Whether the fused CPU kernel's diagonal-metric prox serves this call: m = 4, n < 4, a CPU step tensor
+    (read detached), and what :func:`_native_scalar` asks of the groups and λ."""
+    return m == 4 and n < 4 and s.device.type == "cpu" and _native_scalar(g, lam, 1.0, m)
+
+
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     """In-place :func:`prox_nm` (the fused CPU kernels write into ``y`` directly when its groups are a
     contiguous view of it, with a scalar step or, for m = 4, a contiguous step tensor shaped and typed like
@@ -365,7 +371,7 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
                 return y
             # A step laid out like y groups the same way (Adam's metric in ProxAdam: no output, no copy).
             like_y = isinstance(step, Tensor) and step.shape == y.shape and step.dtype == y.dtype
-            if like_y and step.is_contiguous() and m == 4 and n < 4 and _native_scalar(g, lam, step.detach(), m):
+            if like_y and step.is_contiguous() and _native_metric(g, lam, step, n, m):
                 _native.prox_nm_metric_cpu_(g, step.detach().view(g.shape), _f64(lam), n)
                 return y
     return y.copy_(prox_nm(y, lam, n, m, step, dim))
