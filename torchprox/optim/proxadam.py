@@ -417,6 +417,9 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
             &\hspace{5mm}\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
                 = \mathrm{argmin}_w \: \tfrac{1}{2} \textstyle\sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
                 + \lambda_t R(w)                                                                 \\
+            &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}: \:
+                \theta_{t,i} \text{ keeps its value from before the prox wherever }
+                \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0                                   \\
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
             &\bf{return} \:  \theta_t                                                     \\[-1.ex]
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
@@ -437,8 +440,28 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
     the prox in Adam's own diagonal metric, so the prox shrinks each weight in proportion to its Adam step
     size; ``lam_scaling="lr"`` lets LR schedulers (warm-up, decay) act on λ too.
 
-    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor, and
-    Adam's ``step`` count is read as a tensor when forming the metric.
+    Weights without a gradient (``metric="adam"``): where ``v̂ = 0`` the weight has never had a nonzero
+    gradient (an MoE expert that received no tokens, an input feature that is always zero; also a gradient so
+    small, or so long ago, that ``v`` underflowed), and the formula's step ``s = lr / eps`` (1e5·lr) would be
+    an unbounded prox step that zeroes it at once. There the prox's result is discarded: the weight stays
+    as the Adam step left it (the operator still runs on the whole tensor, and its other weights take its
+    result; a ``torch.where`` after it puts those entries back, with ``metric="adam"`` only: the out-of-place
+    operator and one elementwise pass instead of the in-place operator). Likewise ``lr = 0`` gives ``s = 0``,
+    whose prox is the identity: nothing moves. With ``metric="identity"`` and ``lam_scaling="constant"``, in
+    contrast, ``lr = 0`` (e.g. the first step of a warm-up from 0) does *not* stop the prox: ``s = 1`` and
+    ``λ_t = λ`` whatever the lr, as the formula says; use ``lam_scaling="lr"`` to let the schedule act on λ.
+
+    Validation: every group is checked when it is added (constructor, ``add_param_group``) and when a
+    ``state_dict`` is loaded, before anything changes, so that a step never stops half done: the prox name,
+    ``lam``, ``metric``, ``lam_scaling``, that ``prox_kwargs`` fit the operator's signature, that each
+    parameter of a group with a prox is real floating-point and passes the operator's own check (registered
+    with :func:`torchprox.prox.register_prox`'s ``check``; e.g. ``"nm"``: ``0 < n < m`` and the group dim's
+    size a multiple of ``m``), and that a loaded Adam state has each parameter's shape. Errors in AdamW's own
+    arguments are AdamW's, with the same types and messages.
+
+    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor (of
+    one element, any shape, as for AdamW), and Adam's ``step`` count is read as a tensor when forming the
+    metric.
 
     Args:
         params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
@@ -458,7 +481,8 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
             bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
             ``fn(p, lam_eff, step=s, **prox_kwargs)``.
         metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
-            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``) (default: ``"identity"``).
+            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; weights with ``v̂ = 0`` are left as
+            Adam left them, see above) (default: ``"identity"``).
         lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
             lr) (default: ``"constant"``).
         foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`
