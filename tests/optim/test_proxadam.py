@@ -26,6 +26,7 @@ from torchprox.prox import nm_penalty, prox_l1, prox_nm, register_prox
 from torchprox.prox import registry as prox_registry
 
 NM = {"n": 2, "m": 4, "dim": 1}
+NM_LAST = {"n": 2, "m": 4}  # groups along the last dim: fits a (4, 8) weight and its (4,) bias alike
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -161,7 +162,7 @@ def _prox_groups(w, b, **extra):
 def test_a_prox_picks_the_fused_adam_kernel_by_default():
     w, b = _leaves(*_init())
     assert ProxAdam(_prox_groups(w, b)).defaults["fused"] is True
-    assert ProxAdam([w, b], prox="nm", lam=0.5, prox_kwargs=NM).defaults["fused"] is True
+    assert ProxAdam([w, b], prox="nm", lam=0.5, prox_kwargs=NM_LAST).defaults["fused"] is True
     # the same updates as asking for it
     w_ref, b_ref, _ = _train(lambda p: ProxAdam(_prox_groups(*p), lr=1e-2, fused=True))
     w2, b2, _ = _train(lambda p: ProxAdam(_prox_groups(*p), lr=1e-2))
@@ -170,9 +171,10 @@ def test_a_prox_picks_the_fused_adam_kernel_by_default():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"prox": "nm", "lam": 0.0, "prox_kwargs": NM}, {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "foreach": False},
-     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "foreach": True},
-     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM, "fused": False}],
+    [{}, {"prox": "nm", "lam": 0.0, "prox_kwargs": NM},
+     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM_LAST, "foreach": False},
+     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM_LAST, "foreach": True},
+     {"prox": "nm", "lam": 0.5, "prox_kwargs": NM_LAST, "fused": False}],
     ids=["no_prox", "lam0", "loop", "foreach", "fused_false"],
 )
 def test_no_prox_or_an_explicit_choice_keeps_adamws_kernel(kwargs):
@@ -189,7 +191,7 @@ def test_fused_default_takes_generators_and_leaves_the_callers_groups_alone():
     assert opt.defaults["fused"] is True
     assert [g["params"] for g in opt.param_groups] == [[w], [b]]
     assert all(g["params"] is o["params"] for g, o in zip(groups, originals))  # not replaced in the caller's dicts
-    named = ProxAdam([("w", w), ("b", b)], prox="nm", lam=0.5, prox_kwargs=NM)
+    named = ProxAdam([("w", w), ("b", b)], prox="nm", lam=0.5, prox_kwargs=NM_LAST)
     assert named.defaults["fused"] is True
 
 
@@ -207,7 +209,7 @@ def test_tensor_subclass_params_keep_the_default_kernel():
 
     w, b = _leaves(*_init())
     sub = torch.nn.Parameter(w.detach().clone().as_subclass(Tagged))
-    assert ProxAdam([sub, b], prox="nm", lam=0.5, prox_kwargs=NM).defaults["fused"] is None
+    assert ProxAdam([sub, b], prox="nm", lam=0.5, prox_kwargs=NM_LAST).defaults["fused"] is None
 
 
 @pytest.mark.parametrize("metric", ["identity", "adam"])
@@ -416,9 +418,9 @@ def test_prox_only_on_groups_that_have_one_and_grad_none_is_untouched():
         lr=0.1,
     )
     r_w, r_w2, r_b = _leaves(w0, w2_0, b0)
-    ref = torch.optim.AdamW(
+    ref = torch.optim.AdamW(  # the Adam kernel ProxAdam picked (fused: see test_a_prox_picks_the_fused_...)
         [{"params": [r_w]}, {"params": [r_w2], "weight_decay": 0.01}, {"params": [r_b], "lr": 0.05}],
-        lr=0.1, weight_decay=0.0,
+        lr=0.1, weight_decay=0.0, fused=opt.defaults["fused"],
     )
     for k in range(3):
         _set_grads([w, w2, b], 100 + k)
@@ -1154,3 +1156,330 @@ def test_metric_step_reads_step_count_as_tensor():
     expected = 0.1 / ((state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))).sqrt() + 1e-8)
     torch.testing.assert_close(s, expected, rtol=1e-6, atol=0)
     assert math.isclose(float(state["step"]), 1.0)
+
+
+# ------------------------------------------------------------- several prox groups, in every order (issue 21)
+
+# Each group: its param's shape, the group's settings, and the prox a reference applies to its param by hand.
+MULTI_GROUPS = {
+    "nm": ((4, 8), {"prox": "nm", "lam": 0.8, "prox_kwargs": NM}),
+    "nm_1_4_adam": ((2, 8), {"prox": "nm", "lam": 200.0, "prox_kwargs": {"n": 1, "m": 4, "dim": 1}, "metric": "adam",
+                             "lam_scaling": "lr", "lr": 0.05}),
+    "l1": ((3, 5), {"prox": "l1", "lam": 0.2}),
+    "group_lasso": ((2, 8), {"prox": "group_lasso", "lam": 0.3, "prox_kwargs": {"group_size": 4, "dim": 1}}),
+    "plain": ((4,), {}),
+}
+KERNELS = {"fused_default": {}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
+def _reference_prox(p, group, ref_group, ref_state):
+    """``p`` after its group's prox, computed here from the reference AdamW's state (not ProxAdam's)."""
+    if group.get("prox") is None:
+        return p
+    lam = group["lam"] * (ref_group["lr"] if group.get("lam_scaling") == "lr" else 1.0)
+    if group.get("metric") == "adam":
+        t = float(ref_state["step"])
+        v = ref_state["exp_avg_sq"] / (1 - ref_group["betas"][1] ** t)
+        step = ref_group["lr"] / (v.sqrt() + ref_group["eps"])
+    else:
+        step = 1.0
+    return torchprox.prox.get_prox(group["prox"])(p, lam, step=step, **group.get("prox_kwargs", {}))
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("order", list(__import__("itertools").permutations(["nm", "nm_1_4_adam", "l1", "plain"])),
+                         ids=lambda o: "-".join(o))
+def test_every_group_gets_its_own_prox_in_any_order(order, kernel):
+    names = list(order) + ["group_lasso"] if order[0] == "plain" else list(order)
+    g = torch.Generator().manual_seed(len(names) * 7 + sum(ord(c) for c in "".join(order)))
+    init = {n: torch.randn(MULTI_GROUPS[n][0], generator=g, dtype=torch.float64) for n in names}
+    params, ref_params = _leaves(*init.values()), _leaves(*init.values())
+    groups = [{"params": [p], **MULTI_GROUPS[n][1]} for n, p in zip(names, params)]
+    opt = ProxAdam(groups, lr=0.1, **KERNELS[kernel])
+    adam_keys = ("lr",)
+    ref = torch.optim.AdamW(
+        [{"params": [r], **{k: v for k, v in MULTI_GROUPS[n][1].items() if k in adam_keys}}
+         for n, r in zip(names, ref_params)],
+        lr=0.1, weight_decay=0.0, fused=opt.defaults["fused"], foreach=KERNELS[kernel].get("foreach"),
+    )
+    for k in range(3):
+        _set_grads(params, 40 + k)
+        _set_grads(ref_params, 40 + k)
+        opt.step()
+        ref.step()
+        with torch.no_grad():
+            for n, r, rg in zip(names, ref_params, ref.param_groups):
+                r.copy_(_reference_prox(r.detach(), MULTI_GROUPS[n][1], rg, ref.state[r]))
+        for n, p, r in zip(names, params, ref_params):
+            torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-9, atol=1e-12, msg=f"{n}, step {k}")
+    for n, p in zip(names, params):  # every prox group was regularised (the test would catch a skipped one)
+        if MULTI_GROUPS[n][1]:
+            assert (p.detach() == 0).any(), n
+
+
+# ----------------------------------------------------------------- load_state_dict checks shapes (issue 21)
+
+
+def _saved_for(shape, **kw):
+    (a,) = _leaves(torch.randn(shape))
+    opt = ProxAdam([a], prox="nm", lam=0.1, **kw)
+    a.grad = torch.randn_like(a)
+    opt.step()
+    return opt.state_dict()
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
+def test_load_state_dict_for_other_shapes_raises_before_changing_anything(kernel, amsgrad):
+    saved = _saved_for((8, 16), amsgrad=amsgrad, **KERNELS[kernel])
+    (b,) = _leaves(torch.randn(8, 32))
+    opt = ProxAdam([b], prox="nm", lam=0.1, lr=0.01, amsgrad=amsgrad, **KERNELS[kernel])
+    groups_before = copy.deepcopy(opt.param_groups)
+    with pytest.raises(ValueError, match=r"param group 0, parameter 0 of shape \(8, 32\): 'exp_avg' is of shape "
+                                         r"\(8, 16\).*other parameters"):
+        opt.load_state_dict(saved)
+    assert len(opt.state) == 0 and opt.param_groups[0]["lr"] == 0.01
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == [
+        {k: v for k, v in g.items() if k != "params"} for g in groups_before]
+    b.grad = torch.randn_like(b)
+    opt.step()  # still usable
+    assert opt.state[b]["exp_avg"].shape == (8, 32)
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda st: st.pop("exp_avg_sq"), "has no 'exp_avg_sq'"),
+        (lambda st: st.update(step=torch.ones(2)), "'step' is of shape \\(2,\\)"),
+        (lambda st: st.update(exp_avg_sq=[1.0]), "'exp_avg_sq' is a list"),
+    ],
+    ids=["missing", "step_shape", "not_a_tensor"],
+)
+def test_load_state_dict_rejects_a_malformed_state(corrupt, match):
+    saved = _saved_for((4, 8))
+    corrupt(saved["state"][0])
+    (b,) = _leaves(torch.randn(4, 8))
+    opt = ProxAdam([b], prox="nm", lam=0.1)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(saved)
+    assert len(opt.state) == 0
+
+
+def test_load_state_dict_missing_max_exp_avg_sq_with_amsgrad_is_an_error():
+    saved = _saved_for((4, 8))
+    saved["param_groups"][0]["amsgrad"] = True  # the loaded groups' settings win
+    (b,) = _leaves(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="has no 'max_exp_avg_sq'"):
+        ProxAdam([b], prox="nm", lam=0.1).load_state_dict(saved)
+
+
+def test_load_state_dict_validates_the_loaded_groups_against_the_params():
+    saved = _saved_for((4, 8))
+    (b,) = _leaves(torch.randn(4, 8))
+    opt = ProxAdam([b], prox="nm", lam=0.1)
+    for bad, match in [({"prox_kwargs": {"n": 2, "m": 3}}, "not a multiple of m=3"),
+                       ({"prox_kwargs": {"n": 2, "m": 4, "groups": 2}}, "no keyword argument 'groups'"),
+                       ({"lam": -1.0}, "lam"), ({"prox": "nope"}, "nope")]:
+        changed = copy.deepcopy(saved)
+        changed["param_groups"][0].update(bad)
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(changed)
+        assert len(opt.state) == 0 and opt.param_groups[0]["prox_kwargs"] == {}
+
+
+def test_issue_repro_other_shapes_with_the_fused_kernel_does_not_crash_the_process():
+    # Before the check, torch's fused Adam read the (8, 16) moments as (8, 32) ones: abort or segfault.
+    code = (
+        "import torch\nfrom torch.nn import Parameter\nfrom torchprox import ProxAdam\n"
+        "a=Parameter(torch.randn(8,16)); oa=ProxAdam([a],prox='nm',lam=.1); a.grad=torch.randn_like(a); oa.step()\n"
+        "b=Parameter(torch.randn(8,32)); ob=ProxAdam([b],prox='nm',lam=.1)\n"
+        "try:\n    ob.load_state_dict(oa.state_dict())\nexcept ValueError as e:\n    print('ValueError', e)\n"
+        "b.grad=torch.randn_like(b); ob.step(); print('stepped')\n"
+    )
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(torchprox.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "ValueError" in out.stdout and "(8, 16)" in out.stdout and "stepped" in out.stdout
+
+
+# ------------------------------------------------------------ bad groups fail at construction (issue 21)
+
+BAD_GROUPS = [
+    ((4, 8), {"prox": "nm", "prox_kwargs": {"n": 2, "m": 4, "groups": 3}}, "takes no keyword argument 'groups'"),
+    ((4, 8), {"prox": "nm", "prox_kwargs": {"n": 5, "m": 4, "dim": 1}}, "0 < n < m"),
+    ((4, 8), {"prox": "nm", "prox_kwargs": {"n": 4, "m": 4, "dim": 1}}, "0 < n < m"),
+    ((4, 30), {"prox": "nm", "prox_kwargs": NM}, "size 30 along dim 1 is not a multiple of m=4"),
+    ((4, 8), {"prox": "nm", "prox_kwargs": {"dim": 2}}, "dim=2 is out of range"),
+    ((4, 8), {"prox": "nm", "prox_kwargs": {"dim": "1"}}, "dim must be an integer"),
+    ((), {"prox": "nm"}, "0-d"),
+    ((4, 8), {"prox": "nm_projection", "prox_kwargs": {"n": 2, "m": 3}}, "not a multiple of m=3"),
+    ((2, 8), {"prox": "group_lasso", "prox_kwargs": {"group_size": 3, "dim": 1}}, "not a multiple of m=3"),
+    ((2, 8), {"prox": "group_lasso", "prox_kwargs": {"group_size": 0}}, "group_size"),
+    ((2, 8), {"prox": "l1", "prox_kwargs": {"n": 2}}, "'l1' takes no keyword argument 'n'"),
+]
+
+
+@pytest.mark.parametrize("shape,group,match", BAD_GROUPS, ids=[m for _, _, m in BAD_GROUPS])
+def test_a_group_the_prox_cannot_serve_fails_at_construction_and_in_add_param_group(shape, group, match):
+    w, b = _leaves(torch.randn(4, 8), torch.randn(4))
+    (bad,) = _leaves(torch.randn(shape))
+    with pytest.raises(ValueError, match=match) as info:
+        ProxAdam([{"params": [w], "prox": "nm", "lam": 0.5, "prox_kwargs": NM}, {"params": [b]},
+                  {"params": [bad], "lam": 0.5, **group}])
+    if "keyword" not in match:
+        assert f"param group 2, parameter 0 of shape {tuple(shape)}" in str(info.value)
+    opt = ProxAdam([w], prox="nm", lam=0.5, prox_kwargs=NM)
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [bad], "lam": 0.5, **group})
+    assert len(opt.param_groups) == 1
+
+
+def test_complex_params_are_refused_in_a_prox_group_and_allowed_in_a_plain_one():
+    (w,) = _leaves(torch.randn(4, 8))
+    (z,) = _leaves(torch.randn(4, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"parameter 0 \('z'\) of shape \(4, 8\) has dtype torch.complex64"):
+        ProxAdam([("z", z)], prox="l1", lam=0.1)
+    opt = ProxAdam([{"params": [w], "prox": "l1", "lam": 0.1}, {"params": [z]}])
+    z.grad, w.grad = torch.ones_like(z), torch.ones_like(w)
+    opt.step()
+
+
+def test_a_bad_group_never_leaves_a_half_done_step():
+    # before: n > m on the second group was found by prox_nm in step(), after Adam had moved both params
+    # and the first group's prox had run
+    w, v = _leaves(torch.randn(4, 8), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="0 < n < m"):
+        ProxAdam([{"params": [w], "prox": "nm", "lam": 0.5, "prox_kwargs": NM},
+                  {"params": [v], "prox": "nm", "lam": 0.5, "prox_kwargs": {"n": 5, "m": 4}}])
+
+
+def test_a_user_prox_gets_the_signature_check_and_its_own_check(registered_prox):
+    name, _ = registered_prox
+    (w,) = _leaves(torch.randn(4, 8))
+    with pytest.raises(ValueError, match=f"prox '{name}' takes no keyword argument 'radius'"):
+        ProxAdam([w], prox=name, lam=0.1, prox_kwargs={"radius": 2.0})
+    ProxAdam([w], prox=name, lam=0.1, prox_kwargs={"bound": 2.0})
+
+    def needs_positive_bound(y, bound=1.0):
+        if bound <= 0:
+            raise ValueError(f"bound must be > 0, got {bound}")
+
+    fn = prox_registry.get_prox(name)
+    register_prox(name, overwrite=True, check=needs_positive_bound)(fn)
+    with pytest.raises(ValueError, match=r"parameter 0 of shape \(4, 8\): prox .*bound must be > 0, got -1"):
+        ProxAdam([w], prox=name, lam=0.1, prox_kwargs={"bound": -1.0})
+
+    @register_prox(name + "_req", overwrite=True)
+    def _needs_radius(y, lam, *, step=1.0, radius):
+        return y
+
+    try:
+        with pytest.raises(ValueError, match="radius"):
+            ProxAdam([w], prox=name + "_req", lam=0.1)
+        ProxAdam([w], prox=name + "_req", lam=0.1, prox_kwargs={"radius": 1.0})
+    finally:
+        prox_registry._REGISTRY.pop(name + "_req", None)
+    prox_registry._CHECKS.pop(name, None)
+
+
+# --------------------------------------------------------------- torch's AdamW errors and lr (issue 21)
+
+ADAMW_BAD_ARGS = [
+    {"lr": -1.0}, {"lr": torch.tensor([0.1, 0.2])}, {"lr": torch.tensor(0.1), "foreach": True},
+    {"eps": -1.0}, {"betas": (1.0, 0.0)}, {"betas": (-0.1, 0.9)}, {"betas": (0.9, 1.0)}, {"betas": (0.9, -1e-3)},
+    {"weight_decay": -1.0}, {"betas": (0.9, torch.tensor(0.99))},
+    {"betas": (torch.tensor(0.9), torch.tensor(0.99)), "foreach": True},
+    {"betas": (torch.tensor([0.9, 0.9]), torch.tensor(0.99))},
+    {"fused": True, "differentiable": True}, {"fused": True, "foreach": True},
+]
+
+
+@pytest.mark.parametrize("kwargs", ADAMW_BAD_ARGS, ids=[str(i) for i in range(len(ADAMW_BAD_ARGS))])
+@pytest.mark.parametrize("params", ["none", "tensors"])
+@pytest.mark.parametrize("prox", [{}, {"prox": "nm", "lam": 0.1}], ids=["", "nm"])
+def test_adamws_argument_errors_are_raised_as_adamw_raises_them(kwargs, params, prox):
+    def make(cls):
+        ps = None if params == "none" else [torch.nn.Parameter(torch.randn(4, 8))]
+        try:
+            cls(ps, **kwargs, **({} if cls is torch.optim.AdamW else prox))
+        except Exception as e:  # noqa: BLE001 - comparing what each raises
+            return type(e), str(e)
+        return None
+
+    expected = make(torch.optim.AdamW)
+    assert expected is not None
+    assert make(ProxAdam) == expected
+
+
+@pytest.mark.parametrize("metric", ["identity", "adam"])
+@pytest.mark.parametrize("lam_scaling", ["constant", "lr"])
+@pytest.mark.parametrize("lr_shape", [(1,), (1, 1)])
+def test_any_one_element_tensor_lr_adamw_accepts(metric, lam_scaling, lr_shape):
+    w0, _ = _init(6, (4, 8), torch.float64)
+    z0 = torch.tensor(1.5, dtype=torch.float64)  # a 0-d parameter, with an elementwise prox
+    outs = []
+    for lr in (torch.full(lr_shape, 0.05, dtype=torch.float64), 0.05):
+        w, z = _leaves(w0, z0)
+        lam = 0.5 if lam_scaling == "constant" else 10.0
+        opt = ProxAdam([{"params": [w], "prox": "nm", "lam": lam, "prox_kwargs": NM},
+                        {"params": [z], "prox": "l1", "lam": lam}], lr=lr, metric=metric, lam_scaling=lam_scaling)
+        for k in range(3):
+            _set_grads([w, z], 60 + k)
+            opt.step()
+        outs.append((w.detach(), z.detach()))
+    (w_t, z_t), (w_f, z_f) = outs
+    assert w_t.shape == w0.shape and z_t.shape == ()
+    torch.testing.assert_close(w_t, w_f, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(z_t, z_f, rtol=1e-12, atol=1e-14)
+    assert (w_t == 0).any()
+
+
+# ------------------------------------------------- metric="adam" where v̂ = 0, and lr = 0 (issue 21, item 14)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("prox,kwargs", [("nm", NM), ("l1", {})], ids=["nm", "l1"])
+def test_adam_metric_leaves_weights_that_never_had_a_gradient_as_adam_left_them(kernel, prox, kwargs):
+    w0, _ = _init(7, (6, 8), torch.float64)
+    dead0 = torch.randn(4, 8, dtype=torch.float64)
+    w, dead = _leaves(w0, dead0)
+    opt = ProxAdam([w, dead], lr=0.1, weight_decay=0.01, prox=prox, lam=2.0, prox_kwargs=kwargs, metric="adam",
+                   **KERNELS[kernel])
+    r_w, r_dead = _leaves(w0, dead0)
+    ref = torch.optim.AdamW([r_w, r_dead], lr=0.1, weight_decay=0.01, fused=opt.defaults["fused"],
+                            foreach=KERNELS[kernel].get("foreach"))
+    for k in range(3):
+        _set_grads([w], 70 + k)
+        w.grad[1::2] = 0  # rows 1, 3, 5 never get a gradient
+        dead.grad = torch.zeros_like(dead)  # a whole tensor without one (an expert that got no tokens)
+        r_w.grad, r_dead.grad = w.grad.clone(), dead.grad.clone()
+        opt.step()
+        ref.step()
+        assert torch.equal(dead.detach(), r_dead.detach()), k  # Adam's update only (weight decay), no prox
+        assert torch.equal(w.detach()[1::2], r_w.detach()[1::2]), k
+        step = _hand_step(ref, r_w, ref.param_groups[0])
+        with torch.no_grad():
+            live = torchprox.prox.get_prox(prox)(r_w[0::2], 2.0, step=step[0::2], **kwargs)
+            r_w[0::2] = live
+        torch.testing.assert_close(w.detach(), r_w.detach(), rtol=1e-9, atol=1e-12)
+    assert (w.detach()[0::2] == 0).any() and not (w.detach()[1::2] == 0).any()
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float_lr", "tensor_lr"])
+def test_lr_zero_the_prox_follows_the_formula(tensor_lr):
+    # lam_scaling="constant": lr = 0 does not stop the prox (metric="identity": s = 1, lam unchanged);
+    # metric="adam": s = lr / (sqrt(v̂) + eps) = 0, and the prox with a zero step is the identity.
+    w0, _ = _init(5, (2, 8))
+    for metric in ("identity", "adam"):
+        (p,) = _leaves(w0)
+        lr = torch.tensor(0.0) if tensor_lr else 0.0
+        opt = ProxAdam([p], lr=lr, prox="nm", lam=1.0, prox_kwargs=NM, metric=metric)
+        for k in range(2):
+            _set_grads([p], 5 + k)
+            opt.step()
+        expected = prox_nm(prox_nm(w0, 1.0, dim=1), 1.0, dim=1) if metric == "identity" else w0
+        assert torch.equal(p.detach(), expected), metric

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import AdamW
 
-from ..prox.registry import get_prox
+from ..prox.registry import check_prox_call, get_prox
 from ._sharded import local_shard
 
 __all__ = ["ProxAdam"]
@@ -104,46 +104,99 @@ def _check_prox_group(group: dict) -> None:
             f"Invalid prox value: None with lam={group['lam']} > 0; pass a prox name (e.g. prox='nm') or "
             "set lam=0 for a group without a prox"
         )
+    if group["prox"] is not None:
+        check_prox_call(group["prox"], **group["prox_kwargs"])  # keywords the operator does not take
 
 
-def _tensors(item: Any) -> list[Tensor]:
-    """The tensors of one entry of ``params``: a tensor, a ``(name, tensor)`` pair or a group dict."""
-    if isinstance(item, dict):
-        item = item["params"]
-    elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        item = item[1]
-    if isinstance(item, Tensor):
-        return [item]
-    return [t[1] if isinstance(t, tuple) else t for t in item]
+def _check_prox_params(group: dict, index: int, params: list, names: list | None = None) -> None:
+    """Check that the group's prox can run on each of its parameters (``params``: the group's tensors), before
+    the group joins the optimizer, so that a step never stops half done: real floating-point dtype, and the
+    operator's own check (e.g. for ``"nm"``: ``n < m`` and the group dim's size a multiple of ``m``).
+    Groups whose prox is off (``prox=None`` or ``lam=0``) take any parameter, as AdamW does."""
+    name = group["prox"]
+    if name is None or group["lam"] == 0:
+        return
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            continue  # torch's add_param_group rejects it
+        label = f"param group {index}, parameter {i}" + (f" ({names[i]!r})" if names else "")
+        label += f" of shape {tuple(p.shape)}"
+        if not p.is_floating_point():
+            raise ValueError(
+                f"{label} has dtype {p.dtype}; prox {name!r} needs real floating-point parameters: put it in "
+                "a group without a prox (prox=None)"
+            )
+        try:
+            check_prox_call(name, p, **group["prox_kwargs"])
+        except ValueError as e:
+            raise ValueError(f"{label}: prox {name!r} with prox_kwargs {group['prox_kwargs']}: {e}") from None
 
 
-def _fused_by_default(params: list, prox_defaults: dict) -> bool:
+def _group_tensors(group: dict) -> tuple[list, list | None]:
+    """The tensors of a param group dict and their names (None when unnamed), as torch will store them.
+    ``group["params"]`` must not be an iterator (see ``add_param_group``)."""
+    params = group["params"]
+    if isinstance(params, Tensor):
+        return [params], None
+    if isinstance(params, set):
+        return [], None  # torch rejects sets
+    tensors = [t[1] if isinstance(t, tuple) and len(t) == 2 else t for t in params]
+    names = [t[0] for t in params if isinstance(t, tuple) and len(t) == 2]
+    return tensors, names if len(names) == len(params) and names else group.get("param_names")
+
+
+def _check_loaded_state(param_groups: list[dict], state: dict) -> None:
+    """Check that a loaded Adam state fits the parameters it is being given to, before it is installed.
+
+    torch's fused Adam kernel reads the moments with the parameter's sizes without checking them, so a state
+    saved for other shapes would corrupt memory; the loop and foreach kernels fail in the middle of a step.
+    Each parameter's state must have ``step`` (a number or a one-element real tensor) and ``exp_avg``,
+    ``exp_avg_sq`` (and, with amsgrad, ``max_exp_avg_sq``): real floating-point tensors shaped like it.
+    """
+    for g, group in enumerate(param_groups):
+        for i, p in enumerate(group["params"]):
+            st = state.get(p) if isinstance(p, Tensor) else None
+            if not st:
+                continue
+            where = f"loaded optimizer state for param group {g}, parameter {i} of shape {tuple(p.shape)}"
+            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ())
+            for key in ("step",) + keys:
+                if key not in st:
+                    raise ValueError(f"{where}: it has no {key!r} (keys: {sorted(map(str, st))})")
+            for key in keys:
+                v = st[key]
+                if not isinstance(v, Tensor) or not v.is_floating_point() or v.shape != p.shape:
+                    what = (f"of shape {tuple(v.shape)} and dtype {v.dtype}" if isinstance(v, Tensor)
+                            else f"a {type(v).__name__}")
+                    raise ValueError(
+                        f"{where}: {key!r} is {what}, expected a real floating-point tensor of shape "
+                        f"{tuple(p.shape)}; the state_dict was saved for other parameters (load it into an "
+                        "optimizer over the same parameters, in the same groups and order)"
+                    )
+            step = st["step"]
+            ok = (isinstance(step, Tensor) and step.numel() == 1 and not step.is_complex()) or (
+                isinstance(step, (int, float)) and not isinstance(step, bool))
+            if not ok:
+                what = f"of shape {tuple(step.shape)}" if isinstance(step, Tensor) else repr(step)
+                raise ValueError(f"{where}: 'step' is {what}, expected a number or a one-element tensor")
+
+
+def _fused_by_default(param_groups: list[dict]) -> bool:
     """Whether ProxAdam picks torch's fused Adam kernel when the caller chose no kernel: when some group
     has a prox to apply (without one, ProxAdam stays AdamW with AdamW's own default, bit for bit) and every
     parameter is a plain CPU or CUDA floating-point tensor (torch's fused kernel serves those; tensor
     subclasses such as FSDP2's DTensor keep torch's default)."""
-    groups = [p for p in params if isinstance(p, dict)] or [{}]
-    has_prox = False
-    for group in groups:
-        prox, lam = group.get("prox", prox_defaults["prox"]), group.get("lam", prox_defaults["lam"])
-        has_prox |= prox is not None and isinstance(lam, (int, float)) and lam > 0
-    tensors = [t for item in params for t in _tensors(item)]
+    has_prox = any(g["prox"] is not None and g["lam"] > 0 for g in param_groups)
+    tensors = [t for g in param_groups for t in g["params"]]
     return has_prox and bool(tensors) and all(
         type(t) in (Tensor, torch.nn.Parameter) and t.device.type in ("cpu", "cuda") and t.is_floating_point()
         for t in tensors
     )
 
 
-def _listed(params: Any) -> list:
-    """``params`` as a list that can be read twice (it may be a generator, or hold group dicts whose
-    ``params`` are iterators: those are copied into new dicts, the caller's dicts are left as they are).
-    Anything else is left for torch to accept or reject (a set, say)."""
-    out = []
-    for item in params:
-        if isinstance(item, dict) and isinstance(item.get("params"), Iterator):
-            item = {**item, "params": list(item["params"])}
-        out.append(item)
-    return out
+def _scalar(lr: Any) -> Any:
+    """A one-element tensor lr (any shape AdamW accepts, e.g. [1, 1]) as a 0-d view; a float as it is."""
+    return lr.reshape(()) if isinstance(lr, Tensor) else lr
 
 
 class ProxAdam(AdamW):
@@ -175,12 +228,6 @@ class ProxAdam(AdamW):
             "lam_scaling": lam_scaling,
         }
         _check_prox_group(prox_defaults)
-        if fused is None and foreach is None and not differentiable and not isinstance(params, Tensor):
-            # torch's own default is the for-loop kernel on CPU; with a prox to apply ProxAdam picks the fused
-            # one (same Adam math, one pass per tensor: a 2:4 ProxAdam step then costs about what a default
-            # AdamW step does). Explicit foreach/fused choices are kept as given.
-            params = _listed(params)
-            fused = _fused_by_default(params, prox_defaults) or None
         # Optimizer.__init__ replaces self.defaults with Adam's dict and then calls add_param_group for
         # each group; the first add_param_group merges these in (see there).
         self._pending_prox_defaults = prox_defaults
@@ -197,6 +244,17 @@ class ProxAdam(AdamW):
             differentiable=differentiable,
             fused=fused,
         )
+        if fused is None and foreach is None and not differentiable and _fused_by_default(self.param_groups):
+            # torch's own default is the for-loop kernel on CPU; with a prox to apply ProxAdam picks the fused
+            # one (same Adam math, one pass per tensor: a 2:4 ProxAdam step then costs about what a default
+            # AdamW step does). Explicit foreach/fused choices are kept as given. Chosen once the groups are
+            # built, so torch's own argument checks run first, with torch's errors. What Adam's constructor
+            # does for fused=True (no state exists yet):
+            self.defaults["fused"] = True
+            for group in self.param_groups:
+                if group["fused"] is None and group["foreach"] is None:
+                    group["fused"] = True
+            self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its ``prox``, ``lam``, ``prox_kwargs``, ``metric`` and ``lam_scaling`` default
@@ -206,18 +264,33 @@ class ProxAdam(AdamW):
             self.defaults.update(pending)
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        if isinstance(param_group.get("params"), Iterator):
+            # read once here, in a new dict: the caller's dict keeps its (now consumed) iterator
+            param_group = {**param_group, "params": list(param_group["params"])}
         for key in _PROX_KEYS:
             param_group.setdefault(key, self.defaults[key])
         _check_prox_group(param_group)  # also copies prox_kwargs, so groups never share one dict
+        if "params" in param_group:
+            _check_prox_params(param_group, len(self.param_groups), *_group_tensors(param_group))
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        """Install a state (``load_state_dict``, unpickling, deepcopy) after checking it, so that nothing is
+        changed when it does not fit: each group's prox settings are validated as in ``add_param_group``
+        (against the parameters they will apply to) and each parameter's Adam state must fit the parameter
+        (see ``_check_loaded_state``). A state without the prox keys (a plain AdamW one) gets no prox."""
         base = {"prox": None, "lam": 0.0, "prox_kwargs": {}, "metric": "identity", "lam_scaling": "constant"}
+        groups = state.get("param_groups", [])
+        for key, value in base.items():
+            for group in groups:
+                group.setdefault(key, dict(value) if isinstance(value, dict) else value)
+        for index, group in enumerate(groups):
+            _check_prox_group(group)
+            _check_prox_params(group, index, group["params"], group.get("param_names"))
+        _check_loaded_state(groups, state.get("state", {}))
+        super().__setstate__(state)
         for key, value in base.items():
             self.defaults.setdefault(key, value)
-            for group in self.param_groups:
-                group.setdefault(key, dict(value) if isinstance(value, dict) else value)
 
     def step(self, closure=None):
         """Perform a single optimization step: torch's AdamW step, then each group's prox.
@@ -246,7 +319,7 @@ class ProxAdam(AdamW):
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
         bias_correction2_sqrt = (1 - beta2**t).sqrt()
-        lr = group["lr"]
+        lr = _scalar(group["lr"])
         if self.defaults["differentiable"]:
             return lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])
         # The same values in place (a float lr divides as torch's `lr / denom` does, a reciprocal then a
@@ -254,36 +327,55 @@ class ProxAdam(AdamW):
         denom = v.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
         return torch.div(lr, denom, out=denom) if isinstance(lr, Tensor) else denom.reciprocal_().mul_(lr)
 
+    def _kept_by_metric(self, group: dict, p: Tensor) -> Tensor:
+        """With ``metric="adam"``, where the prox must leave ``p`` as Adam left it (a bool tensor like ``p``'s
+        local shard): where ``v = 0`` (v̂ = 0: the weight has never had a nonzero gradient, e.g. an expert
+        that received no tokens; there ``s`` would be ``lr / eps``, an unbounded prox step) and, for a
+        tensor lr, everywhere when ``lr = 0`` (``s = 0``: the prox with a zero step is the identity)."""
+        state = self.state[p]
+        v = local_shard(state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"])
+        keep = v == 0
+        lr = _scalar(group["lr"])
+        return keep.logical_or_(lr.to(keep.device) == 0) if isinstance(lr, Tensor) else keep
+
     def _apply_prox(self) -> None:
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps
         differentiable = self.defaults["differentiable"]
         with torch.set_grad_enabled(differentiable):
             for group in self.param_groups:
-                name, lam = group["prox"], group["lam"]
-                if name is None or lam == 0:
-                    continue
+                name, lam, lr = group["prox"], group["lam"], _scalar(group["lr"])
+                adam_metric = group["metric"] == "adam"
+                if name is None or lam == 0 or (adam_metric and not isinstance(lr, Tensor) and lr == 0):
+                    continue  # (metric="adam" with lr = 0: every step s is 0, the prox is the identity)
                 fn = get_prox(name)
                 inplace = getattr(fn, "inplace", None)
-                lam_eff = lam * group["lr"] if group["lam_scaling"] == "lr" else lam
+                lam_eff = lam * lr if group["lam_scaling"] == "lr" else lam
                 kwargs = group["prox_kwargs"]
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    s = self._metric_step(group, p) if group["metric"] == "adam" else 1.0
+                    s = self._metric_step(group, p) if adam_metric else 1.0
+                    keep = self._kept_by_metric(group, p) if adam_metric else None
+                    if found_inf is not None:  # the fused kernel skipped this step: skip the prox too
+                        skipped = found_inf.to(p.device) > 0
+                        keep = skipped if keep is None else keep.logical_or_(skipped)
                     p = local_shard(p, kwargs)  # a DTensor (FSDP2): the prox runs on this rank's shard
                     # differentiable: the prox reads a clone, so the in-place update of p below does not
                     # overwrite what autograd saved for the prox's backward. Otherwise a detached alias: the
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
                     # requires_grad under no_grad), so kernels without autograd, e.g. the fused CPU N:M
                     # kernel, serve it.
-                    if inplace is not None and not differentiable and found_inf is None:
+                    if inplace is not None and not differentiable and keep is None:
                         inplace(p.detach(), lam_eff, step=s, **kwargs)  # e.g. the fused kernel, no temporary
                         continue
                     y = p.clone() if differentiable else p.detach()
                     new = fn(y, lam_eff, step=s, **kwargs)
-                    if found_inf is not None:  # the fused kernel skipped this step: skip the prox too
-                        new = torch.where(found_inf.to(p.device) > 0, p, new)
-                    p.copy_(new)
+                    if keep is None:
+                        p.copy_(new)
+                    elif differentiable:
+                        p.copy_(torch.where(keep, p, new))
+                    else:  # one pass, written straight into p
+                        torch.where(keep, p.detach(), new, out=p.detach())
 
 
 ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a proximal step on each param group.
@@ -325,6 +417,9 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
             &\hspace{5mm}\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
                 = \mathrm{argmin}_w \: \tfrac{1}{2} \textstyle\sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
                 + \lambda_t R(w)                                                                 \\
+            &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}: \:
+                \theta_{t,i} \text{ keeps its value from before the prox wherever }
+                \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0                                   \\
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
             &\bf{return} \:  \theta_t                                                     \\[-1.ex]
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
@@ -345,8 +440,28 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
     the prox in Adam's own diagonal metric, so the prox shrinks each weight in proportion to its Adam step
     size; ``lam_scaling="lr"`` lets LR schedulers (warm-up, decay) act on λ too.
 
-    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor, and
-    Adam's ``step`` count is read as a tensor when forming the metric.
+    Weights without a gradient (``metric="adam"``): where ``v̂ = 0`` the weight has never had a nonzero
+    gradient (an MoE expert that received no tokens, an input feature that is always zero; also a gradient so
+    small, or so long ago, that ``v`` underflowed), and the formula's step ``s = lr / eps`` (1e5·lr) would be
+    an unbounded prox step that zeroes it at once. There the prox's result is discarded: the weight stays
+    as the Adam step left it (the operator still runs on the whole tensor, and its other weights take its
+    result; a ``torch.where`` after it puts those entries back, with ``metric="adam"`` only: the out-of-place
+    operator and one elementwise pass instead of the in-place operator). Likewise ``lr = 0`` gives ``s = 0``,
+    whose prox is the identity: nothing moves. With ``metric="identity"`` and ``lam_scaling="constant"``, in
+    contrast, ``lr = 0`` (e.g. the first step of a warm-up from 0) does *not* stop the prox: ``s = 1`` and
+    ``λ_t = λ`` whatever the lr, as the formula says; use ``lam_scaling="lr"`` to let the schedule act on λ.
+
+    Validation: every group is checked when it is added (constructor, ``add_param_group``) and when a
+    ``state_dict`` is loaded, before anything changes, so that a step never stops half done: the prox name,
+    ``lam``, ``metric``, ``lam_scaling``, that ``prox_kwargs`` fit the operator's signature, that each
+    parameter of a group with a prox is real floating-point and passes the operator's own check (registered
+    with :func:`torchprox.prox.register_prox`'s ``check``; e.g. ``"nm"``: ``0 < n < m`` and the group dim's
+    size a multiple of ``m``), and that a loaded Adam state has each parameter's shape. Errors in AdamW's own
+    arguments are AdamW's, with the same types and messages.
+
+    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor (of
+    one element, any shape, as for AdamW), and Adam's ``step`` count is read as a tensor when forming the
+    metric.
 
     Args:
         params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
@@ -366,7 +481,8 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
             bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
             ``fn(p, lam_eff, step=s, **prox_kwargs)``.
         metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
-            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``) (default: ``"identity"``).
+            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; weights with ``v̂ = 0`` are left as
+            Adam left them, see above) (default: ``"identity"``).
         lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
             lr) (default: ``"constant"``).
         foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _native, _triton
 from ._groups import check_float, check_lam, check_nm, compute_dtype, group_step, group_view
-from .registry import register_prox
+from .registry import check_nm_args, register_prox
 
 __all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
 
@@ -257,7 +257,7 @@ def _prox_metric(a: Tensor, s: Tensor, lam, n: int) -> Tensor:
     return torch.stack(best, -1)
 
 
-@register_prox("nm")
+@register_prox("nm", check=check_nm_args)
 def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     r"""Proximal operator of ``lam · R`` (see :func:`nm_penalty`): for every group of ``m`` along ``dim``,
 
@@ -380,7 +380,7 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
 prox_nm.inplace = prox_nm_  # ProxAdam updates parameters with the in-place twin when there is one
 
 
-@register_prox("nm_projection")
+@register_prox("nm_projection", check=check_nm_args)
 def _project_nm_prox(y: Tensor, lam=0.0, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored)."""
     return project_nm(y, n, m, step if isinstance(step, Tensor) and step.dim() else None, dim)

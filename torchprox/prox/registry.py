@@ -6,6 +6,11 @@ shaped like ``y`` (a diagonal metric). ProxAdam calls ``get_prox(name)(p, lam, s
 when the operator carries an in-place twin as its ``inplace`` attribute (same signature, updates ``y`` and
 returns it), that twin on the parameter itself.
 
+An operator may be registered with a ``check(y, **kwargs)`` that raises ``ValueError`` when it cannot serve a
+tensor of ``y``'s shape with these keyword arguments (e.g. ``n >= m``, a size not a multiple of ``m``).
+:func:`check_prox_call` runs it after a generic check that the operator's signature takes the keywords, so an
+optimizer rejects a bad param group when the group is added, before any step.
+
 Examples:
     >>> import torch
     >>> from torchprox.prox import register_prox, get_prox
@@ -17,19 +22,30 @@ Examples:
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
-ProxFn = Callable[..., "torch.Tensor"]  # noqa: F821
+import torch
+
+from ._groups import check_nm, group_view
+
+ProxFn = Callable[..., "torch.Tensor"]
+CheckFn = Callable[..., None]
 
 _REGISTRY: dict[str, ProxFn] = {}
+_CHECKS: dict[str, CheckFn] = {}
 
 
-def register_prox(name: str, *, overwrite: bool = False) -> Callable[[ProxFn], ProxFn]:
+def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None = None) -> Callable[[ProxFn], ProxFn]:
     """Decorator: register ``fn`` under ``name`` (a non-empty string).
 
     Registering a taken name raises ``ValueError`` unless ``overwrite=True``. The operator must follow the
     contract above: ``fn(y, lam, *, step=1.0, **kwargs)`` returns ``argmin_w ½ Σ (w − y)² / step + lam · R(w)``,
     shaped like ``y``; ``step`` is a scalar or a tensor shaped like ``y``.
+
+    ``check`` (optional): ``check(y, **kwargs)`` raises ``ValueError`` when ``fn(y, lam, **kwargs)`` would fail
+    for a tensor of ``y``'s shape and dtype (it must only read ``y``'s metadata, never its values). Without
+    one, :func:`check_prox_call` still checks that ``fn``'s signature takes the keyword arguments.
 
     Examples:
         >>> import torch
@@ -49,9 +65,15 @@ def register_prox(name: str, *, overwrite: bool = False) -> Callable[[ProxFn], P
     def decorator(fn: ProxFn) -> ProxFn:
         if not callable(fn):
             raise TypeError(f"register_prox({name!r}) needs a callable, got {type(fn).__name__}")
+        if check is not None and not callable(check):
+            raise TypeError(f"register_prox({name!r}, check=...) needs a callable, got {type(check).__name__}")
         if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
             raise ValueError(f"a prox named {name!r} is already registered; pass overwrite=True to replace it")
         _REGISTRY[name] = fn
+        if check is None:
+            _CHECKS.pop(name, None)
+        else:
+            _CHECKS[name] = check
         return fn
 
     return decorator
@@ -82,3 +104,69 @@ def available_prox() -> list[str]:
         True
     """
     return sorted(_REGISTRY)
+
+
+def check_prox_call(name: str, y: "torch.Tensor | None" = None, **kwargs) -> None:
+    """Raise ``ValueError`` if ``get_prox(name)(y, lam, step=s, **kwargs)`` cannot run: ``name`` unknown, a
+    keyword the operator's signature does not take (or a required one missing), or, given ``y``, what the
+    operator's registered ``check(y, **kwargs)`` rejects. Reads only ``y``'s shape and dtype (no host sync).
+
+    Examples:
+        >>> import torch
+        >>> check_prox_call("nm", torch.zeros(4, 8), n=2, m=4, dim=1)
+        >>> check_prox_call("nm", n=2, m=4, groups=3)
+        Traceback (most recent call last):
+            ...
+        ValueError: prox 'nm' takes no keyword argument 'groups' (it takes n, m, dim)
+        >>> check_prox_call("nm", torch.zeros(4, 6), n=2, m=4, dim=1)
+        Traceback (most recent call last):
+            ...
+        ValueError: y of shape (4, 6): its size 6 along dim 1 is not a multiple of m=4; choose a dim whose size is a multiple of 4 or exclude this tensor
+    """
+    fn = get_prox(name)
+    _check_signature(name, fn, kwargs)
+    check = _CHECKS.get(name)
+    if y is not None and check is not None:
+        check(y, **kwargs)
+
+
+def _check_signature(name: str, fn: ProxFn, kwargs: dict) -> None:
+    """``ValueError`` unless ``fn(y, lam, step=1.0, **kwargs)`` binds to ``fn``'s signature."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    try:
+        sig.bind(None, 0.0, step=1.0, **kwargs)
+    except TypeError as e:
+        takes = [p.name for p in list(sig.parameters.values())[2:]
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "step"]
+        unknown = [k for k in kwargs if k not in sig.parameters]
+        what = f"takes no keyword argument {unknown[0]!r}" if unknown else f"cannot be called with {kwargs}: {e}"
+        raise ValueError(f"prox {name!r} {what} (it takes {', '.join(takes) or 'no keyword arguments'})") from None
+
+
+def _check_layout(y: "torch.Tensor", size: int, dim: int) -> None:
+    """``ValueError`` unless ``y`` splits into groups of ``size`` along ``dim`` (shape only: a meta tensor)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ValueError(f"dim must be an integer, got {dim!r}")
+    group_view(torch.empty(tuple(y.shape), device="meta"), size, dim, name="y")
+
+
+def check_nm_args(y: "torch.Tensor", n: int = 2, m: int = 4, dim: int = -1, **_) -> None:
+    """The check of the N:M operators (``"nm"``, ``"nm_projection"``): ``0 < n < m`` and ``y``'s size along
+    ``dim`` a multiple of ``m``."""
+    check_nm(n, m)
+    _check_layout(y, m, dim)
+
+
+def check_group_lasso_args(y: "torch.Tensor", group_size: int | None = None, dim: int = -1, **_) -> None:
+    """The check of ``"group_lasso"``: ``group_size`` a positive integer (or None: the whole ``dim``) dividing
+    ``y``'s size along ``dim``."""
+    if group_size is None:
+        if y.dim() == 0 or not -y.dim() <= dim < y.dim():
+            _check_layout(y, 1, dim)  # the 0-d / dim out of range message
+        group_size = y.shape[dim]
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
+    _check_layout(y, group_size, dim)
