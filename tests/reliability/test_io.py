@@ -16,7 +16,6 @@ transformers = pytest.importorskip("transformers")
 
 from torchprox.cli import main  # noqa: E402
 from torchprox.llm import check_sparse  # noqa: E402
-from torchprox.llm.export import remove_stale_temporaries  # noqa: E402
 
 from ..llm.tiny import save_tiny_model, tiny_texts  # noqa: E402
 
@@ -206,6 +205,8 @@ def test_a_locked_output_fails_before_any_work(proj, tmp_path, no_work, capsys):
 
 def test_kill_during_save_never_loses_the_previous_output(proj, tmp_path):
     import shutil
+
+    from torchprox.llm.export import remove_stale_temporaries
 
     before = tree_hash(proj)
     out = tmp_path / "out"
