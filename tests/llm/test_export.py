@@ -125,7 +125,7 @@ def test_overwrite_replaces_only_a_torchprox_output(tmp_path):
 def test_failed_final_rename_restores_the_previous_output(tmp_path, monkeypatch):
     import os
 
-    import torchprox.llm.export as export
+    from torchprox.llm import export
 
     model = magnitude_sparse_model()
     out = tmp_path / "out"
