@@ -213,17 +213,20 @@ def _check_targets(args, config) -> None:
             meta = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CLIError(f"model {args.model!r} is not a causal LM transformers can build: {err}") from None
+    from .llm.blocks import linear_group_dim
+
     targets = args.targets or None
     try:
-        target_linears(meta, targets)
+        layers = target_linears(meta, targets)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--targets {' '.join(targets or [])}: {err}") from None
     n, m = args.pattern
     try:
         target_linears(meta, targets, m=m)
-    except ValueError as err:
-        raise CLIError(f"--pattern {n}:{m} does not fit this model (choose an m that divides every target's input "
-                       f"size, or fewer --targets): {err}") from None
+    except ValueError:
+        sizes = sorted({mod.weight.shape[linear_group_dim(mod)] for _, mod in layers})
+        raise CLIError(f"--pattern {n}:{m}: m={m} must divide the input size of every target layer {sizes}; pass "
+                       f"an m that divides {math.gcd(*sizes)}, or fewer --targets") from None
 
 
 def _check_data(data: str, read: bool) -> None:
@@ -339,7 +342,7 @@ def cmd_check(args) -> int:
     bad = [k for k, ok in res["layers"].items() if not ok]
     print(f"{path}: {len(res['layers']) - len(bad)}/{len(res['layers'])} layers exactly {res['pattern']}")
     for k in bad:
-        why = res["problems"].get(k) or f"{res['nm_fraction'][k]:.4f} of its groups are {res['pattern']}"
+        why = res["problems"].get(k) or f"{res['nm_fraction'][k]:.2%} of its groups are {res['pattern']}"
         print(f"  NOT {res['pattern']}: {k} ({why})")
     return 1 if bad else 0
 

@@ -242,7 +242,8 @@ def _safetensors_header(file: Path) -> dict[str, dict]:
             raise ValueError(f"{file} is truncated or not a safetensors file: {size} bytes")
         (length,) = struct.unpack("<Q", head)
         if 8 + length > size:
-            raise ValueError(f"{file} is truncated: its header needs {8 + length} bytes, the file has {size}")
+            raise ValueError(f"{file} is truncated or not a safetensors file: its header needs {8 + length} bytes, "
+                             f"the file has {size}")
         try:
             header = json.loads(f.read(length))
             header.pop("__metadata__", None)
