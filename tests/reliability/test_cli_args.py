@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 
 pytest.importorskip("transformers")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from torchprox.cli import main  # noqa: E402
@@ -60,11 +60,6 @@ def run(argv):
     return rc, err.getvalue(), bool(loaded)
 
 
-def number_text(values):
-    """Numbers as a user types them: ints, floats, exponents, nan/inf spellings and non-numbers."""
-    return st.one_of(values.map(str), st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "", "x", "1,5", "0x10"]))
-
-
 def bad_int(low):
     return st.one_of(st.integers(max_value=low - 1).map(str), st.floats(allow_nan=True).map(repr),
                      st.sampled_from(["nan", "inf", "", "x", "1.5", "1e3"]))
@@ -99,22 +94,21 @@ SPARSIFY_PATHS = ("model", "--data")
 
 
 @st.composite
-def sparsify_invocation(draw):
-    """(argv, the flag drawn invalid or None, method)."""
-    method = draw(st.sampled_from(["magnitude", "wanda", "proxsparse"]))
-    flags = draw(st.lists(st.sampled_from(sorted(SPARSIFY_FLAGS)), unique=True, max_size=5))
-    bad = draw(st.sampled_from([None, *flags, *SPARSIFY_PATHS]))
-    if method == "magnitude" and bad == "--seqlen":  # magnitude reads no data: only --seqlen's type is checked
-        return None
+def sparsify_flags(draw, bad=None, method="proxsparse"):
+    """argv of up to 4 valid flags, plus ``bad`` (a flag) with an invalid value."""
+    flags = draw(st.lists(st.sampled_from(sorted(set(SPARSIFY_FLAGS) - {bad})), unique=True, max_size=4))
     argv = []
-    for flag in flags:
+    for flag in flags + ([bad] if bad in SPARSIFY_FLAGS else []):
         valid, invalid = SPARSIFY_FLAGS[flag]
+        if flag == bad and method == "magnitude" and flag == "--seqlen":
+            invalid = bad_int(2)  # magnitude reads no data: only --seqlen's type is checked, not the positions
         value = draw(invalid if flag == bad else valid)
         argv += [flag, *value] if isinstance(value, list) else [f"{flag}={value}"]
-    return argv, bad, method
+    return argv
 
 
 def check_outcome(rc, err, loaded, bad, expect_flag):
+    event("valid: ran" if bad is None else f"invalid {expect_flag}: refused")  # --hypothesis-show-statistics
     assert "Traceback" not in err
     if bad is None:
         assert rc == 0, err
@@ -126,27 +120,44 @@ def check_outcome(rc, err, loaded, bad, expect_flag):
     assert expect_flag in lines[0], (expect_flag, lines[0])
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_sparsify_flags(files, data):
-    """Any mix of valid flags succeeds; one invalid flag (or model / --data path) exits 2 with one line naming
-    it, before the model is loaded."""
-    drawn = data.draw(sparsify_invocation())
-    if drawn is None:
-        return
-    argv, bad, method = drawn
+def sparsify(files, method, argv, model=None, data=None):
+    """``torchprox sparsify`` on the tiny model (small blocks, 2 steps unless argv says otherwise) into a
+    fresh output location: (exit status, stderr, whether the model was loaded, the output path)."""
+    out = Path(tempfile.mkdtemp(dir=files["root"])) / "out"
+    rc, err, loaded = run(["sparsify", model or files["model"], "--method", method, "--data", data or files["data"],
+                           "--out", out, "--seqlen", "16", "--calib-blocks", "4", "--steps", "2", *argv])
+    return rc, err, loaded, out
+
+
+METHODS = st.sampled_from(["magnitude", "wanda", "sparsegpt", "proxsparse"])
+
+
+@pytest.mark.parametrize("bad", [*SPARSIFY_FLAGS, *SPARSIFY_PATHS])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_sparsify_one_invalid_flag(files, bad, data):
+    """One invalid flag (or model / --data path) among valid ones: exit 2, one line naming it, and the model
+    is never loaded."""
+    method = data.draw(METHODS)
+    argv = data.draw(sparsify_flags(bad, method))
     model, source = files["model"], files["data"]
     if bad == "model":
         model = data.draw(st.sampled_from([files["missing"], files["data"], files["model"] / "config.json"]))
     if bad == "--data":
         source = data.draw(st.sampled_from([files["missing"], files["binary"]] if method != "magnitude"
                                            else [files["missing"]]))
-    out = Path(tempfile.mkdtemp(dir=files["root"])) / "out"  # a fresh output location every example
-    rc, err, loaded = run(["sparsify", model, "--method", method, "--data", source, "--out", out,
-                           "--seqlen", "16", "--steps", "2", *argv])
-    expect = {"model": "model", "--data": "data", "--targets": "--targets"}.get(bad, bad)
-    check_outcome(rc, err, loaded, bad, expect)
-    assert out.exists() == (bad is None)
+    rc, err, loaded, out = sparsify(files, method, argv, model, source)
+    check_outcome(rc, err, loaded, bad, {"model": "model", "--data": "data"}.get(bad, bad))
+    assert not out.parent.joinpath("out.checkpoint").exists() and not out.exists()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(method=METHODS, data=st.data())
+def test_sparsify_valid_flags(files, method, data):
+    """Any mix of valid flag values runs to the end (exit 0) and writes the output."""
+    rc, err, loaded, out = sparsify(files, method, data.draw(sparsify_flags(None, method)))
+    check_outcome(rc, err, loaded, None, None)
+    assert loaded and (out / "torchprox.json").is_file()
 
 
 EVAL_FLAGS = {
@@ -156,21 +167,33 @@ EVAL_FLAGS = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_eval_flags(files, data):
-    flags = data.draw(st.lists(st.sampled_from(sorted(EVAL_FLAGS)), unique=True, max_size=3))
-    bad = data.draw(st.sampled_from([None, *flags, "model", "--data"]))
-    values = {f: data.draw(EVAL_FLAGS[f][1] if f == bad else EVAL_FLAGS[f][0]) for f in flags}
+def eval_argv(data, files, bad):
+    """``torchprox eval`` argv: valid flags (a few 16-token windows), plus ``bad`` with an invalid value."""
+    flags = set(data.draw(st.lists(st.sampled_from(sorted(EVAL_FLAGS)), unique=True, max_size=3)))
+    values = {f: data.draw(EVAL_FLAGS[f][1] if f == bad else EVAL_FLAGS[f][0]) for f in flags | {bad} - {None}
+              if f in EVAL_FLAGS}
     values.setdefault("--seqlen", 16)
-    if bad != "--max-tokens" and "--max-tokens" in values and bad != "--seqlen":
-        values["--max-tokens"] = max(int(values["--max-tokens"]), int(values["--seqlen"]))
-    if bad is None:  # a few windows only: the tiny corpus's evaluation part has 900 tokens
-        values["--max-tokens"] = min(int(values.get("--max-tokens", 64)), 64)
+    if bad not in ("--max-tokens", "--seqlen"):  # at least one window, at most 4 (the corpus's eval part has 900)
+        values["--max-tokens"] = min(max(int(values.get("--max-tokens", 64)), int(values["--seqlen"])), 64)
     model = files["missing"] if bad == "model" else files["model"]
     source = data.draw(st.sampled_from([files["missing"], files["binary"]])) if bad == "--data" else files["data"]
-    rc, err, loaded = run(["eval", model, "--data", source, *(f"{k}={v}" for k, v in values.items())])
+    return ["eval", model, "--data", source, *(f"{k}={v}" for k, v in values.items())]
+
+
+@pytest.mark.parametrize("bad", [*EVAL_FLAGS, "model", "--data"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_eval_one_invalid_flag(files, bad, data):
+    rc, err, loaded = run(eval_argv(data, files, bad))
     check_outcome(rc, err, loaded, bad, {"model": "model", "--data": "data"}.get(bad, bad))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_eval_valid_flags(files, data):
+    rc, err, loaded = run(eval_argv(data, files, None))
+    check_outcome(rc, err, loaded, None, None)
+    assert loaded
 
 
 def test_check_paths(files, tmp_path):
