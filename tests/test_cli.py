@@ -1,5 +1,6 @@
 """The ``torchprox`` command line on a tiny model directory and a tiny text corpus."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -91,3 +92,173 @@ def test_errors(model_dir, data_dir, tmp_path, capsys):
     assert main(["sparsify", str(model_dir), "--out", str(out), "--method", "magnitude", "--overwrite",
                  "--data", str(data_dir)]) == 0
     assert (out / "torchprox.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ user errors
+# Issue 21, items 11 and 12: every user error is one line on stderr and exit 2, found before the model is loaded.
+
+
+def run_cli(argv):
+    """``main(argv)`` as a process would see it: (exit status, stdout, stderr); argparse's exit included."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(rc, err, command, *needles, loaded=False):
+    """Exit 2 and one stderr line ``torchprox COMMAND: error: ...`` containing every needle (``loaded``: the
+    error comes after the model was loaded, so transformers' "Loading weights" bar may precede that line)."""
+    lines = err.strip().splitlines()
+    if loaded:
+        lines = [line for line in lines if not line.startswith("Loading weights")]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"torchprox {command}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if the model is loaded (the CLI imports load_model when it loads)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"load_model{args} was called for an invalid invocation")
+
+    monkeypatch.setattr("torchprox.llm.models.load_model", refuse)
+
+
+SPARSIFY_ERRORS = [  # (extra flags, what the one-line message must contain)
+    (["--lam", "-1"], "--lam"), (["--lam", "nan"], "--lam"), (["--lam", "inf"], "--lam"),
+    (["--lr", "0"], "--lr"), (["--lr=-0.001"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
+    (["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--steps", "1.5"], "--steps"),
+    (["--warmup", "1"], "--warmup"), (["--warmup=-0.1"], "--warmup"), (["--warmup", "nan"], "--warmup"),
+    (["--lam-ramp", "2"], "--lam-ramp"), (["--lam-ramp", "-inf"], "--lam-ramp"),
+    (["--batch-size", "0"], "--batch-size"), (["--calib-blocks", "0"], "--calib-blocks"),
+    (["--seqlen", "1"], "--seqlen"), (["--seqlen", "0"], "--seqlen"), (["--seed", "-1"], "--seed"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    (["--resume"], "--checkpoint-every"),
+    (["--resume", "--checkpoint-every", "1", "--method", "magnitude"], "--resume"),
+    (["--seqlen", "200"], "--seqlen 200 is longer than the model's 128 positions"),
+    (["--seqlen", "99999999999999999999"], "--seqlen"),
+    (["--pattern", "2:5"], "--pattern 2:5: m=5 must divide"), (["--pattern", "1:64"], "--pattern 1:64"),
+    (["--pattern", "4:2"], "--pattern"), (["--pattern", "two:four"], "--pattern"),
+    (["--targets", "nope", "zip"], "--targets nope zip"),
+    (["--method", "foo"], "--method"),
+    (["--data", "MISSING"], "--data"),
+]
+
+
+@pytest.mark.parametrize("flags, message", SPARSIFY_ERRORS, ids=[" ".join(f) for f, _ in SPARSIFY_ERRORS])
+def test_sparsify_flag_errors_are_one_line_before_loading(flags, message, model_dir, data_dir, tmp_path,
+                                                         no_model_loading):
+    flags = [str(tmp_path / "missing") if f == "MISSING" else f for f in flags]
+    rc, _, err = run_cli(["sparsify", model_dir, "--data", data_dir, "--out", tmp_path / "out", "--seqlen", "16",
+                          "--steps", "2", *flags])
+    assert_one_line_error(rc, err, "sparsify", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_and_data_errors_are_one_line_before_loading(model_dir, data_dir, tmp_path, no_model_loading):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(bytes(range(256)))
+    no_config = tmp_path / "empty-model"
+    no_config.mkdir()
+    cases = [
+        (["sparsify", tmp_path / "missing", "--out", tmp_path / "o"], "sparsify", "not found"),
+        (["sparsify", model_dir / "config.json", "--out", tmp_path / "o"], "sparsify", "not a .gguf"),
+        (["sparsify", no_config, "--out", tmp_path / "o"], "sparsify", "no config.json"),
+        (["sparsify", model_dir, "--data", binary, "--seqlen", "16", "--out", tmp_path / "o"], "sparsify", "data.bin"),
+        (["sparsify", model_dir], "sparsify", "--out"),
+        (["eval", tmp_path / "missing"], "eval", "not found"),
+        (["eval", model_dir, "--data", tmp_path / "missing"], "eval", "--data"),
+        (["eval", model_dir, "--data", data_dir, "--seqlen", "500"], "eval", "--seqlen 500"),
+        (["eval", model_dir, "--data", data_dir, "--seqlen", "16", "--max-tokens", "8"], "eval", "--max-tokens 8"),
+        (["eval", model_dir, "--data", data_dir, "--seqlen", "1"], "eval", "--seqlen"),
+        (["eval", model_dir, "--data", data_dir, "--batch-size", "0"], "eval", "--batch-size"),
+        (["demo", "--threads", "0"], "demo", "--threads"),
+        (["demo", "--threads", "100000000000"], "demo", "--threads"),
+    ]
+    for argv, command, message in cases:
+        rc, _, err = run_cli(argv)
+        assert_one_line_error(rc, err, command, message)
+
+
+def test_too_small_corpus_names_the_flags_and_numbers(model_dir, data_dir, tmp_path):
+    before = files_of(model_dir)
+    rc, _, err = run_cli(["sparsify", model_dir, "--data", data_dir, "--out", tmp_path / "o", "--seqlen", "16",
+                          "--steps", "300"])  # 300 blocks of 16 tokens; the corpus's calibration part has 2100
+    assert_one_line_error(rc, err, "sparsify", "2100 tokens", "4800", "--steps (300)", "--batch-size (1)",
+                          "--seqlen (16)", loaded=True)
+    rc, _, err = run_cli(["sparsify", model_dir, "--data", data_dir, "--out", tmp_path / "o", "--seqlen", "16",
+                          "--method", "wanda", "--calib-blocks", "1000"])
+    assert_one_line_error(rc, err, "sparsify", "2100 tokens", "16000", "--calib-blocks (1000)", "--seqlen (16)",
+                          loaded=True)
+    assert not (tmp_path / "o").exists() and files_of(model_dir) == before
+
+
+def test_sparsify_defaults_are_the_library_recipe(monkeypatch):
+    """One source of truth: the CLI's ProxSparse defaults are ProxSparseConfig's, whatever they are."""
+    import dataclasses
+
+    from torchprox.cli import _config_from_args, build_parser
+    from torchprox.llm.proxsparse import ProxSparseConfig
+
+    names = [f.name for f in dataclasses.fields(ProxSparseConfig)]
+    changed = dict(zip(names, ProxSparseConfig.__init__.__defaults__))
+    changed.update(steps=37, batch_size=3, lr=3e-4, warmup=0.25, lam=0.007, lam_ramp=0.5, seed=11)
+    monkeypatch.setattr(ProxSparseConfig.__init__, "__defaults__", tuple(changed[k] for k in names))
+    args = build_parser().parse_args(["sparsify", "m", "--out", "o"])
+    assert _config_from_args(args) == ProxSparseConfig(reconstruct=None)
+    assert (args.steps, args.batch_size, args.lr, args.warmup, args.lam_ramp, args.seed) == (37, 3, 3e-4, 0.25, 0.5, 11)
+
+
+def test_check_rejects_invalid_outputs(model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(["sparsify", model_dir, "--method", "magnitude", "--out", out])[0] == 0
+    manifest = json.loads((out / "torchprox.json").read_text())
+    weights = (out / "model.safetensors").read_bytes()
+
+    def manifest_with(**fields):
+        return json.dumps({k: v for k, v in {**manifest, **fields}.items() if v is not None})
+
+    cases = {  # name: (file, new bytes or text, message)
+        "no layers": ("torchprox.json", manifest_with(layers={}), "'layers'"),
+        "layers missing": ("torchprox.json", manifest_with(layers=None), "'layers'"),
+        "dim missing": ("torchprox.json", manifest_with(layers={k: {"ok": True} for k in manifest["layers"]}), "'dim'"),
+        "invalid json": ("torchprox.json", "{not json", "JSON"),
+        "not an object": ("torchprox.json", "[1, 2]", "JSON object"),
+        "wrong format": ("torchprox.json", manifest_with(format="other/9"), "format 'other/9'"),
+        "no format": ("torchprox.json", manifest_with(format=None), "format None"),
+        "bad pattern": ("torchprox.json", manifest_with(pattern="4:2"), "n=4, m=2"),
+        "empty weights": ("model.safetensors", b"", "model.safetensors is truncated"),
+        "truncated header": ("model.safetensors", weights[:50], "model.safetensors is truncated"),
+        "truncated data": ("model.safetensors", weights[:-100], "model.safetensors is truncated"),
+        "missing shard": ("model.safetensors.index.json", json.dumps({"weight_map": {"x.weight": "gone.safetensors"}}),
+                          "gone.safetensors"),
+    }
+    for name, (file, content, message) in cases.items():
+        bad = tmp_path / name.replace(" ", "-")
+        shutil.copytree(out, bad)
+        (bad / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+        rc, _, err = run_cli(["check", bad])
+        assert_one_line_error(rc, err, "check", message)
+    (out / "model.safetensors").unlink()
+    assert_one_line_error(*run_cli(["check", out])[::2], "check", "no *.safetensors")
+
+
+def test_check_reports_ungroupable_layers_as_not_nm(model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(["sparsify", model_dir, "--method", "magnitude", "--out", out])[0] == 0
+    manifest = json.loads((out / "torchprox.json").read_text())
+    (out / "torchprox.json").write_text(json.dumps({**manifest, "pattern": "1:64"}))
+    rc, text, err = run_cli(["check", out])
+    assert rc == 1 and not err
+    assert "0/14 layers exactly 1:64" in text
+    assert "NOT 1:64: model.layers.0.self_attn.q_proj (size 32 along dim 1 is not a multiple of m=64)" in text
+    assert "NOT 1:64: model.layers.0.mlp.down_proj (0.00% of its groups are 1:64)" in text

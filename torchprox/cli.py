@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -28,6 +29,42 @@ class CLIError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (high None: no upper bound)."""
+    want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite float in the interval from ``low`` to ``high`` (``*_open``: that end
+    excluded). NaN and ±inf are always refused."""
+    want = (f"a finite number {'>' if low_open else '>='} {low:g}" if high == math.inf else
+            f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        inside = (math.isfinite(value) and (value > low if low_open else value >= low)
+                  and (value < high if high_open else value <= high))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _pattern(text: str) -> tuple[int, int]:
@@ -120,7 +157,9 @@ def _load(model: str):
         raise CLIError(str(err)) from None
 
 
-def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int = 0):
+def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int = 0, hint: str = ""):
+    """Calibration or evaluation blocks; a data error is a CLIError, a too small corpus's ends with ``hint``
+    (the flags that set the number of tokens needed)."""
     from .llm.data import calibration_blocks, evaluation_blocks
 
     if tokenizer is None:
@@ -130,7 +169,17 @@ def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int 
             return calibration_blocks(tokenizer, data, seqlen=seqlen, n_blocks=count, seed=seed)
         return evaluation_blocks(tokenizer, data, seqlen=seqlen, max_tokens=count)
     except (FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+        text = str(err)
+        raise CLIError(f"{text}; {hint}" if hint and text.startswith("not enough text") else text) from None
+
+
+def _calib_need(args) -> tuple[int, str]:
+    """(calibration blocks that ``sparsify`` needs, the flags that set that number): ProxSparse sees
+    ``--steps × --batch-size`` distinct blocks (at least ``--calib-blocks``), a baseline ``--calib-blocks``."""
+    text = f"--data {args.data}: lower {{}} or --seqlen ({args.seqlen}), or give more text"
+    if args.method == "proxsparse" and args.steps * args.batch_size > args.calib_blocks:
+        return args.steps * args.batch_size, text.format(f"--steps ({args.steps}) or --batch-size ({args.batch_size})")
+    return args.calib_blocks, text.format(f"--calib-blocks ({args.calib_blocks})")
 
 
 def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
@@ -139,10 +188,22 @@ def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, An
     return layer_checks(model, n, m, targets)
 
 
+#: The ProxSparse λ with ``--metric identity`` (the paper's setting) when ``--lam`` is not given; with the
+#: default ``--metric adam`` it is ``ProxSparseConfig``'s.
+IDENTITY_LAM = 0.02
+
+
+def _recipe():
+    """The library's default ProxSparse recipe, the one source of the ``sparsify`` flags' defaults."""
+    from .llm.proxsparse import ProxSparseConfig
+
+    return ProxSparseConfig()
+
+
 def _config_from_args(args):
     from .llm.proxsparse import ProxSparseConfig
 
-    lam = args.lam if args.lam is not None else (0.001 if args.metric == "adam" else 0.02)
+    lam = args.lam if args.lam is not None else (_recipe().lam if args.metric == "adam" else IDENTITY_LAM)
     return ProxSparseConfig(lam=lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
@@ -153,6 +214,128 @@ def _versions() -> dict[str, str]:
     from .llm.export import _versions as versions
 
     return versions()
+
+
+# ------------------------------------------------------------------------------------------------ validation
+# Run by main() on the parsed flags before a command starts: no weights are loaded and no data is read.
+
+
+def _model_config(model: str):
+    """MODEL's transformers config, read without its weights: ``config.json`` of a directory, the metadata
+    of a ``.gguf`` file, or the embedded default's (its cache's ``config.json`` once built, else its GGUF)."""
+    from .llm import models
+
+    try:
+        if model.lower() in models.DEFAULT_MODEL_NAMES:
+            gguf, cache = models.default_model_path(), models.default_cache_dir()
+            cached = models._marker_matches(models._read_marker(cache), models._expected_marker(gguf))
+            path = cache if cached else gguf
+        else:
+            path = Path(model).expanduser()
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    if not path.exists():
+        raise CLIError(f"model {model!r} not found: pass 'default' (the embedded SmolLM2-135M-Instruct), a local "
+                       "save_pretrained directory or a .gguf file (nothing is downloaded)")
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        raise CLIError(f"model {model!r} is a file but not a .gguf; pass a save_pretrained directory or a .gguf file")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise CLIError(f"model directory {model!r} has no config.json: not a save_pretrained directory")
+    from transformers import AutoConfig
+
+    try:
+        if path.is_file():
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot read the config of model {model!r}: {err}") from None
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
+
+
+def _check_seqlen(seqlen: int, config) -> None:
+    """--seqlen must fit the model's positions (the first of ``_POSITION_KEYS`` its config has)."""
+    for key in _POSITION_KEYS:
+        limit = getattr(config, key, None)
+        if isinstance(limit, int) and limit > 0:
+            if seqlen > limit:
+                raise CLIError(f"--seqlen {seqlen} is longer than the model's {limit} positions (config.{key}); "
+                               f"pass --seqlen {limit} or less")
+            return
+
+
+def _check_targets(args, config) -> None:
+    """--targets must select decoder linears, and --pattern's m must divide their input sizes: checked on
+    the model built on the meta device (shapes only, no memory, no weights read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .llm.blocks import target_linears
+
+    try:
+        with torch.device("meta"):
+            meta = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CLIError(f"model {args.model!r} is not a causal LM transformers can build: {err}") from None
+    from .llm.blocks import linear_group_dim
+
+    targets = args.targets or None
+    try:
+        layers = target_linears(meta, targets)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"--targets {' '.join(targets or [])}: {err}") from None
+    n, m = args.pattern
+    try:
+        target_linears(meta, targets, m=m)
+    except ValueError:
+        sizes = sorted({mod.weight.shape[linear_group_dim(mod)] for _, mod in layers})
+        raise CLIError(f"--pattern {n}:{m}: m={m} must divide the input size of every target layer {sizes}; pass "
+                       f"an m that divides {math.gcd(*sizes)}, or fewer --targets") from None
+
+
+def _check_data(data: str, read: bool) -> None:
+    """--data must exist; with ``read``, its files must also be UTF-8 text (they are read, not tokenized)."""
+    from .llm.data import _BUILTINS, load_texts
+
+    if data in _BUILTINS:
+        return
+    if not Path(data).expanduser().exists():
+        raise CLIError(f"--data {data!r} does not exist: pass {' or '.join(map(repr, _BUILTINS))}, a UTF-8 text "
+                       "file or a directory of .txt/.md files")
+    if read:
+        try:
+            load_texts(data)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--data {data}: {err}") from None
+
+
+def _check_sparsify(args) -> None:
+    """Every flag of ``sparsify`` that can be checked before the model is loaded (values are checked by
+    their argparse types)."""
+    if args.resume and args.method != "proxsparse":
+        raise CLIError(f"--resume continues a ProxSparse run; it does nothing with --method {args.method}")
+    if args.resume and not args.checkpoint_every:
+        raise CLIError("--resume needs --checkpoint-every K (the K of the interrupted run): without it no "
+                       "checkpoint is written or read")
+    if args.method == "proxsparse":
+        try:
+            _config_from_args(args)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    _check_data(args.data, read=args.method != "magnitude")
+    config = _model_config(args.model)
+    if args.method != "magnitude":  # magnitude reads no data
+        _check_seqlen(args.seqlen, config)
+    _check_targets(args, config)
+
+
+def _check_eval(args) -> None:
+    if args.max_tokens < args.seqlen:
+        raise CLIError(f"--max-tokens {args.max_tokens} is less than one block of --seqlen {args.seqlen}; raise "
+                       "--max-tokens or lower --seqlen")
+    _check_data(args.data, read=True)
+    _check_seqlen(args.seqlen, _model_config(args.model))
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -175,9 +358,8 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
 
     n, m = args.pattern
     model, tok = _load(args.model)
-    calib = None if args.method == "magnitude" else _blocks(
-        "calib", tok, args.data, args.seqlen, args.calib_blocks if args.method != "proxsparse"
-        else max(args.calib_blocks, args.steps * args.batch_size), args.seed)
+    count, hint = _calib_need(args)
+    calib = None if args.method == "magnitude" else _blocks("calib", tok, args.data, args.seqlen, count, args.seed, hint)
     targets = args.targets or None
     kwargs: dict[str, Any] = {}
     if args.method == "proxsparse":
@@ -210,7 +392,8 @@ def cmd_eval(args) -> int:
     from .llm.evaluate import perplexity
 
     model, tok = _load(args.model)
-    blocks = _blocks("eval", tok, args.data, args.seqlen, args.max_tokens)
+    blocks = _blocks("eval", tok, args.data, args.seqlen, args.max_tokens,
+                     hint=f"--data {args.data}: lower --seqlen ({args.seqlen}) or give more text")
     ppl = perplexity(model, blocks, batch_size=args.batch_size)
     print(json.dumps({"model": args.model, "data": args.data, "tokens": int(blocks.numel()),
                       "seqlen": args.seqlen, "perplexity": ppl}))
@@ -236,7 +419,8 @@ def cmd_check(args) -> int:
     bad = [k for k, ok in res["layers"].items() if not ok]
     print(f"{path}: {len(res['layers']) - len(bad)}/{len(res['layers'])} layers exactly {res['pattern']}")
     for k in bad:
-        print(f"  NOT {res['pattern']}: {k}")
+        why = res["problems"].get(k) or f"{res['nm_fraction'][k]:.2%} of its groups are {res['pattern']}"
+        print(f"  NOT {res['pattern']}: {k} ({why})")
     return 1 if bad else 0
 
 
@@ -251,11 +435,23 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------------------------------ parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2): ``PROG: error: MESSAGE (see PROG -h)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchprox", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The ``torchprox`` parser. Every numeric flag's type refuses values outside its meaning (NaN and ±inf
+    included); ``sparsify``'s ProxSparse defaults are :class:`ProxSparseConfig`'s."""
+    recipe = _recipe()
+    p = _Parser(prog="torchprox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
+
+    positive, count, seqlen = _int_in(1), _int_in(0), _int_in(2)
+    fraction_open, fraction = _float_in(0, 1, high_open=True), _float_in(0, 1)
 
     s = sub.add_parser("sparsify", help="make a model's decoder linears N:M and save it")
     s.add_argument("model", help="'default', a save_pretrained directory or a .gguf file")
@@ -265,34 +461,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (save_pretrained + torchprox.json)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     s.add_argument("--targets", nargs="*", help="PEFT-style names/suffixes (default: every decoder linear)")
-    s.add_argument("--seqlen", type=int, default=512)
-    s.add_argument("--calib-blocks", type=int, default=64, help="calibration blocks (baselines)")
-    s.add_argument("--steps", type=int, default=200, help="proxsparse: optimizer steps")
-    s.add_argument("--batch-size", type=int, default=1, help="proxsparse: blocks per step")
-    s.add_argument("--lam", type=float, default=None,
-                   help="proxsparse: normalised lambda (default 0.001 with --metric adam, 0.02 with identity)")
-    s.add_argument("--metric", choices=["adam", "identity"], default="adam",
+    s.add_argument("--seqlen", type=seqlen, default=512, help="tokens per block (>= 2, at most the model's positions)")
+    s.add_argument("--calib-blocks", type=positive, default=64, help="calibration blocks (baselines)")
+    s.add_argument("--steps", type=positive, default=recipe.steps, help="proxsparse: optimizer steps")
+    s.add_argument("--batch-size", type=positive, default=recipe.batch_size, help="proxsparse: blocks per step")
+    s.add_argument("--lam", type=_float_in(0), default=None,
+                   help=f"proxsparse: normalised lambda (default {recipe.lam:g} with --metric adam, "
+                        f"{IDENTITY_LAM:g} with identity)")
+    s.add_argument("--metric", choices=["adam", "identity"], default=recipe.metric,
                    help="proxsparse: the prox's metric: Adam's diagonal one (default) or the identity (the paper)")
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--warmup", type=float, default=0.1)
-    s.add_argument("--mask-scores", choices=["weight", "activation"], default="activation",
+    s.add_argument("--lr", type=_float_in(0, low_open=True), default=recipe.lr)
+    s.add_argument("--warmup", type=fraction_open, default=recipe.warmup, help="proxsparse: fraction of the steps")
+    s.add_argument("--mask-scores", choices=["weight", "activation"], default=recipe.mask_scores,
                    help="proxsparse: mask = top-n of |W|*||X_j|| (activation, default) or of |W| (weight, the paper)")
-    s.add_argument("--lam-ramp", type=float, default=0.0,
+    s.add_argument("--lam-ramp", type=fraction, default=recipe.lam_ramp,
                    help="proxsparse: fraction of the steps over which lambda rises from 0 (0: constant, the paper)")
     s.add_argument("--reconstruct", choices=["obs"], default=None,
                    help="proxsparse: then update the kept weights (OBS on the learned mask); default: mask only")
-    s.add_argument("--checkpoint-every", type=int, default=0, help="proxsparse: checkpoint every K steps")
+    s.add_argument("--checkpoint-every", type=count, default=recipe.checkpoint_every,
+                   help="proxsparse: checkpoint every K steps (0: never)")
     s.add_argument("--resume", action="store_true", help="proxsparse: continue from OUT.checkpoint")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_sparsify)
+    s.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=recipe.seed)
+    s.set_defaults(func=cmd_sparsify, check=_check_sparsify)
 
     e = sub.add_parser("eval", help="perplexity on held-out blocks")
     e.add_argument("model")
     e.add_argument("--data", default="builtin")
-    e.add_argument("--seqlen", type=int, default=512)
-    e.add_argument("--max-tokens", type=int, default=16384)
-    e.add_argument("--batch-size", type=int, default=1)
-    e.set_defaults(func=cmd_eval)
+    e.add_argument("--seqlen", type=seqlen, default=512)
+    e.add_argument("--max-tokens", type=positive, default=16384)
+    e.add_argument("--batch-size", type=positive, default=1)
+    e.set_defaults(func=cmd_eval, check=_check_eval)
 
     c = sub.add_parser("check", help="verify every target layer of an output directory is exactly N:M")
     c.add_argument("dir")
@@ -301,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="learn a 2:4 mask for the embedded default and compare with the baselines")
     d.add_argument("--quick", action="store_true", help="a shorter run (about 5 minutes on 2 cores)")
     d.add_argument("--out", help="also save the ProxSparse model here")
-    d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    d.add_argument("--threads", type=_int_in(1, os.cpu_count() or 1), default=None,
+                   help="torch threads (default: all cores)")
     d.add_argument("--finetune", action="store_true",
                    help="add a row: the learned mask, then a masked fine-tune of the kept weights (updates weights)")
     d.set_defaults(func=cmd_demo)
@@ -309,13 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A user error is one line on stderr, ``torchprox COMMAND: error: ...``, and exit 2,
+    found before the model is loaded or any data read wherever the flags alone tell."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if getattr(args, "check", None) is not None:
+            args.check(args)
         return args.func(args)
     except (CLIError, FileExistsError) as err:
-        print(f"torchprox {args.command}: error: {err}", file=sys.stderr)
+        print(f"torchprox {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

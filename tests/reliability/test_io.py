@@ -165,7 +165,8 @@ def test_out_never_is_contains_or_lies_inside_an_input(where, proj, tmp_path, no
 def test_the_checkpoint_folder_never_is_an_input(tmp_path, no_work, capsys):
     model = save_tiny_model(tmp_path / "m.checkpoint")  # --out m would checkpoint into m.checkpoint
     before = tree_hash(model)
-    args = ["sparsify", str(model), "--out", str(tmp_path / "m"), "--checkpoint-every", "1", "--resume"]
+    args = ["sparsify", str(model), "--out", str(tmp_path / "m"), "--checkpoint-every", "1", "--resume",
+            "--seqlen", "16"]
     assert main(args) == 2
     one_line_error(capsys.readouterr().err, "checkpoint folder", "never overwritten")
     assert tree_hash(model) == before

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import reprlib
 import shutil
 import struct
 from collections.abc import Callable, Iterator
@@ -382,15 +383,56 @@ def output_lock(out) -> Iterator[None]:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """``path/torchprox.json``, validated: a JSON object with ``format`` :data:`FORMAT`, a valid ``pattern`` and
+    a non-empty ``layers`` object ``{name: {"dim": 0 or 1, ...}}``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory or has no manifest.
+        ValueError: the manifest cannot be read, is not JSON, or a field is missing or invalid (one line
+            naming the file and the field).
+    """
+    from .sparsify import parse_pattern
+
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory")
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    file = path / MANIFEST
+    if not file.is_file():
         raise FileNotFoundError(f"{path} has no {MANIFEST}: not a torchprox output directory")
-    return json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{file} is not a readable JSON manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{file}: expected a JSON object, got a {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{file}: format {manifest.get('format')!r} is not {FORMAT!r}: not a torchprox output "
+                         "(or one written by another version)")
+    try:
+        parse_pattern(manifest.get("pattern"))
+    except ValueError as err:
+        raise ValueError(f"{file}: {err}") from None
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise ValueError(f"{file}: 'layers' must list the checked layers as a non-empty object "
+                         f"{{name: {{'dim': 0 or 1}}}}, got {reprlib.repr(layers)}")
+    for name, info in layers.items():
+        dim = info.get("dim") if isinstance(info, dict) else None
+        if type(dim) is not int or dim not in (0, 1):
+            raise ValueError(f"{file}: layer {name!r} needs 'dim' 0 or 1 (the weight's input dim), got "
+                             f"{reprlib.repr(info)}")
+    return manifest
 
 
 def _safetensors_files(path: Path) -> list[Path]:
+    """The ``*.safetensors`` files of ``path``; every shard a ``*.safetensors.index.json`` lists must exist."""
+    for index in sorted(path.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index ({type(err).__name__}: {err})") from None
+        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise FileNotFoundError(f"{path}: weights file {missing[0]} listed in {index.name} is missing")
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} holds no *.safetensors weights")
@@ -398,12 +440,39 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _safetensors_header(file: Path) -> dict[str, dict]:
-    """``{key: {"dtype", "shape", "data_offsets"}}`` from a safetensors header (8-byte LE length + JSON)."""
+    """``{key: {"dtype", "shape", "data_offsets"}}`` from a safetensors header (8-byte LE length + JSON).
+
+    ValueError (naming the file) if it is not a complete safetensors file: shorter than its header, a header
+    that is not a JSON object of tensors, or tensor data past the end of the file (truncated)."""
+    size = file.stat().st_size
     with open(file, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{file} is truncated or not a safetensors file: {size} bytes")
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            raise ValueError(f"{file} is truncated or not a safetensors file: its header needs {8 + length} bytes, "
+                             f"the file has {size}")
+        try:
+            header = json.loads(f.read(length))
+            header.pop("__metadata__", None)
+            end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise ValueError(f"{file} has an invalid safetensors header ({type(err).__name__}: {err})") from None
+    if 8 + length + end > size:
+        raise ValueError(f"{file} is truncated: its tensors end at byte {8 + length + end}, the file has {size}")
     return header
+
+
+def _layer_fraction(tensor: torch.Tensor, n: int, m: int, dim: int) -> tuple[float | None, str | None]:
+    """(fraction of N:M groups, None), or (None, why) for a weight that cannot be grouped by m along ``dim``."""
+    from ..prune import nm_fraction
+
+    if tensor.dim() != 2:
+        return None, f"weight of shape {tuple(tensor.shape)} is not a matrix"
+    if tensor.shape[dim] % m:
+        return None, f"size {tensor.shape[dim]} along dim {dim} is not a multiple of m={m}"
+    return float(nm_fraction(tensor, n, m, dim=dim)), None
 
 
 def check_sparse(path) -> dict[str, Any]:
@@ -414,10 +483,15 @@ def check_sparse(path) -> dict[str, Any]:
     entries along the manifest's ``dim`` for that layer. A layer missing from the weights fails.
 
     Returns:
-        ``{"pattern": "n:m", "layers": {name: bool}, "nm_fraction": {name: float or None}, "ok": bool}``.
+        ``{"pattern": "n:m", "layers": {name: bool}, "nm_fraction": {name: float or None},
+        "problems": {name: why}, "ok": bool}``: a layer whose weight is missing or cannot be grouped by m
+        along its ``dim`` is not N:M, with fraction None and the reason in ``problems``.
     Raises:
-        FileNotFoundError: ``path`` is not a directory, has no manifest or no ``*.safetensors``.
-        ValueError: the manifest's pattern is invalid.
+        FileNotFoundError: ``path`` is not a directory, has no manifest, no ``*.safetensors``, or a shard its
+            index lists is missing.
+        ValueError: the manifest is not valid (not JSON; ``format``, ``pattern``, ``layers`` or a layer's
+            ``dim`` missing or wrong; no layers at all), or a weights file is truncated or corrupt. Every
+            message is one line naming the file.
 
     Examples:
         >>> import torch, transformers
@@ -434,9 +508,8 @@ def check_sparse(path) -> dict[str, Any]:
         >>> result["ok"], result["layers"]["model.layers.0.mlp.down_proj"], result["layers"]["model.layers.0.mlp.up_proj"]
         (False, True, False)
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    from ..prune import nm_fraction
     from .sparsify import parse_pattern
 
     path = Path(path)
@@ -445,16 +518,23 @@ def check_sparse(path) -> dict[str, Any]:
     where = {key: f for f in _safetensors_files(path) for key in _safetensors_header(f)}
     layers: dict[str, bool] = {}
     fractions: dict[str, float | None] = {}
+    problems: dict[str, str] = {}
     for name, info in manifest["layers"].items():
         key = f"{name}.weight"
         if key not in where:
-            layers[name], fractions[name] = False, None
+            layers[name], fractions[name], problems[name] = False, None, f"no {key} in the safetensors files"
             continue
-        with safe_open(str(where[key]), "pt") as st:
-            frac = float(nm_fraction(st.get_tensor(key), n, m, dim=info["dim"]))
+        try:
+            with safe_open(str(where[key]), "pt") as st:
+                tensor = st.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{where[key]}: cannot read {key} ({' '.join(str(err).split())})") from None
+        frac, why = _layer_fraction(tensor, n, m, info["dim"])
         layers[name], fractions[name] = frac == 1.0, frac
-    return {"pattern": manifest["pattern"], "layers": layers, "nm_fraction": fractions,
-            "ok": bool(layers) and all(layers.values())}
+        if why:
+            problems[name] = why
+    return {"pattern": manifest["pattern"], "layers": layers, "nm_fraction": fractions, "problems": problems,
+            "ok": all(layers.values())}
 
 
 # ------------------------------------------------------------------------------------------------ 2:4 on GPU
