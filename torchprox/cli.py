@@ -412,7 +412,10 @@ def check_dir(path: Path) -> dict[str, Any]:
 
 
 def cmd_check(args) -> int:
+    from .llm.export import remove_stale_temporaries
+
     path = Path(args.dir)
+    remove_stale_temporaries(path)  # a save killed mid-replacement: its previous output is moved back first
     if not path.is_dir():
         raise CLIError(f"{path} is not a directory")
     res = check_dir(path)
@@ -428,7 +431,10 @@ def cmd_demo(args) -> int:
     from .llm.demo import METHODS, run_demo
 
     methods = METHODS + (("proxsparse+ft",) if args.finetune else ())
-    run_demo(quick=args.quick, out=Path(args.out) if args.out else None, threads=args.threads, methods=methods)
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:  # the demo replaces an earlier demo output, never anything else
+        _check_out(out, True, "default", "builtin")
+    run_demo(quick=args.quick, out=out, threads=args.threads, methods=methods)
     return 0
 
 

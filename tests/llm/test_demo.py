@@ -30,6 +30,11 @@ def test_demo_table_on_a_tiny_model(capsys, tmp_path):
             assert is_nm(mod.weight, 2, 4, dim=1)
             w0 = dense[f"{name}.weight"]
             assert torch.equal(mod.weight[mod.weight != 0], w0[mod.weight != 0])
+    from torchprox.llm import check_sparse
+
+    checked = check_sparse(tmp_path / "sparse")  # the demo's output passes `torchprox check`
+    linears = [n for n, mod in saved.named_modules() if isinstance(mod, torch.nn.Linear) and ".layers." in f".{n}."]
+    assert checked["ok"] and sorted(checked["layers"]) == sorted(linears)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import torch
 
 from .data import calibration_blocks, evaluation_blocks
 from .evaluate import perplexity
-from .export import save_sparse
+from .export import save_sparse, sparse_manifest
 from .models import load_default_model
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, learn_masks
@@ -122,8 +122,8 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
         rows.append({"method": method, "perplexity": ppl, "seconds": seconds, **info})
         print(f"  {method:10s} perplexity {ppl:10.2f}   ({seconds:.0f} s)", flush=True)
         if method == "proxsparse" and out is not None:
-            save_sparse(model, tok, out, {"format": "torchprox-sparse/1", "pattern": "2:4", "method": method,
-                                           "source_model": "default", "report": rows[-1]}, overwrite=True)
+            manifest = sparse_manifest(model, 2, 4, method=method, source_model="default", report=rows[-1])
+            save_sparse(model, tok, out, manifest, overwrite=True)
     _print_table(rows, s)
     return rows
 
