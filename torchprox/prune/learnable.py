@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from ..prox._groups import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, describe, resolve_dim, select_modules
+from ._layers import check_groupable, check_not_shared, describe, resolve_dim, select_modules
 from .parametrization import (NMParametrization, sync_state_on_load, get_nm_parametrization, nm_parametrizations,
                               qualified)
 
@@ -87,7 +87,9 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
         ``module``.
     Raises:
         ValueError: the size along ``dim`` is not a multiple of ``m`` (the message names the module, its
-        shape and the fix), the tensor is already parametrized or pruned, or it is not a float Parameter.
+        shape and the fix), the tensor is already parametrized or pruned, it is not a float Parameter, or
+        it is shared with another module (tied weights, e.g. ``lm_head`` and the input embedding: the
+        message names both and how to untie them). Nothing is changed when it raises.
 
     Examples:
         >>> import torch
@@ -100,6 +102,7 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
     _check_target(module, name, None)
     dim = resolve_dim(module, name, dim, None)
     check_groupable(module, tuple(getattr(module, name).shape), dim, m, None, name)
+    check_not_shared(module, name)
     _register(module, name, n, m, dim, offload_w0)
     return module
 
