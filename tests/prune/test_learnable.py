@@ -308,3 +308,19 @@ def test_frozen_weight_penalty_is_finite_at_zero_w0_and_skips_masked_layers():
     assert torch.isfinite(val) and val.item() > 0
     apply_learned_masks(lin)
     assert frozen_weight_penalty(lin).item() == 0.0
+
+
+# -- a Parameter shared between modules is refused (issue 21, item 10) ----------------------------------------
+@pytest.mark.parametrize("method", [learnable_nm, nm_structured])
+def test_shared_parameter_is_refused_before_anything_changes(method):
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = a.weight
+    net = nn.Sequential(a, nn.ReLU(), b)
+    before = a.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"Linear '2'.*shared with Linear '0'.*Untie"):
+        method(b)
+    assert not is_pruned(net) and b.weight is a.weight and type(b) is nn.Linear and bits_equal(a.weight, before)
+    held = nn.Linear(8, 4)
+    keep = held.weight  # a reference that is not another module's is no sharing
+    assert is_pruned(method(held))
+    del keep

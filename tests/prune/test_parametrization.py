@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from torchprox import ProxAdam
+from torchprox.prox import nm_mask
 from torchprox.prune import NMParametrization, apply_learned_masks, learnable_nm, prox_param_groups
 
 from ._util import LAYER_KINDS, bits_equal, make_layer
@@ -230,3 +231,59 @@ def test_pickling_the_module_is_refused_like_any_parametrized_module():
 def test_repr_mentions_the_pattern_and_state():
     lin = learnable_nm(nn.Linear(8, 4), n=1, m=4)
     assert "pattern=1:4" in repr(lin) and "state=learning" in repr(lin)
+
+
+# -- a failed load_state_dict leaves the layer exactly as it was (issue 21, item 6) ----------------------
+def _layer_state(lin):
+    p = _p(lin)
+    return (p.state, _orig(lin).detach().clone(), _orig(lin).requires_grad,
+            None if p.w0 is None else p.w0.clone(), None if p.mask is None else p.mask.clone())
+
+
+def _assert_unchanged(lin, before):
+    state, orig, requires_grad, w0, mask = before
+    p = _p(lin)
+    assert p.state == state and bits_equal(_orig(lin), orig) and _orig(lin).requires_grad == requires_grad
+    assert (p.w0 is None) == (w0 is None) and (w0 is None or bits_equal(p.w0, w0))
+    assert (p.mask is None) == (mask is None) and (mask is None or torch.equal(p.mask, mask))
+
+
+def _masked_sd(in_features):
+    lin = learnable_nm(nn.Linear(in_features, 4))
+    apply_learned_masks(lin)
+    return lin.state_dict()
+
+
+def _bad_checkpoints():
+    """(name, checkpoint, load into a masked layer?, strict): checkpoints that do not fit an (4, 8) layer."""
+    learning16 = learnable_nm(nn.Linear(16, 4)).state_dict()
+    learning8 = learnable_nm(nn.Linear(8, 4)).state_dict()
+    w0_fits = dict(learning16, **{"parametrizations.weight.0.w0": torch.randn(4, 8), "bias": torch.randn(4)})
+    no_original = {k: v for k, v in _masked_sd(8).items() if not k.endswith("original")}
+    both = dict(learning8, **{"parametrizations.weight.0.mask": torch.ones(4, 8, dtype=torch.bool)})
+    return [
+        ("masked other shape into learning", _masked_sd(16), False, True),
+        ("learning other shape into masked", learning16, True, True),
+        ("W0 fits but W does not", w0_fits, False, True),
+        ("masked without original, non-strict", no_original, False, False),
+        ("learning without original into masked, non-strict",
+         {k: v for k, v in learning8.items() if not k.endswith("original")}, True, False),
+        ("both w0 and mask", both, False, True),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_failed_load_leaves_the_layer_exactly_as_it_was(case):
+    name, sd, masked, strict = _bad_checkpoints()[case]
+    lin, _ = _trained()
+    if masked:
+        apply_learned_masks(lin)
+    before = _layer_state(lin)
+    with pytest.raises(RuntimeError, match="left unchanged"):
+        lin.load_state_dict(sd, strict=strict)
+    _assert_unchanged(lin, before)
+    if not masked:  # and the learned mask is still W0 ⊙ top-2 of |W|
+        w, w0 = before[1], before[3]
+        expected = torch.where(nm_mask(w.abs(), 2, 4, dim=1), w0, 0)
+        apply_learned_masks(lin)
+        assert bits_equal(lin.weight, expected), name

@@ -119,3 +119,28 @@ def test_gpt2_conv1d_groups_along_dim_0():
         weight = model.get_submodule(qualname.rsplit(".", 1)[0]).weight  # (in, out)
         assert is_nm(weight, 2, 4, dim=0)
         assert torch.equal((mask.movedim(0, -1).reshape(-1, 4)).sum(-1), torch.full((weight.numel() // 4,), 2))
+
+
+# -- tied weights are refused before anything changes (issue 21, item 10) -----------------------------------
+@pytest.mark.parametrize("method", ["learnable_nm", "nm_structured"])
+def test_tied_lm_head_is_refused_naming_both_modules(method):
+    from torchprox import prune
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert head.weight is emb.weight
+    before = emb.weight.detach().clone()
+    with pytest.raises(ValueError) as err:
+        getattr(prune, method)(head)
+    msg = str(err.value)
+    assert "'lm_head'" in msg and "Embedding 'model.embed_tokens'" in msg and "tie_word_embeddings" in msg
+    assert type(head) is torch.nn.Linear and not prune.is_pruned(head) and head.weight is emb.weight
+    assert bits_equal(emb.weight, before)
+    # untied as the message says, it works and leaves the embedding dense
+    model.config.tie_word_embeddings = False
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    getattr(prune, method)(head)
+    assert bits_equal(emb.weight, before)

@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -55,7 +56,10 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import ProxAdam
+from ..optim.proxadam import LAM_SCALINGS, METRICS
+from ..prox._groups import check_nm
 from ..prune import apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all
+from ..prune.learnable import restore_dense
 from ..prune.parametrization import nm_parametrizations
 from .blocks import target_linears
 from .reconstruct import finetune_masked, obs_update
@@ -63,6 +67,29 @@ from .reconstruct import finetune_masked, obs_update
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProxSparseConfig", "learn_masks"]
+
+
+# ProxSparseConfig's numeric fields: (integer?, accepted values, message). Every value must also be finite.
+_NUMBER_FIELDS = {
+    "lam": (False, lambda v: v >= 0, "must be a finite number >= 0"),
+    "lr": (False, lambda v: v > 0, "must be a finite number > 0"),
+    "steps": (True, lambda v: v >= 1, "must be an integer >= 1"),
+    "batch_size": (True, lambda v: v >= 1, "must be an integer >= 1"),
+    "warmup": (False, lambda v: 0 <= v < 1, "is a fraction of the steps in [0, 1)"),
+    "grad_clip": (False, lambda v: v > 0, "must be None (no clipping) or a finite number > 0"),
+    "lam_ramp": (False, lambda v: 0 <= v <= 1, "is a fraction of the steps in [0, 1]"),
+    "reconstruct_blocks": (True, lambda v: v >= 1, "must be an integer >= 1"),
+    "reconstruct_steps": (True, lambda v: v >= 1, "must be an integer >= 1"),
+    "reconstruct_lr": (False, lambda v: v > 0, "must be a finite number > 0"),
+    "frozen_lam": (False, lambda v: v >= 0, "must be a finite number >= 0"),
+    "log_every": (True, lambda v: v >= 1, "must be an integer >= 1"),
+    "checkpoint_every": (True, lambda v: v >= 0, "must be an integer >= 0 (0: no checkpoints)"),
+    "seed": (True, lambda v: -2**63 <= v < 2**64, "must be an integer in [-2**63, 2**64) (torch.manual_seed)"),
+}
+_CHOICE_FIELDS = {
+    "lam_normalization": ("rms", "none"), "lr_normalization": ("rms", "none"), "metric": METRICS,
+    "lam_scaling": LAM_SCALINGS, "mask_scores": ("weight", "activation"), "reconstruct": (None, "obs", "finetune"),
+}
 
 
 @dataclass
@@ -131,23 +158,16 @@ class ProxSparseConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got steps={self.steps}, batch_size={self.batch_size}")
-        if not (self.lam >= 0 and math.isfinite(self.lam)):
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        if not 0 <= self.lam_ramp <= 1:
-            raise ValueError(f"lam_ramp is a fraction of the steps in [0, 1], got {self.lam_ramp}")
-        if self.reconstruct not in (None, "obs", "finetune"):
-            raise ValueError(f"reconstruct must be None, 'obs' or 'finetune', got {self.reconstruct!r}")
-        if self.reconstruct_blocks < 1 or self.reconstruct_steps < 1 or not self.reconstruct_lr > 0:
-            raise ValueError("reconstruct_blocks and reconstruct_steps must be >= 1 and reconstruct_lr > 0, got "
-                             f"{self.reconstruct_blocks}, {self.reconstruct_steps}, {self.reconstruct_lr}")
-        for key, allowed in (("lam_normalization", ("rms", "none")), ("lr_normalization", ("rms", "none")),
-                             ("mask_scores", ("weight", "activation"))):
+        """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
+        model is touched; the message names the field, its value and the accepted range."""
+        for key, (integer, ok, text) in _NUMBER_FIELDS.items():
+            value = getattr(self, key)
+            if key == "grad_clip" and value is None:
+                continue
+            kind = numbers.Integral if integer else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{key} {text}, got {value!r}")
+        for key, allowed in _CHOICE_FIELDS.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
 
@@ -311,6 +331,40 @@ def _input_norms(model: nn.Module, modules: dict[str, nn.Module], calib: Tensor,
     return {k: v.sqrt() for k, v in sq.items()}
 
 
+def _vocab_size(model: nn.Module) -> int | None:
+    emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    if isinstance(getattr(emb, "num_embeddings", None), int):
+        return emb.num_embeddings
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def check_calib(model: nn.Module, calib: Tensor, batch_size: int = 1) -> None:
+    """ValueError unless ``calib`` is an integer tensor ``(B, seqlen)`` of token ids the model can run:
+    ``B >= batch_size`` blocks, ``2 <= seqlen <=`` the model's positions (``config.max_position_embeddings``
+    where set), every id in ``[0, vocab size)``. Reads the ids' min and max once (one host sync)."""
+    if not isinstance(calib, Tensor) or calib.dim() != 2:
+        got = f"shape {tuple(calib.shape)}" if isinstance(calib, Tensor) else type(calib).__name__
+        raise ValueError(f"calib must be a LongTensor (B, seqlen) of token ids, got {got}")
+    if calib.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"calib must hold integer token ids (torch.long), got dtype {calib.dtype}")
+    blocks, seqlen = calib.shape
+    if blocks < batch_size or blocks == 0:
+        raise ValueError(f"calib has {blocks} blocks but batch_size={batch_size} needs at least {max(batch_size, 1)}; "
+                         "lower batch_size or give more calibration blocks")
+    if seqlen < 2:
+        raise ValueError(f"calib blocks have {seqlen} token(s); the language-model loss needs seqlen >= 2")
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and seqlen > positions:
+        raise ValueError(f"calib blocks of {seqlen} tokens exceed the model's {positions} positions "
+                         "(config.max_position_embeddings); use a shorter seqlen")
+    vocab = _vocab_size(model)
+    low, high = torch.aminmax(calib)
+    low, high = int(low), int(high)
+    if low < 0 or (isinstance(vocab, int) and high >= vocab):
+        raise ValueError(f"calib holds token id {low if low < 0 else high} outside the model's vocabulary "
+                         f"[0, {vocab}); tokenize with the model's own tokenizer")
+
+
 def learn_masks(
     model: nn.Module,
     calib: Tensor,
@@ -350,6 +404,16 @@ def learn_masks(
         "nm_fraction" (logged (step, fraction) pairs), "peak_rss_gb"}``. On return every target weight is
         exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter is unchanged.
 
+    Raises:
+        ValueError / TypeError: bad ``n, m``, ``config``, ``calib`` (see :func:`check_calib`) or ``targets``
+            (no match, or a size not a multiple of ``m``); raised before the model is touched.
+        FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
+            already reads, or non-finite learned weights at the end, one check), or the dense model's
+            activations on ``calib`` overflow; the message names the step or layers and says to lower ``lr``.
+        Any error while the mask is being learned (including ``KeyboardInterrupt``) restores the model to its
+        input weights, bit for bit, with its ``requires_grad`` flags, before it propagates. (Once the masks
+        are applied, an error in ``reconstruct`` leaves the model masked, exactly N:M.)
+
     Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
     ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
     ``mask = topn(|W|)`` per group of m along the input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the
@@ -371,10 +435,41 @@ def learn_masks(
         >>> is_nm(w, 2, 4, dim=1), bool(torch.equal(w, w0 * (w != 0)))
         (True, True)
     """
-    cfg = config or ProxSparseConfig()
-    if calib.dim() != 2:
-        raise ValueError(f"calib must be a LongTensor (B, seqlen), got shape {tuple(calib.shape)}")
+    check_nm(n, m)
+    cfg = ProxSparseConfig() if config is None else config
+    if not isinstance(cfg, ProxSparseConfig):
+        raise TypeError(f"config must be a ProxSparseConfig or None, got {type(cfg).__name__}")
+    check_calib(model, calib, cfg.batch_size)
     names = [name for name, _ in target_linears(model, targets, m=m)]
+    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        return _learn(model, calib, n, m, cfg, names, requires, checkpoint_dir, resume, progress, offload_w0)
+    except BaseException:
+        _restore_input(model, requires)
+        raise
+
+
+def _restore_input(model: nn.Module, requires: dict[str, bool]) -> None:
+    """After a failed run: every layer still learning gets W0 back (bit for bit), any parametrization left
+    is removed, and every parameter's ``requires_grad`` is what it was on entry."""
+    restore_dense(model)
+    remove_all(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(requires.get(name, p.requires_grad))
+
+
+def _check_finite(values: list[Tensor], names: list[str], what: str, fix: str) -> None:
+    """FloatingPointError naming the first tensors with a NaN or inf entry (one host sync for all)."""
+    finite = torch.stack([torch.isfinite(v).all().cpu() for v in values]).tolist() if values else []
+    bad = [name for name, ok in zip(names, finite) if not ok]
+    if bad:
+        raise FloatingPointError(f"{what} non-finite in {len(bad)} of {len(names)} layers ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}); {fix}")
+
+
+def _learn(model: nn.Module, calib: Tensor, n: int, m: int, cfg: ProxSparseConfig, names: list[str],
+           requires: dict[str, bool], checkpoint_dir, resume: bool, progress: bool, offload_w0: bool):
+    """:func:`learn_masks` once its inputs are validated (the model is changed from here on)."""
     modules = dict(model.named_modules())
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model, calib, n, m, cfg, names) if ckpt is not None else None
@@ -386,7 +481,10 @@ def learn_masks(
              if resume else None)  # validated before the model is touched
     act_norms = (_input_norms(model, {k: modules[k] for k in names}, calib, cfg.batch_size)
                  if cfg.mask_scores == "activation" else None)
-    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    if act_norms is not None:
+        _check_finite(list(act_norms.values()), list(act_norms), "activation norms of the calibration blocks are",
+                      "the dense model overflows on them; check the model's dtype and weights, or use "
+                      "mask_scores='weight'")
     for p in model.parameters():
         p.requires_grad_(False)
     learnable_nm_model(model, n=n, m=m, targets=names, offload_w0=offload_w0)
@@ -436,6 +534,10 @@ def learn_masks(
             opt.zero_grad(set_to_none=True)
             sched.step()
             losses.append(float(out.loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"learning diverged: the loss is {losses[-1]} at step {step + 1} (lr={cfg.lr}, lam={cfg.lam}); "
+                    "lower lr. The model was restored to its input weights")
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 fractions.append((step + 1, _nm_fraction(model)))
                 logger.info("step %d loss %.4f N:M groups %.2f%%", step + 1, losses[-1], 100 * fractions[-1][1])
@@ -454,6 +556,8 @@ def learn_masks(
         if bar is not None:
             bar.close()
         model.train(was_training)
+    _check_finite(params, group_names, "learning diverged: the learned weights are",
+                  f"lower lr (lr={cfg.lr}). The model was restored to its input weights")
     seconds = time.perf_counter() - t0
     if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
         with torch.no_grad():

@@ -1,6 +1,7 @@
 """One call for every N:M method: the learned one (ProxSparse) and the one-shot baselines."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 from ..prox._groups import check_nm
 from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
-from .proxsparse import ProxSparseConfig, learn_masks
+from .proxsparse import ProxSparseConfig, check_calib, learn_masks
 
 __all__ = ["METHODS", "sparsify", "parse_pattern"]
 
@@ -54,7 +55,10 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, ...method report}``.
 
     Every method leaves each target weight W (out, in) with at most n nonzeros in every group of m
-    consecutive inputs (``report["layers"]`` values are 1.0).
+    consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never
+    a return. Bad arguments (pattern, method, calib, ProxSparseConfig fields) are a ValueError before the
+    model is touched; a diverging ``"proxsparse"`` run is a FloatingPointError with the model restored (see
+    :func:`~torchprox.llm.proxsparse.learn_masks`).
 
     Examples:
         >>> import torch, transformers
@@ -75,11 +79,18 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method != "magnitude" and calib is None:
         raise ValueError(f"method {method!r} needs calibration blocks (calib=LongTensor (B, seqlen))")
+    if method in ("wanda", "sparsegpt"):  # proxsparse: learn_masks checks it against its batch_size
+        check_calib(model, calib)
     t0 = time.perf_counter()
     report: dict[str, Any] = {"method": method, "pattern": f"{n}:{m}"}
     if method == "proxsparse":
         if config is not None and kwargs:
             raise ValueError("pass either config= or ProxSparseConfig fields as keywords, not both")
+        fields = {f.name for f in dataclasses.fields(ProxSparseConfig)}
+        unknown = sorted(set(kwargs) - fields)
+        if unknown:
+            raise ValueError(f"unknown ProxSparseConfig field(s) {', '.join(unknown)}; the fields are "
+                             f"{', '.join(sorted(fields))}")
         cfg = config or ProxSparseConfig(**kwargs)
         report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress))
         report["layers"] = _report(target_linears(model, targets, m=m), n, m)
@@ -89,5 +100,10 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         report["layers"] = wanda_prune(model, calib, n, m, targets, progress=progress, **kwargs)
     else:
         report["layers"] = sparsegpt_prune(model, calib, n, m, targets=targets, progress=progress, **kwargs)
+    not_nm = sorted(name for name, frac in report["layers"].items() if frac != 1.0)
+    if not_nm:  # never return a model that is not N:M as if it were (e.g. NaN scores in a one-shot method)
+        raise RuntimeError(f"{method} left {len(not_nm)} target(s) not exactly {n}:{m} ({', '.join(not_nm[:3])}"
+                           f"{', ...' if len(not_nm) > 3 else ''}); check the model's weights and calibration "
+                           "data for NaN/inf")
     report["seconds"] = time.perf_counter() - t0
     return report

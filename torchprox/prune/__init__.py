@@ -7,6 +7,7 @@ Learned masks (ProxSparse), built on ``torch.nn.utils.parametrize``:
 - :func:`prox_param_groups`: ProxAdam groups (prox ``"nm"`` with the right group dim per layer type, and a
   plain group for the rest).
 - :func:`apply_learned_masks`: mask = top-n of m of |W|; the weight becomes W0 ⊙ mask, W is released.
+- :func:`restore_dense`: abandon learning; the weight is W0 again, bit for bit.
 - :func:`frozen_weight_penalty`: ProxSparse's optional regularizer pulling W to 0 or W0.
 
 One-shot masks, as a ``torch.nn.utils.prune`` method: :class:`NMStructured`, :func:`nm_structured`.
@@ -32,7 +33,7 @@ Examples:
     >>> is_nm(mlp[0].weight, 2, 4, dim=1) and is_nm(mlp[2].weight, 2, 4, dim=1)
     True
 """
-from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups
+from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups, restore_dense
 from .oneshot import NMStructured, nm_structured
 from .parametrization import NMParametrization
 from .penalty import frozen_weight_penalty
@@ -42,5 +43,5 @@ from .report import is_nm, nm_fraction, sparsity_report
 __all__ = [
     "learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks", "frozen_weight_penalty",
     "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
-    "sparsity_report", "NMParametrization",
+    "sparsity_report", "NMParametrization", "restore_dense",
 ]

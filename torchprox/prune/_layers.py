@@ -2,10 +2,12 @@
 selection (``"all-linear"``, names/suffixes, regex)."""
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from typing import Iterable, Sequence
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -97,6 +99,56 @@ def check_groupable(module: nn.Module, shape: Sequence[int], dim: int, m: int, q
             f"Exclude this module (e.g. exclude=[{(qualname or '<name>')!r}]) or use an m that divides {size}; "
             "torchprox never pads"
         )
+
+
+def _held_elsewhere(module: nn.Module, name: str) -> bool:
+    """Whether anything but ``module._parameters`` references ``module.<name>``: a cheap refcount test
+    (against a probe Parameter referenced the same way) that spares the gc scan of :func:`_owners`."""
+    probe = {name: nn.Parameter(torch.empty(0))}
+    return sys.getrefcount(module._parameters[name]) > sys.getrefcount(probe[name])
+
+
+def _owners(obj: object, attr: str) -> list[nn.Module]:
+    """The modules whose ``attr`` dict (``"_parameters"`` or ``"_modules"``) holds ``obj``, found with
+    ``gc.get_referrers`` (three heap scans at most: only for error messages and rare cases)."""
+    dicts = [d for d in gc.get_referrers(obj) if isinstance(d, dict)]
+    if not dicts:
+        return []
+    holders = gc.get_referrers(*dicts)  # modules whose attribute values are inline, or their __dict__s
+    inst = [h for h in holders if isinstance(h, dict)]
+    candidates = [h for h in holders if isinstance(h, nn.Module)] + (gc.get_referrers(*inst) if inst else [])
+    ids, out = {id(d) for d in dicts}, []
+    for mod in candidates:
+        if isinstance(mod, nn.Module) and id(mod.__dict__.get(attr)) in ids and all(mod is not o for o in out):
+            out.append(mod)
+    return out
+
+
+def _root(module: nn.Module) -> nn.Module:
+    """The outermost module that contains ``module`` (climbing parents through ``_modules``)."""
+    seen = {id(module)}
+    while parents := [p for p in _owners(module, "_modules") if id(p) not in seen]:
+        module = parents[0]
+        seen.add(id(module))
+    return module
+
+
+def check_not_shared(module: nn.Module, name: str = "weight") -> None:
+    """ValueError naming both modules and the fix when ``module.<name>`` is a Parameter that another module
+    also holds (tied weights, e.g. ``lm_head`` and the input embedding): pruning one would change the other."""
+    param = module._parameters.get(name)
+    if param is None or not _held_elsewhere(module, name):
+        return
+    others = [o for o in _owners(param, "_parameters") if o is not module]
+    if not others:
+        return
+    names = {id(m): q for q, m in _root(module).named_modules(remove_duplicate=False)}
+    theirs = ", ".join(describe(o, names.get(id(o))) for o in others)
+    raise ValueError(
+        f"{describe(module, names.get(id(module)))}: its {name} of shape {tuple(param.shape)} is shared with "
+        f"{theirs} (tied weights); making it N:M would change that module too. Untie it first, e.g. for a "
+        "Hugging Face model: model.config.tie_word_embeddings = False; model.lm_head.weight = "
+        "torch.nn.Parameter(model.lm_head.weight.detach().clone()); or leave this layer dense")
 
 
 def _compile_targets(targets) -> tuple[str, object]:

@@ -22,11 +22,11 @@ from torch.nn.utils import parametrize
 
 from ..prox._groups import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, describe, resolve_dim, select_modules
+from ._layers import check_groupable, check_not_shared, describe, resolve_dim, select_modules
 from .parametrization import (NMParametrization, sync_state_on_load, get_nm_parametrization, nm_parametrizations,
                               qualified)
 
-__all__ = ["learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks"]
+__all__ = ["learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks", "restore_dense"]
 
 logger = logging.getLogger("torchprox.prune")
 
@@ -87,7 +87,9 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
         ``module``.
     Raises:
         ValueError: the size along ``dim`` is not a multiple of ``m`` (the message names the module, its
-        shape and the fix), the tensor is already parametrized or pruned, or it is not a float Parameter.
+        shape and the fix), the tensor is already parametrized or pruned, it is not a float Parameter, or
+        it is shared with another module (tied weights, e.g. ``lm_head`` and the input embedding: the
+        message names both and how to untie them). Nothing is changed when it raises.
 
     Examples:
         >>> import torch
@@ -100,6 +102,7 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
     _check_target(module, name, None)
     dim = resolve_dim(module, name, dim, None)
     check_groupable(module, tuple(getattr(module, name).shape), dim, m, None, name)
+    check_not_shared(module, name)
     _register(module, name, n, m, dim, offload_w0)
     return module
 
@@ -283,3 +286,36 @@ def apply_learned_masks(model: nn.Module, optimizer: torch.optim.Optimizer | Non
         logger.warning("torchprox.prune.apply_learned_masks: no learning-state N:M layer in %s",
                        type(model).__name__)
     return out
+
+
+@torch.no_grad()
+def restore_dense(model: nn.Module) -> list[str]:
+    r"""Undo :func:`learnable_nm` on every learning-state layer of ``model``: the weight is W0 again.
+
+    Each such ``module.<name>`` becomes a plain Parameter (the object that held W) holding W0 bit for bit,
+    in W0's dtype, with its ``.grad`` dropped and its ``requires_grad`` as before :func:`learnable_nm`; the
+    learned W is discarded. Layers already masked are left as they are. Use it to abandon a learning run
+    (e.g. after a divergence) with the model exactly as it was.
+
+    Returns:
+        the qualified tensor names restored.
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm, restore_dense
+        >>> lin = torch.nn.Linear(8, 2)
+        >>> w0 = lin.weight.detach().clone()
+        >>> _ = learnable_nm(lin)
+        >>> _ = lin.parametrizations.weight.original.data.fill_(float("nan"))   # a diverged W
+        >>> restore_dense(lin), type(lin).__name__, torch.equal(lin.weight, w0)
+        (['weight'], 'Linear', True)
+    """
+    todo = [(qualname, module, tname, plist, p) for qualname, module, tname, plist, p in nm_parametrizations(model)
+            if p.state == "learning"]
+    for _, module, tname, plist, p in todo:
+        original = plist.original
+        original.grad = None
+        original.data = p.w0.to(device=original.device, copy=True)
+        parametrize.remove_parametrizations(module, tname, leave_parametrized=True)
+        getattr(module, tname).requires_grad_(p.orig_requires_grad)
+    return [qualified(q, t) for q, _, t, _, _ in todo]

@@ -12,7 +12,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..prox._groups import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, describe, resolve_dim
+from ._layers import check_groupable, check_not_shared, describe, resolve_dim
 from .parametrization import get_nm_parametrization
 
 __all__ = ["NMStructured", "nm_structured"]
@@ -71,7 +71,12 @@ class NMStructured(torch_prune.BasePruningMethod):
             n, m, dim: as for the constructor.
             importance_scores: a tensor shaped like the parameter; ``|scores|`` ranks the entries (default:
                 the parameter itself, i.e. magnitude pruning).
+
+        Raises:
+            ValueError: the parameter is shared with another module (tied weights): pruning it would
+                change that module too once the mask is baked in (``prune.remove``).
         """
+        check_not_shared(module, name)
         return super().apply(module, name, n=n, m=m, dim=dim, importance_scores=importance_scores)
 
 
@@ -92,7 +97,8 @@ def nm_structured(module: nn.Module, name: str = "weight", n: int = 2, m: int = 
         ``module``.
     Raises:
         ValueError: size along ``dim`` not a multiple of ``m`` (naming the module and shape), unknown layer
-        type without ``dim``, or a tensor under a torchprox learnable parametrization.
+        type without ``dim``, a tensor under a torchprox learnable parametrization, or a Parameter shared
+        with another module (tied weights; the message names both and how to untie them).
 
     Examples:
         >>> import torch

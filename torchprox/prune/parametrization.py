@@ -22,7 +22,9 @@ Protection of W0:
   Device moves apply, unless ``offload_w0=True``, which keeps ``w0`` on the CPU.
 - ``load_state_dict`` takes the stored ``w0`` bit for bit, with its own dtype (no silent rounding cast).
 - Loading a masked checkpoint into a learning-state layer (or the reverse) switches the layer's state first,
-  so ``state_dict`` round-trips in both states with the same module structure.
+  so ``state_dict`` round-trips in both states with the same module structure. A layer loads all or nothing:
+  when the checkpoint's tensors for it do not fit (another shape, a state switch without ``original``),
+  ``load_state_dict`` raises and the layer is left exactly as it was (its state, W, W0 and mask).
 
 Serialization goes through ``state_dict`` (``torch.save(model)`` of a parametrized module is refused by
 ``torch.nn.utils.parametrize`` itself; after :func:`~torchprox.prune.remove` the module pickles again).
@@ -154,11 +156,50 @@ class NMParametrization(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+def _checkpoint_problem(plist, state_dict, prefix: str) -> str | None:
+    """Why the checkpoint's tensors for this layer cannot be loaded into it (None when they can).
+
+    Each of ``original``, ``0.w0``, ``0.mask`` that is present must be a tensor of the layer's shape; a
+    checkpoint holds ``0.w0`` (learning) or ``0.mask`` (masked), never both; and a checkpoint in the other
+    state must also hold ``original``, since switching the state replaces W (or releases W0).
+    """
+    shape = tuple(plist.original.shape)
+    for key in ("original", "0.w0", "0.mask"):
+        if prefix + key not in state_dict:
+            continue
+        src = state_dict[prefix + key]
+        if not isinstance(src, Tensor) or tuple(src.shape) != shape:
+            got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
+            return f"size mismatch for {prefix}{key}: the checkpoint holds {got}, the layer's weight is {shape}"
+    has_w0, has_mask = prefix + "0.w0" in state_dict, prefix + "0.mask" in state_dict
+    if has_w0 and has_mask:
+        return f"the checkpoint holds both {prefix}0.w0 (learning state) and {prefix}0.mask (masked state)"
+    p = plist[0]
+    switches = (has_mask and p.mask is None) or (has_w0 and p.w0 is None)
+    if switches and prefix + "original" not in state_dict:
+        return (f"the checkpoint holds {prefix}0.{'mask' if has_mask else 'w0'} but no {prefix}original; "
+                "switching the layer's state needs both")
+    return None
+
+
 def sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                         error_msgs) -> None:
-    """Load-state-dict pre-hook on the ParametrizationList: match the checkpoint's state (masked/learning)."""
+    """Load-state-dict pre-hook on the ParametrizationList: match the checkpoint's state (masked/learning).
+
+    All or nothing per layer: when the checkpoint's tensors for this layer do not fit it (see
+    :func:`_checkpoint_problem`), none of them is loaded, the state is not switched, and the reason goes to
+    ``error_msgs`` (so ``load_state_dict`` raises its RuntimeError, strict or not) with the layer exactly as
+    it was: W, W0 and the mask bit for bit.
+    """
     p = plist[0]
     if not isinstance(p, NMParametrization):
+        return
+    problem = _checkpoint_problem(plist, state_dict, prefix)
+    if problem is not None:  # load the layer's own tensors instead: a no-op, and no "missing key" noise
+        state_dict.pop(prefix + ("0.w0" if p.w0 is None else "0.mask"), None)
+        state_dict[prefix + "original"] = plist.original.detach()
+        state_dict[prefix + "0." + ("mask" if p.w0 is None else "w0")] = p.mask if p.w0 is None else p.w0
+        error_msgs.append(f"{problem}; this layer was left unchanged")
         return
     if p.mask is None and prefix + "0.mask" in state_dict:
         original = plist.original
