@@ -114,10 +114,12 @@ def run_cli(argv):
 
 def assert_one_line_error(rc, err, command, *needles, loaded=False):
     """Exit 2 and one stderr line ``torchprox COMMAND: error: ...`` containing every needle (``loaded``: the
-    error comes after the model was loaded, so transformers' "Loading weights" bar may precede that line)."""
+    error comes after the model was loaded, so transformers' "Loading weights" bar or a learning progress bar
+    may precede that line)."""
     lines = err.strip().splitlines()
     if loaded:
-        lines = [line for line in lines if not line.startswith("Loading weights")]
+        lines = [line for line in err.replace("\r", "\n").splitlines()
+                 if line.strip() and not line.startswith("Loading weights") and "%|" not in line]
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith(f"torchprox {command}: error: "), err
     for needle in needles:
@@ -199,6 +201,15 @@ def test_too_small_corpus_names_the_flags_and_numbers(model_dir, data_dir, tmp_p
                           "--method", "wanda", "--calib-blocks", "1000"])
     assert_one_line_error(rc, err, "sparsify", "2100 tokens", "16000", "--calib-blocks (1000)", "--seqlen (16)",
                           loaded=True)
+    assert not (tmp_path / "o").exists() and files_of(model_dir) == before
+
+
+def test_diverged_learning_is_one_line_and_writes_nothing(model_dir, data_dir, tmp_path):
+    """--lr 1e30 diverges: one line naming the cause, exit 2, no output and the input model untouched."""
+    before = files_of(model_dir)
+    rc, _, err = run_cli(["sparsify", model_dir, "--data", data_dir, "--out", tmp_path / "o", "--seqlen", "16",
+                          "--steps", "3", "--lr", "1e30"])
+    assert_one_line_error(rc, err, "sparsify", "diverged", "lr", loaded=True)
     assert not (tmp_path / "o").exists() and files_of(model_dir) == before
 
 

@@ -369,12 +369,15 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
         try:
             report = learn_masks(model, calib, n, m, _config_from_args(args), targets=targets, checkpoint_dir=ckpt,
                                  resume=args.resume)
-        except CheckpointError as err:
+        except (CheckpointError, ValueError, FloatingPointError) as err:  # bad inputs, divergence (lower --lr)
             raise CLIError(str(err)) from None
         report.update(method="proxsparse", pattern=f"{n}:{m}", seconds=time.perf_counter() - t0)
         report.pop("loss", None)
     else:
-        report = sparsify(model, calib, n, m, method=args.method, targets=targets, **kwargs)
+        try:
+            report = sparsify(model, calib, n, m, method=args.method, targets=targets, **kwargs)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
         report.pop("layers", None)
     layers = _layer_checks(model, n, m, targets)
     manifest = {

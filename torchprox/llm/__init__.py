@@ -5,7 +5,7 @@ Examples:
 
     >>> from torchprox.llm import load_default_model, calibration_blocks, evaluation_blocks, sparsify, perplexity
     >>> model, tok = load_default_model()  # doctest: +SKIP
-    >>> report = sparsify(model, calibration_blocks(tok, n_blocks=200), 2, 4, method="proxsparse", steps=200)  # doctest: +SKIP
+    >>> report = sparsify(model, calibration_blocks(tok, n_blocks=100), 2, 4, method="proxsparse", steps=100)  # doctest: +SKIP
     >>> perplexity(model, evaluation_blocks(tok))  # doctest: +SKIP
 
     The same steps on a tiny Llama built from a config, with random token blocks:

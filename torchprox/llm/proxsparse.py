@@ -138,7 +138,7 @@ class ProxSparseConfig:
 
     lam: float = 0.001
     lr: float = 1e-3
-    steps: int = 200
+    steps: int = 100
     batch_size: int = 1
     warmup: float = 0.1
     grad_clip: float | None = 1.0
