@@ -15,7 +15,11 @@ _NEWTON_ITERS = {torch.float32: 12, torch.float64: 20}
 
 
 def _groups(y: Tensor, group_size: int | None, dim: int):
-    size = y.shape[dim % y.dim()] if group_size is None else group_size
+    if y.dim() == 0:
+        raise ValueError("y is a 0-d tensor; group lasso needs a dimension to group along (pass y.reshape(1))")
+    if not -y.dim() <= dim < y.dim():
+        raise ValueError(f"dim={dim} is out of range for y of shape {tuple(y.shape)}")
+    size = y.shape[dim] if group_size is None else group_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
     return size, group_view(y, size, dim, name="y")
