@@ -298,6 +298,10 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
        when lam·|a|² is small), the problem is close to convex and the sweeps converge.
     4. The candidate with the smallest objective is returned; ties prefer the sparser candidate.
 
+    Resolution: each group is solved scaled to max |y| ∈ [0.5, 1); a value that underflows there (below
+    about 2^-149 (float32) or 2^-1074 (float64) times the group's largest magnitude) is solved, and returned,
+    as 0, in every path.
+
     Non-finite input: a group holding a NaN or an infinity is returned unchanged (its finite entries are not
     turned into NaN, and the other groups are unaffected), in every path (fused CPU kernel, Triton, plain
     torch). ``lam`` and ``step`` must be finite, ``lam >= 0`` and ``step > 0``: numbers and CPU tensors are

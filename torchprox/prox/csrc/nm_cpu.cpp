@@ -221,14 +221,16 @@ __attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes<T>], const T*
 
 // Lane l's group back to its row (y, out: the group's m values): the candidate best, sorted as b (idx[i] is the
 // position of b[i] in the group), rescaled by scale * half_up, with the signs of y. A value the prox leaves
-// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it);
+// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it),
+// unless its scaled value underflowed to 0 (a tiny value in a group of huge ones): the solver saw a 0 there and
+// its 0 is written, never the tiny y (which the solver did not weigh: e.g. a fifth nonzero in a 4:8 group);
 // a non-finite group (a NaN or an infinity anywhere) is written back unchanged.
 template <typename T>
 INLINE void write_group(const T* y, T* out, int m, int l, const T (*best)[kLanes<T>], const T (*b)[kLanes<T>],
                         const int (*idx)[kLanes<T>], T scale, T half_up, bool finite) {
   for (int i = 0; i < m; ++i) {
     const int j = idx[i][l];
-    const T w = best[i][l] == b[i][l] ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
+    const T w = best[i][l] == b[i][l] && b[i][l] != 0 ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
     out[j] = finite ? w : y[j];
   }
 }
@@ -532,7 +534,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
       if (lanes == kLanes<T>) {  // a full block: strided loads and stores the compiler vectorizes
         for (int i = 0; i < m; ++i) LANES {
           const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
           out[l * m + i] = finite[l] != 0 ? w : yi;
         }
         return;
@@ -540,7 +542,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
       for (int l = 0; l < lanes; ++l)
         for (int i = 0; i < m; ++i) {
           const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
           out[l * m + i] = finite[l] != 0 ? w : yi;
         }
       return;
@@ -1104,7 +1106,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   for (int l = 0; l < lanes; ++l) {  // a non-finite group is written back unchanged
     for (int i = 0; i < m; ++i) {
       const T yi = y[l * m + i];
-      const T w = best[i][l] == a[i][l] ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
+      const T w = best[i][l] == a[i][l] && a[i][l] != 0 ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
       out[l * m + i] = finite[l] != 0 ? w : yi;
     }
   }
