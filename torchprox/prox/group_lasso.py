@@ -64,6 +64,9 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
     check_float(y, "y")
     lam = check_lam(lam)
     size, (g, restore) = _groups(y, group_size, dim)
+    if not isinstance(lam, Tensor) and lam == 0:
+        group_step(step, y, size, dim, compute_dtype(y.dtype))  # (validated all the same)
+        return y.clone()
     dtype = compute_dtype(y.dtype)
     s = group_step(step, y, size, dim, dtype)
     g = g.to(dtype)
@@ -80,7 +83,7 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
             phi = ss.rsqrt()
             dphi = phi / ss * (q2 / d).sum(-1, keepdim=True)
             rho = torch.where(active, (rho - (phi - 1) / dphi.clamp_min(torch.finfo(dtype).tiny)).clamp_min(rho), rho)
-        w = torch.where(active, g * rho / (rho + s * kappa), torch.zeros_like(g))
+        w = torch.where(active, g * (rho / (rho + s * kappa)), torch.zeros_like(g))  # (g·rho underflows for subnormal g)
     else:
         norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
         shrink = (1 - kappa * s / norm.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
