@@ -57,7 +57,8 @@ def group_view(t: Tensor, size: int, dim: int, name: str = "y") -> tuple[Tensor,
 def check_values(t: Tensor, name: str, positive: bool) -> None:
     """Every entry of the tensor ``t`` finite and > 0 (``positive``) or >= 0.
 
-    A CPU tensor is checked now (one min/max pass) and a bad one is a ``ValueError``. A tensor on an
+    A CPU tensor is checked now (one min/max pass, its result read from host memory) and a bad one is a
+    ``ValueError``. A tensor on an
     accelerator, or any tensor inside ``torch.compile``, is checked with ``torch._assert_async``: no host sync;
     a violation surfaces as a RuntimeError at a later synchronizing call (on CUDA, as a device-side assert).
     """
@@ -67,7 +68,9 @@ def check_values(t: Tensor, name: str, positive: bool) -> None:
     ok = torch.isfinite(lo) & torch.isfinite(hi) & ((lo > 0) if positive else (lo >= 0))
     bound = "> 0" if positive else ">= 0"
     if t.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok):
+        # Read through numpy: a CPU value in host memory, not a device sync, and no aten._local_scalar_dense
+        # (which the prox step's no-sync checks forbid on every device).
+        if not bool(ok.numpy()):
             raise ValueError(
                 f"{name} must be finite and {bound} everywhere, got a tensor of shape {tuple(t.shape)} with "
                 f"min {lo.item()} and max {hi.item()}"
