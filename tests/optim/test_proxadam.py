@@ -1483,3 +1483,17 @@ def test_lr_zero_the_prox_follows_the_formula(tensor_lr):
             opt.step()
         expected = prox_nm(prox_nm(w0, 1.0, dim=1), 1.0, dim=1) if metric == "identity" else w0
         assert torch.equal(p.detach(), expected), metric
+
+
+def test_a_metric_pattern_too_slow_to_train_is_refused_at_construction():
+    """metric="adam" with 4:8 would take the plain-torch support enumeration (about 0.2 ms a group, hours a step
+    for an LLM): refused when the group is added, naming metric="identity"; the identity metric serves it."""
+    w = torch.nn.Parameter(torch.randn(8, 16))
+    with pytest.raises(ValueError, match=r"cannot serve 4:8 .*metric='identity'"):
+        ProxAdam([w], prox="nm", lam=0.1, metric="adam", prox_kwargs={"n": 4, "m": 8})
+    opt = ProxAdam([w], prox="nm", lam=0.1, metric="identity", prox_kwargs={"n": 4, "m": 8})
+    with pytest.raises(ValueError, match=r"cannot serve 2:16"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(4, 32))], "prox": "nm", "lam": 0.1,
+                             "metric": "adam", "prox_kwargs": {"n": 2, "m": 16}})
+    ProxAdam([torch.nn.Parameter(torch.randn(8, 18))], prox="nm", lam=0.1, metric="adam",
+             prox_kwargs={"n": 3, "m": 6})  # m <= 6: served

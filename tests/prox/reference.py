@@ -13,6 +13,15 @@ def esym(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def esym_dp(x: torch.Tensor, k: int) -> torch.Tensor:
+    """e_k over the last dim of x (..., m) by the recurrence e_r(x_1..x_j) = e_r(x_1..x_{j-1}) + x_j e_{r-1}(...)."""
+    e = [torch.ones(x.shape[:-1], dtype=x.dtype)] + [torch.zeros(x.shape[:-1], dtype=x.dtype)] * k
+    for j in range(x.shape[-1]):
+        for r in range(k, 0, -1):
+            e[r] = e[r] + x[..., j] * e[r - 1]
+    return e[k]
+
+
 def nm_objective(w, y, lam, n, step=1.0):
     """½ Σ (w − y)²/s + λ e_{n+1}(|w|) per group (rows of (G, m) tensors)."""
     return 0.5 * ((w - y).square() / step).sum(-1) + lam * esym(w.abs(), n + 1)
@@ -37,7 +46,7 @@ def brute_prox_nm(y, lam, n, step=None, starts=12, sweeps=400, seed=0):
                     for _ in range(sweeps):
                         for i in idx:
                             others = [j for j in idx if j != i]
-                            c = esym(x[:, others], n)
+                            c = esym_dp(x[:, others], n)
                             x[:, i] = (a[:, i] - s[:, i] * lam * c).clamp_min(0)
                 best = torch.minimum(best, nm_objective(x, a, lam, n, s))
     return best

@@ -196,3 +196,12 @@ def test_group_lasso_bad_shapes_and_sizes():
         prox_group_lasso(torch.ones(3, 4), 0.1, group_size=0)
     with pytest.raises(ValueError, match="step of shape"):
         prox_group_lasso(torch.ones(3, 4), 0.1, step=torch.ones(5))
+
+
+@pytest.mark.parametrize("step", [1.0, "tensor"])
+def test_group_lasso_lambda_zero_and_subnormal_is_identity(step):
+    # Found by the randomized Hypothesis run: the metric path zeroed a subnormal group at lam = 0.
+    y = torch.tensor([[5e-324, -1e-320], [1.0, 2.0]], dtype=torch.float64)
+    s = torch.full_like(y, 0.05) if step == "tensor" else step
+    assert torch.equal(prox_group_lasso(y, 0.0, step=s), y)
+    assert torch.equal(prox_group_lasso(y, 1e-300, step=s)[0], torch.zeros(2, dtype=torch.float64))  # κ s ≫ ‖y‖

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torchprox.prox import _native, nm_mask, project_nm, prox_nm
 
 from .reference import brute_prox_nm, nm_objective
-from .test_nm import PATTERNS, grouped, lams
+from .test_nm import PATTERNS, _global_gap_cases, grouped, lams
 
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: fused kernel unavailable")
 
@@ -25,7 +25,7 @@ def eager(fn, *args, **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @given(data=st.data(), lam=lams)
 def test_prox_same_objective_as_eager(n, m, dtype, data, lam):
-    y = data.draw(grouped(m)).to(dtype)
+    y = data.draw(grouped(m, max_groups=40)).to(dtype)  # full kernel blocks (16 or 32 groups) and partial ones
     fused, plain = prox_nm(y, lam, n, m), eager(prox_nm, y, lam, n, m)
     f_fused = nm_objective(fused.double(), y.double(), lam, n)
     f_plain = nm_objective(plain.double(), y.double(), lam, n)
@@ -48,6 +48,10 @@ def test_many_random_groups_no_worse_than_eager(n, m, dtype):
         f_plain = nm_objective(plain.double(), y.double(), lam, n)
         tol = 1e-12 if dtype == torch.float64 else 1e-5
         assert (f_fused <= f_plain + tol * (1 + f_plain.abs())).all()
+        # and the other way: the plain-torch fallback (no compiler) is no worse than the kernel either, up to
+        # its fixed sweep count (the kernel's descents run to convergence: float64 gaps of ~6e-12 remain)
+        back = 1e-9 if dtype == torch.float64 else 1e-5
+        assert (f_plain <= f_fused + back * (1 + f_fused.abs())).all(), (f_plain - f_fused).max()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -81,10 +85,10 @@ def test_bf16_and_threads_agree():
     assert torch.equal(one, prox_nm(y, 0.5))
 
 
-def test_non_finite_group_is_nan_and_others_untouched():
+def test_non_finite_group_is_returned_unchanged_and_others_untouched():
     y = torch.tensor([[1.0, float("inf"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]])
     out = prox_nm(y, 0.3)
-    assert out[0].isnan().all()
+    assert torch.equal(out[0], y[0])
     assert torch.equal(out[1], prox_nm(y[1:], 0.3)[0])
 
 
@@ -162,12 +166,13 @@ def test_in_place_twin_with_a_step_tensor_writes_into_its_input(dtype, n, monkey
         assert torch.equal(prox_nm.inplace(y.clone(), 0.3, n, 4, step=step), expected)
 
 
-def test_nan_anywhere_makes_its_group_nan():
+def test_nan_anywhere_leaves_its_group_unchanged():
     y = torch.tensor([[0.1, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]] * 8)
     out = prox_nm(y, 0.01)
     # The finite groups get exactly what they get without their NaN neighbours (and the plain-torch values,
     # up to rounding: the fused convex path is a different iteration with the same fixed point).
-    assert out[0::2].isnan().all() and torch.equal(out[1::2], prox_nm(y[1::2], 0.01))
+    assert torch.equal(out[0::2].nan_to_num(), y[0::2].nan_to_num()) and out[0::2, 1].isnan().all()
+    assert torch.equal(out[1::2], prox_nm(y[1::2], 0.01))
     torch.testing.assert_close(out[1::2], eager(prox_nm, y[1::2], 0.01))
 
 
@@ -282,3 +287,45 @@ def test_prox_of_a_group_does_not_depend_on_its_neighbours(dtype, n, m):
         assert torch.equal(prox_nm(y, 0.25, n, m), ref)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n,m,metric", [(2, 4, False), (1, 4, False), (3, 4, False), (4, 8, False), (2, 6, False),
+                                        (2, 4, True), (1, 4, True), (3, 4, True), (4, 8, True)])
+def test_kernel_and_plain_torch_agree_both_ways_and_reach_brute_force(n, m, metric):
+    # The plain-torch path is the fallback without a compiler (and the only metric solver for m != 4): it is
+    # held to the same standard as the kernel, not only "the kernel is no worse": each matches the other's
+    # objective in both directions and the brute-force global minimum (every support, random starts). For
+    # metric 4:8 both calls take the plain-torch path: this is the brute-force test of the 4:8 metric prox.
+    y, lam = _global_gap_cases(m)
+    per = 15 if m <= 6 else 6  # (the brute force over 2^8 supports is slow)
+    y = y[:: 180 // (4 * per)][: 4 * per]  # near ties, exact ties, uniform: in 4 calls (one λ each)
+    s = (10 ** (torch.rand(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1)
+         if metric else torch.ones_like(y))
+    f_fused, f_plain, lams_ = [], [], []
+    for i in range(0, 4 * per, per):
+        rows, l = slice(i, i + per), float(lam[i])
+        step = s[rows] if metric else 1.0
+        for out, fn in ((f_fused, prox_nm), (f_plain, lambda *a, **k: eager(prox_nm, *a, **k))):
+            w = fn(y[rows], l, n, m, step=step)
+            out.append(nm_objective(w, y[rows], l, n, s[rows]))
+        lams_.append(torch.full((per,), l, dtype=torch.float64))
+    f_fused, f_plain, lam_rows = torch.cat(f_fused), torch.cat(f_plain), torch.cat(lams_)
+    best = brute_prox_nm(y, lam_rows, n, step=s, starts=2 if m > 4 else 6, sweeps=60 if m > 4 else 150)
+    tol = (1e-5 if n == 1 else 1e-9) * (1 + best.abs())  # 1:4 by descent on its 3 larger supports: near, not exact
+    assert (f_fused <= f_plain + tol).all() and (f_plain <= f_fused + tol).all(), (f_fused - f_plain).abs().max()
+    # KNOWN GAP (reported, not fixed): with a scalar step and m = 8 both solvers descend from two starts on each
+    # top-k support, which misses the global minimum of a few near-tie groups by up to ~0.3% (0.0069 of 1.51).
+    gap = 5e-3 * best.abs() if (m, metric) == (8, False) else 0
+    assert (f_fused <= best + tol + gap).all(), (f_fused - best).max()
+    assert (f_plain <= best + tol + gap).all(), (f_plain - best).max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_value_underflowing_its_group_scale_is_pruned_like_plain_torch(dtype):
+    # Found by the widened Hypothesis scales: a tiny fifth nonzero next to four huge values underflows when the
+    # group is scaled to max |y| ~ 1; the kernel wrote it back unchanged (not 4:8, objective 4.9e12 instead of
+    # 1e-71). It is solved as 0 and returned as 0, as on the plain-torch path.
+    tiny = 4.9123e-36 if dtype == torch.float32 else 1e-310
+    y = torch.tensor([[0.0, 0.0, 0.0, 1e12, 1e12, 1e12, 1e12, tiny]] * 40, dtype=dtype)  # full and partial blocks
+    fused, plain = prox_nm(y, 1.0, 4, 8), eager(prox_nm, y, 1.0, 4, 8)
+    assert ((fused != 0).sum(-1) <= 4).all() and torch.equal(fused, plain)

@@ -236,11 +236,16 @@ def test_tensor_lambda_matches_float(device):
     check_against_cpu(y64, prox_nm_triton(y64, lam64.item(), 2, 4), lam64.item(), 2, 4, 1e-12)
 
 
-def test_non_finite_group_is_nan_and_others_untouched(device):
-    y = torch.tensor([[1.0, float("inf"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0], [float("nan"), 0.0, 1.0, 2.0]])
-    w = prox_nm_triton(y.to(device), 0.3, 2, 4).cpu()
-    assert w[0].isnan().all() and w[2].isnan().all()
-    assert torch.equal(w[1], prox_nm_triton(y[1:2].to(device), 0.3, 2, 4).cpu()[0])
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
+def test_non_finite_group_is_returned_unchanged_and_others_untouched(device, n, m):
+    # The documented semantics (prox_nm): a group holding a NaN or an infinity is returned as it is, in the
+    # Triton kernel as in the CPU kernel and the plain-torch path; the finite groups are unaffected.
+    y = torch.randn(3, m, generator=torch.Generator().manual_seed(m))
+    y[0, 1], y[2, 0] = float("inf"), float("nan")
+    w = prox_nm_triton(y.to(device), 0.3, n, m).cpu()
+    assert torch.equal(w[[0, 2]].nan_to_num(), y[[0, 2]].nan_to_num()) and w[2, 0].isnan()
+    assert torch.equal(w[1], prox_nm_triton(y[1:2].to(device), 0.3, n, m).cpu()[0])
+    assert torch.equal(cpu_prox(y, 0.3, n, m)[[0, 2]].nan_to_num(), w[[0, 2]].nan_to_num())
 
 
 def test_empty_and_validation(device):
@@ -327,7 +332,8 @@ def test_metric_kernel_non_finite_group_and_validation(device):
     y = torch.tensor([[1.0, float("nan"), 0.5, 0.2], [1.0, 0.9, 0.1, 0.0]]).to(device)
     s = torch.ones(2, 4).to(device)
     w = _triton.prox_nm_metric_triton(y, s, 0.1, 2).cpu()
-    assert w[0].isnan().all() and torch.allclose(w[1], prox_nm(y[1:].cpu(), 0.1, 2, 4, step=s[1:].cpu())[0])
+    assert torch.equal(w[0].nan_to_num(), y[0].cpu().nan_to_num()) and w[0, 1].isnan()  # returned unchanged
+    assert torch.allclose(w[1], prox_nm(y[1:].cpu(), 0.1, 2, 4, step=s[1:].cpu())[0])
     with pytest.raises(ValueError, match="step must be a tensor shaped like groups"):
         _triton.prox_nm_metric_triton(y, s[:1], 0.1, 2)
     with pytest.raises(ValueError, match="0 < n < 4"):

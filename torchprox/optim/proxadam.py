@@ -127,7 +127,8 @@ def _check_prox_params(group: dict, index: int, params: list, names: list | None
                 "a group without a prox (prox=None)"
             )
         try:
-            check_prox_call(name, p, **group["prox_kwargs"])
+            step = p if group["metric"] == "adam" else 1.0  # a tensor step: Adam's diagonal metric
+            check_prox_call(name, p, step=step, **group["prox_kwargs"])
         except ValueError as e:
             raise ValueError(f"{label}: prox {name!r} with prox_kwargs {group['prox_kwargs']}: {e}") from None
 

@@ -1,6 +1,7 @@
 """Views of a tensor as ``(groups, size)`` along one dim: the layout every group-wise prox works on."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -53,30 +54,79 @@ def group_view(t: Tensor, size: int, dim: int, name: str = "y") -> tuple[Tensor,
     return groups, restore
 
 
-def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
-    """A scalar step stays a Python float or 0-d tensor; a tensor step is grouped like ``y``."""
-    if isinstance(step, Tensor) and step.dim() > 0:
-        if step.shape != y.shape:
+def check_values(t: Tensor, name: str, positive: bool) -> None:
+    """Every entry of the tensor ``t`` finite and > 0 (``positive``) or >= 0.
+
+    A CPU tensor is checked now (one min/max pass, its result read from host memory) and a bad one is a
+    ``ValueError``. A tensor on an
+    accelerator, or any tensor inside ``torch.compile``, is checked with ``torch._assert_async``: no host sync;
+    a violation surfaces as a RuntimeError at a later synchronizing call (on CUDA, as a device-side assert).
+    """
+    if t.numel() == 0:
+        return
+    lo, hi = torch.aminmax(t.detach())
+    ok = torch.isfinite(lo) & torch.isfinite(hi) & ((lo > 0) if positive else (lo >= 0))
+    bound = "> 0" if positive else ">= 0"
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Read through numpy: a CPU value in host memory, not a device sync, and no aten._local_scalar_dense
+        # (which the prox step's no-sync checks forbid on every device).
+        if not bool(ok.numpy()):
+            raise ValueError(
+                f"{name} must be finite and {bound} everywhere, got a tensor of shape {tuple(t.shape)} with "
+                f"min {lo.item()} and max {hi.item()}"
+            )
+        return
+    torch._assert_async(ok, f"{name} must be finite and {bound} everywhere")
+
+
+def check_step(step, y: Tensor):
+    """A step as the operators take it: a Python number or 0-d tensor (one step for every entry), or a tensor
+    broadcastable to ``y`` (a diagonal metric), finite and > 0 everywhere; returned as given (a number as a
+    float). ``ValueError`` names the step's value or shape otherwise."""
+    if isinstance(step, Tensor):
+        if step.dim() > 0:
             try:
-                step = step.expand(y.shape)
+                fits = torch.broadcast_shapes(step.shape, y.shape) == y.shape
             except RuntimeError:
+                fits = False
+            if not fits:
                 raise ValueError(
                     f"step of shape {tuple(step.shape)} does not match y of shape {tuple(y.shape)}; "
                     "pass a scalar or a tensor shaped like y"
-                ) from None
+                )
+        check_values(step, "step", positive=True)
+        return step
+    if isinstance(step, bool) or not isinstance(step, numbers.Real):
+        raise TypeError(f"step must be a number or a tensor, got {type(step).__name__}")
+    step = float(step)
+    if not (step > 0 and step != float("inf")):
+        raise ValueError(f"step must be a finite number > 0, got {step}")
+    return step
+
+
+def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
+    """A scalar step stays a Python float or 0-d tensor; a tensor step is grouped like ``y`` (both validated by
+    :func:`check_step`)."""
+    step = check_step(step, y)
+    if isinstance(step, Tensor) and step.dim() > 0:
+        if step.shape != y.shape:
+            step = step.expand(y.shape)
         return group_view(step.to(dtype), size, dim, name="step")[0]
     if isinstance(step, Tensor):
         return step.to(dtype)
-    step = float(step)
-    if not step > 0:
-        raise ValueError(f"step must be positive, got {step}")
     return step
 
 
 def check_lam(lam):
-    """λ as given when a tensor (no host sync); a Python λ must be finite and >= 0."""
+    """λ as given when a tensor (one element, checked by :func:`check_values`: no host sync on an
+    accelerator); a Python λ must be a finite number >= 0 (returned as a float)."""
     if isinstance(lam, Tensor):
+        if lam.numel() != 1:
+            raise ValueError(f"lam must be a number or a one-element tensor, got a tensor of shape {tuple(lam.shape)}")
+        check_values(lam, "lam", positive=False)
         return lam
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise TypeError(f"lam must be a number or a one-element tensor, got {type(lam).__name__}")
     lam = float(lam)
     if not (lam >= 0 and lam != float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")

@@ -3,7 +3,11 @@
 The first call compiles the kernel (about 25 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
 specialisation of the m = 4 vector paths, the general block solver and its descent engine) into
 ``$TORCHPROX_CACHE/kernels/`` (default ``~/.cache/torchprox/kernels``), named by a hash of the source and the
-compiler command, written atomically; later processes load the cached library at once. Without a compiler
+compiler command, written atomically with a sidecar holding its sha256 (written only after a complete build).
+Later processes load the cached library at once, after checking it against that hash (before dlopen: a
+truncated library would kill the process) and checking that it has every symbol the operators call; a
+library failing either check is rebuilt, with a one-line warning. The compiler runs under a watchdog that
+kills it if the building process dies, and the temporary build folders of dead processes are removed. Without a compiler
 (or with ``TORCHPROX_NATIVE=0``) :func:`library` returns None and the operators use their plain-torch path,
 which computes the same minimizer.
 
@@ -19,6 +23,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -59,23 +64,150 @@ def _cpu_id() -> bytes:
     return "\n".join(dict.fromkeys(keep)).encode()
 
 
-def _build(cxx: str) -> Path:
+# Every symbol the operators below call: a cached library lacking one is not this kernel.
+_SYMBOLS = {
+    "torchprox_prox_nm_f32": "prox", "torchprox_prox_nm_f64": "prox",
+    "torchprox_prox_nm_metric_f32": "metric", "torchprox_prox_nm_metric_f64": "metric",
+    "torchprox_project_nm4_f32": "project", "torchprox_project_nm4_f64": "project",
+    "torchprox_nm_mask_f32": "mask", "torchprox_nm_mask_f64": "mask",
+    "torchprox_max_m": "max_m",
+}
+
+# Runs the compiler in its own process group and kills that whole group (the compiler driver and the
+# compilers it starts) as soon as its stdin, a pipe the building process holds open, reaches end of file: when
+# the builder exits or is killed (even with SIGKILL), no orphaned compiler keeps running.
+_WATCHDOG = """
+import os, signal, subprocess, sys, threading
+proc = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+def watch():
+    sys.stdin.buffer.read()
+    if proc.poll() is None:
+        os.killpg(0, signal.SIGKILL)
+threading.Thread(target=watch, daemon=True).start()
+os._exit(proc.wait())  # (not sys.exit: the watcher thread is blocked in a read)
+"""
+
+
+class CorruptKernel(Exception):
+    """A cached kernel file failed its content check (hash or symbols)."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_path(target: Path) -> Path:
+    """The sidecar holding the sha256 of ``target``, written only after a complete build."""
+    return target.with_name(target.name + ".sha256")
+
+
+def _check_digest(target: Path) -> None:
+    """Raise :class:`CorruptKernel` unless ``target``'s sha256 equals its sidecar's (checked before dlopen:
+    loading a truncated library can kill the process with SIGBUS)."""
+    try:
+        expected = _digest_path(target).read_text().strip()
+    except OSError:
+        raise CorruptKernel(f"{target.name} has no readable content hash") from None
+    if _sha256(target) != expected:
+        raise CorruptKernel(f"{target.name} does not match its content hash (truncated or replaced)")
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Delete the temporary build folders (``.build-PID-*``) of processes that no longer run."""
+    for tmp in folder.glob(".build-*-*"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _compile(cmd: list[str]) -> None:
+    """Run the compiler ``cmd`` under :data:`_WATCHDOG`; raise CalledProcessError (with its stderr) on failure."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *cmd], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            code = proc.wait()
+        finally:
+            proc.stdin.close()  # (if we are interrupted, the watchdog kills the compiler)
+            proc.wait()
+        if code:
+            err.seek(0)
+            raise subprocess.CalledProcessError(code, cmd, stderr=err.read().decode(errors="replace"))
+
+
+def _build(cxx: str, force: bool = False) -> Path:
+    """The cached library for this source, compiler and CPU: built (atomically, the sha256 sidecar written only
+    after a complete build) unless it exists; with ``force`` rebuilt whatever exists."""
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([cxx, *_FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
     target = cache_dir() / f"nm_cpu-{key}.so"
-    if target.exists():
+    if target.exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", str(out)], check=True, capture_output=True, text=True)
+    _remove_stale_builds(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=target.parent))
+    try:
+        out = tmp / target.name
+        _compile([cxx, *_FLAGS, str(_SOURCE), "-o", str(out)])
+        digest = tmp / _digest_path(target).name
+        digest.write_text(_sha256(out) + "\n")
         os.replace(out, target)  # atomic: concurrent builders each write a whole file
+        os.replace(digest, _digest_path(target))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("torchprox: built the fused N:M kernel into %s", target)
     return target
 
 
+def _load(target: Path) -> ctypes.CDLL:
+    """dlopen ``target`` after its content check, with every symbol of :data:`_SYMBOLS` typed; a library
+    lacking one is closed again and :class:`CorruptKernel` raised."""
+    _check_digest(target)
+    lib = ctypes.CDLL(str(target))
+    missing = [name for name in _SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        _dlclose(lib)
+        raise CorruptKernel(f"{target.name} lacks the symbol {missing[0]} (not this kernel)")
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    argtypes = {
+        "prox": [ptr, ptr, i64, i32, i32, ptr, i32], "metric": [ptr, ptr, ptr, i64, i32, ptr, i32],
+        "project": [ptr, ptr, i64, i32, i32], "mask": [ptr, ptr, i64, i32, i32, i32],
+    }
+    for name, kind in _SYMBOLS.items():
+        if kind in argtypes:
+            getattr(lib, name).argtypes = argtypes[kind]
+    lib.torchprox_max_m.restype = i32
+    return lib
+
+
+def _dlclose(lib: ctypes.CDLL) -> None:
+    """Unload ``lib`` so that a rebuilt file at the same path is really loaded (dlopen reuses a loaded name)."""
+    try:
+        from _ctypes import dlclose
+    except ImportError:  # (not on Windows; there a rebuild is loaded by the next process)
+        return
+    dlclose(lib._handle)
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None when it is disabled or cannot be built (logged once)."""
+    """The loaded kernel library, or None when it is disabled or cannot be built (logged once).
+
+    The cached file is used only if its sha256 matches the sidecar written after its build and it has every
+    symbol the operators call; otherwise a one-line warning is logged and the kernel rebuilt (atomically).
+    """
     global _LIB
     if _LIB is not False:
         return _LIB
@@ -85,18 +217,12 @@ def library() -> ctypes.CDLL | None:
         lib = None
         if os.environ.get("TORCHPROX_NATIVE", "1") != "0" and (cxx := _compiler()) is not None:
             try:
-                lib = ctypes.CDLL(str(_build(cxx)))
-                i64, i32, f64, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-                for name in ("torchprox_prox_nm_f32", "torchprox_prox_nm_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, ptr, i32]
-                for name in ("torchprox_prox_nm_metric_f32", "torchprox_prox_nm_metric_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, ptr, i64, i32, ptr, i32]
-                for name in ("torchprox_project_nm4_f32", "torchprox_project_nm4_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32]
-                for name in ("torchprox_nm_mask_f32", "torchprox_nm_mask_f64"):
-                    getattr(lib, name).argtypes = [ptr, ptr, i64, i32, i32, i32]
-                lib.torchprox_max_m.restype = i32
-            except (OSError, subprocess.CalledProcessError) as err:
+                try:
+                    lib = _load(_build(cxx))
+                except CorruptKernel as err:
+                    logger.warning("torchprox: cached N:M kernel rejected (%s); rebuilding it", err)
+                    lib = _load(_build(cxx, force=True))
+            except (OSError, subprocess.CalledProcessError, CorruptKernel) as err:
                 detail = getattr(err, "stderr", "") or err
                 logger.warning("torchprox: fused N:M kernel unavailable, using plain torch (%s)", detail)
                 lib = None

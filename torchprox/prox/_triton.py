@@ -477,15 +477,14 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False, fast_newton: boo
 
 def _emit_store(e: _Src, xs: list[str], m: int, fp64: bool, mask: str) -> None:
     """Emit the store of the groups ``mask`` with values ``xs`` (position j of the group at i_j >> 1, sign
-    i_j & 1; non-finite groups become NaN)."""
+    i_j & 1); a non-finite group (a NaN or an infinity anywhere) is stored unchanged, as loaded."""
     T, IT, _ = _types(fp64)
-    nan_bits = "9221120237041090560" if fp64 else "2143289344"
-    e(f"nan = tl.full([BLOCK], {nan_bits}, {IT}).to({T}, bitcast=True)")
     for j in range(m):
         e(f"w = {xs[j]} * up1 * up2")
         e(f"w = (w.to({IT}, bitcast=True) | ((i{j} & 1).to({IT}) << {63 if fp64 else 31})).to({T}, bitcast=True)")
-        e("w = tl.where(fin, w, nan)")
-        e(f"tl.store(out_ptr + base + (i{j} >> 1), w.to(out_ptr.dtype.element_ty), mask={mask})")
+        e(f"tl.store(out_ptr + base + (i{j} >> 1), w.to(out_ptr.dtype.element_ty), mask=({mask}) & fin)")
+    for j in range(m):
+        e(f"tl.store(out_ptr + base + {j}, y{j}.to(out_ptr.dtype.element_ty), mask=({mask}) & ~fin)")
 
 
 def _finish(e: _Src, out: list[str], name: str) -> tuple[str, str]:

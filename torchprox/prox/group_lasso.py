@@ -15,7 +15,11 @@ _NEWTON_ITERS = {torch.float32: 12, torch.float64: 20}
 
 
 def _groups(y: Tensor, group_size: int | None, dim: int):
-    size = y.shape[dim % y.dim()] if group_size is None else group_size
+    if y.dim() == 0:
+        raise ValueError("y is a 0-d tensor; group lasso needs a dimension to group along (pass y.reshape(1))")
+    if not -y.dim() <= dim < y.dim():
+        raise ValueError(f"dim={dim} is out of range for y of shape {tuple(y.shape)}")
+    size = y.shape[dim] if group_size is None else group_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
     return size, group_view(y, size, dim, name="y")
@@ -60,6 +64,9 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
     check_float(y, "y")
     lam = check_lam(lam)
     size, (g, restore) = _groups(y, group_size, dim)
+    if not isinstance(lam, Tensor) and lam == 0:
+        group_step(step, y, size, dim, compute_dtype(y.dtype))  # (validated all the same)
+        return y.clone()
     dtype = compute_dtype(y.dtype)
     s = group_step(step, y, size, dim, dtype)
     g = g.to(dtype)
@@ -76,7 +83,7 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
             phi = ss.rsqrt()
             dphi = phi / ss * (q2 / d).sum(-1, keepdim=True)
             rho = torch.where(active, (rho - (phi - 1) / dphi.clamp_min(torch.finfo(dtype).tiny)).clamp_min(rho), rho)
-        w = torch.where(active, g * rho / (rho + s * kappa), torch.zeros_like(g))
+        w = torch.where(active, g * (rho / (rho + s * kappa)), torch.zeros_like(g))  # (g·rho underflows for subnormal g)
     else:
         norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
         shrink = (1 - kappa * s / norm.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)

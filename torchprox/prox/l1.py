@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._groups import check_float, check_lam
+from ._groups import check_float, check_lam, check_step
 from .registry import register_prox
 
 __all__ = ["prox_l1", "prox_l1_"]
@@ -15,7 +15,8 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
     r"""Soft thresholding: ``argmin_w ½ Σ (w − y)² / s + lam · Σ |w|``, entry by entry.
 
     Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a positive scalar or a
-    positive tensor broadcastable to ``y`` (a diagonal metric).
+    positive tensor broadcastable to ``y`` (a diagonal metric); ``lam`` and ``step`` are validated as for
+    :func:`~torchprox.prox.prox_nm` (finite, ``lam >= 0``, ``step > 0``).
 
     Examples:
         >>> import torch
@@ -24,6 +25,7 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
     """
     check_float(y, "y")
     lam = check_lam(lam)
+    step = check_step(step, y)
     return torch.copysign((y.abs() - lam * step).clamp_min(0), y)
 
 

@@ -12,16 +12,17 @@ when the group has at most ``n`` nonzeros. For 2:4 it is the sum of all triple p
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _native, _triton
-from ._groups import check_float, check_lam, check_nm, compute_dtype, group_step, group_view
+from ._groups import check_float, check_lam, check_nm, check_step, compute_dtype, group_step, group_view
 from .registry import check_nm_args, register_prox
 
-__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
+__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask", "check_metric_pattern"]
 
 # Newton iterations for the (n+1)-support equation and coordinate-descent sweeps for larger supports.
 # Fixed counts: the work never depends on the data or on λ (no host sync, no data-dependent loop).
@@ -61,8 +62,11 @@ def nm_penalty(w: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
 
 
 def _ranks(scores: Tensor) -> Tensor:
-    """Rank of each entry of every row of ``scores`` (G, m), largest first; ties → the lower index first."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    """Rank of each entry of every row of ``scores`` (G, m), largest first; ties → the lower index first; NaN
+    ranks below every number (-inf included), NaNs among themselves by index."""
+    nan = scores.isnan()
+    order = torch.sort(scores.masked_fill(nan, float("-inf")), dim=-1, descending=True, stable=True).indices
+    order = order.gather(-1, torch.sort(nan.gather(-1, order).to(torch.uint8), dim=-1, stable=True).indices)
     ranks = torch.empty_like(order)
     ar = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
     return ranks.scatter_(-1, order, ar)
@@ -71,8 +75,10 @@ def _ranks(scores: Tensor) -> Tensor:
 def nm_mask(scores: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     r"""Boolean mask keeping the top-``n`` ``scores`` of every group of ``m`` along ``dim``.
 
-    Exactly ``n`` entries per group are kept; among equal scores the lower index wins, so the mask is
-    reproducible bit for bit. NaN scores are not supported.
+    Exactly ``n`` entries per group are kept, whatever the scores: among equal scores the lower index wins,
+    so the mask is reproducible bit for bit; a NaN score ranks below every number (-inf included), so a NaN
+    is kept only when its group has fewer than ``n`` numbers (then the NaNs of lower index); +inf ranks above
+    every finite score. The fused CPU kernel and the plain-torch path give the same mask.
 
     Examples:
         >>> import torch
@@ -97,7 +103,10 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
     r"""Hard N:M projection: ``argmin_w ½ Σ (w − y)² / s`` subject to every group having ≤ n nonzeros.
 
     The solution keeps, in each group, the ``n`` entries with the largest ``y² / s`` (``|y|`` when ``step`` is
-    None or a scalar) bit for bit and zeroes the rest; ties keep the lower index.
+    None or a scalar) bit for bit and zeroes the rest; ties keep the lower index. Non-finite values are ranked
+    as by :func:`nm_mask` (an infinity above every finite value, a NaN below every number), so the result is
+    N:M whatever ``y`` holds: a NaN survives only in a group with fewer than ``n`` non-NaN values. ``step``,
+    when a tensor, must be finite and > 0 (broadcastable to ``y``).
 
     Examples:
         >>> import torch
@@ -108,6 +117,8 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
     """
     check_nm(n, m)
     check_float(y, "y")
+    if step is not None:
+        step = check_step(step, y)
     if isinstance(step, Tensor) and step.dim() > 0:
         s = step.expand(y.shape) if step.shape != y.shape else step
         scores = y.to(compute_dtype(y.dtype)).square() / s.to(compute_dtype(y.dtype))
@@ -117,7 +128,7 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
             if _native.usable(g, m):
                 return restore(_native.project_nm4_cpu(g, n))
         scores = y.abs()
-    return y * nm_mask(scores, n, m, dim)
+    return y.masked_fill(~nm_mask(scores, n, m, dim), 0)  # (not y * mask: a dropped inf or NaN gives NaN)
 
 
 def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> Tensor:
@@ -129,7 +140,12 @@ def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> 
         >>> project_nm_(y) is y, y
         (True, tensor([[ 0., -2.,  0.,  3.]]))
     """
-    return y.mul_(nm_mask(y.square() / step if isinstance(step, Tensor) and step.dim() else y.abs(), n, m, dim))
+    check_nm(n, m)
+    check_float(y, "y")
+    if step is not None:
+        step = check_step(step, y)
+    scores = y.square() / step if isinstance(step, Tensor) and step.dim() else y.abs()
+    return y.masked_fill_(~nm_mask(scores, n, m, dim), 0)
 
 
 def _solve_product(b: Sequence[Tensor], lam) -> list[Tensor]:
@@ -282,6 +298,20 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
        when lam·|a|² is small), the problem is close to convex and the sweeps converge.
     4. The candidate with the smallest objective is returned; ties prefer the sparser candidate.
 
+    Resolution: each group is solved scaled to max |y| ∈ [0.5, 1); a value that underflows there (below
+    about 2^-149 (float32) or 2^-1074 (float64) times the group's largest magnitude) is solved, and returned,
+    as 0, in every path.
+
+    Non-finite input: a group holding a NaN or an infinity is returned unchanged (its finite entries are not
+    turned into NaN, and the other groups are unaffected), in every path (fused CPU kernel, Triton, plain
+    torch). ``lam`` and ``step`` must be finite, ``lam >= 0`` and ``step > 0``: numbers and CPU tensors are
+    checked at once (``ValueError``), tensors on an accelerator without a host sync (``torch._assert_async``).
+
+    Patterns served: with a scalar step every ``0 < n < m`` (the fused CPU kernel up to m = 32, Triton up to
+    m = 8, plain torch beyond). With a tensor step (a diagonal metric) m = 4 is served by the fused kernels,
+    other m by the plain-torch enumeration of supports, only where that is cheap (see
+    :func:`check_metric_pattern`); other patterns raise ``ValueError`` instead of running for hours.
+
     Args:
         y: float tensor; its size along ``dim`` must be a multiple of ``m``.
         lam: λ ≥ 0 (float or 0-d tensor).
@@ -313,10 +343,15 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         return restore(_triton.prox_nm_triton(g, lam * s, n, m).to(y.dtype))
     if metric_kernel and _triton.serves(g, lam, 1.0, m) and _triton.usable(s, m):
         return restore(_triton.prox_nm_metric_triton(g, s, lam, n).to(y.dtype))
+    if metric:
+        check_metric_pattern(n, m)
+    # A group holding a NaN or an infinity is returned as it is (solved as zeros, then put back).
+    finite = torch.isfinite(g).all(-1, keepdim=True)
+    gf = torch.where(finite, g, 0)
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
-    scale = torch.ldexp(torch.ones_like(g[:, :1]), torch.frexp(g.abs().amax(-1, keepdim=True))[1])
-    a = g.abs() / scale
+    scale = torch.ldexp(torch.ones_like(gf[:, :1]), torch.frexp(gf.abs().amax(-1, keepdim=True))[1])
+    a = gf.abs() / scale
     lam_g = lam * scale[:, 0] ** (n - 1) if n != 1 else lam
     if metric:
         x = _prox_metric(a, s, lam_g, n)
@@ -324,7 +359,56 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         order = torch.sort(a, dim=-1, descending=True, stable=True)
         xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
-    return restore(torch.copysign(x * scale, g).to(y.dtype))
+    return restore(torch.where(finite, torch.copysign(x * scale, g), g).to(y.dtype))
+
+
+def _metric_work(n: int, m: int) -> int:
+    """Operations per group and iteration of :func:`_prox_metric` for n:m: a Newton step (about 8n
+    operations) on each of the C(m, n+1) supports of size n+1, and a coordinate-descent sweep (k coordinates,
+    each an e_n of k − 1 values: k (k − 1) n operations) on each of the C(m, k) supports of size k > n + 1."""
+    work = math.comb(m, n + 1) * 8 * n
+    return work + sum(math.comb(m, k) * k * (k - 1) * n for k in range(n + 2, m + 1))
+
+
+# What the plain-torch diagonal-metric prox serves: up to the work of the costliest m = 8 pattern (3:8, 8736
+# operations per group and iteration): every pattern with m <= 8, and the few larger ones with as little work.
+_METRIC_WORK_LIMIT = max(_metric_work(n, 8) for n in range(1, 8))
+# What ProxAdam accepts for training (every step takes the prox of whole models): up to the costliest m = 6 pattern
+# (2:6, 980; about 15 µs a group on one core). 4:8 needs 6720, about 0.2 ms a group: over an hour a step for a
+# 135M-weight model.
+_METRIC_TRAINING_LIMIT = max(_metric_work(n, 6) for n in range(1, 6))
+
+
+def check_metric_pattern(n: int, m: int, *, training: bool = False) -> None:
+    """Raise ``ValueError`` unless the pattern n:m is served with a tensor step (a diagonal metric, e.g.
+    ProxAdam's ``metric="adam"``) in bounded time.
+
+    m = 4 is served by the fused kernels (CPU and Triton, a few ns a weight). Any other m goes to the plain-torch
+    solver, which enumerates every support of size > n (the minimizer's support under a diagonal metric need not
+    be a top-k set): its work grows like 2^m (:func:`_metric_work`). :func:`prox_nm` serves it up to the work of
+    the costliest m = 8 pattern (3:8: every m <= 8 and e.g. 8:9, 14:16; 4:8 takes about 0.2 ms a group).
+    ``training=True`` (what ProxAdam checks when a group is added, before any work: every step takes the prox
+    of whole models) serves up to the costliest m = 6 pattern (2:6, about 15 µs a group): every m <= 6 and
+    6:8, 7:8, 8:9, but not 4:8. Refused patterns name the fix: ``metric="identity"`` (a scalar step), which the
+    fused kernel serves for every pattern in polynomial time.
+
+    Examples:
+        >>> check_metric_pattern(2, 4, training=True)
+        >>> check_metric_pattern(4, 8)
+        >>> check_metric_pattern(4, 8, training=True)
+        Traceback (most recent call last):
+            ...
+        ValueError: the diagonal-metric N:M prox (a tensor step, e.g. metric='adam') cannot serve 4:8 in reasonable time for training (it enumerates supports: 6720 operations per group and iteration, limit 980); use metric='identity' (a scalar step) or a pattern with m = 4
+    """
+    check_nm(n, m)
+    limit = _METRIC_TRAINING_LIMIT if training else _METRIC_WORK_LIMIT
+    if m != 4 and _metric_work(n, m) > limit:
+        raise ValueError(
+            f"the diagonal-metric N:M prox (a tensor step, e.g. metric='adam') cannot serve {n}:{m} in "
+            f"reasonable time{' for training' if training else ''} (it enumerates supports: {_metric_work(n, m)} "
+            f"operations per group and iteration, limit {limit}); use metric='identity' (a scalar step) or a "
+            "pattern with m = 4"
+        )
 
 
 def _f64(v) -> Tensor:
@@ -362,6 +446,7 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
     check_nm(n, m)
     check_float(y, "y")
     lam = check_lam(lam)
+    step = check_step(step, y)
     fusable = y.dtype in (torch.float32, torch.float64) and y.is_contiguous()
     if fusable and not torch.compiler.is_compiling():  # (data_ptr is not traceable; compiled code copies)
         g, _ = group_view(y, m, dim, name="y")

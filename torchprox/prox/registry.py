@@ -106,10 +106,12 @@ def available_prox() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def check_prox_call(name: str, y: "torch.Tensor | None" = None, **kwargs) -> None:
+def check_prox_call(name: str, y: "torch.Tensor | None" = None, *, step=None, **kwargs) -> None:
     """Raise ``ValueError`` if ``get_prox(name)(y, lam, step=s, **kwargs)`` cannot run: ``name`` unknown, a
     keyword the operator's signature does not take (or a required one missing), or, given ``y``, what the
-    operator's registered ``check(y, **kwargs)`` rejects. Reads only ``y``'s shape and dtype (no host sync).
+    operator's registered ``check(y, **kwargs)`` rejects (given ``step``, a number or a tensor standing for a
+    diagonal metric, it is passed on as ``check(y, step=step, **kwargs)``). Reads only ``y``'s shape and dtype
+    (no host sync).
 
     Examples:
         >>> import torch
@@ -127,7 +129,19 @@ def check_prox_call(name: str, y: "torch.Tensor | None" = None, **kwargs) -> Non
     _check_signature(name, fn, kwargs)
     check = _CHECKS.get(name)
     if y is not None and check is not None:
-        check(y, **kwargs)
+        if step is not None and _takes_step(check):
+            check(y, step=step, **kwargs)
+        else:
+            check(y, **kwargs)
+
+
+def _takes_step(check: CheckFn) -> bool:
+    """Whether a registered check accepts ``step=`` (the built-ins do; a user's ``check(y, **kwargs)`` may not)."""
+    try:
+        params = inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        return False
+    return "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _check_signature(name: str, fn: ProxFn, kwargs: dict) -> None:
@@ -153,11 +167,16 @@ def _check_layout(y: "torch.Tensor", size: int, dim: int) -> None:
     group_view(torch.empty(tuple(y.shape), device="meta"), size, dim, name="y")
 
 
-def check_nm_args(y: "torch.Tensor", n: int = 2, m: int = 4, dim: int = -1, **_) -> None:
-    """The check of the N:M operators (``"nm"``, ``"nm_projection"``): ``0 < n < m`` and ``y``'s size along
-    ``dim`` a multiple of ``m``."""
+def check_nm_args(y: "torch.Tensor", n: int = 2, m: int = 4, dim: int = -1, step=1.0, **_) -> None:
+    """The check of the N:M operators (``"nm"``, ``"nm_projection"``): ``0 < n < m``, ``y``'s size along
+    ``dim`` a multiple of ``m`` and, with a tensor ``step`` (a diagonal metric, for training), a pattern the
+    metric prox serves in reasonable time (:func:`torchprox.prox.nm.check_metric_pattern`)."""
     check_nm(n, m)
     _check_layout(y, m, dim)
+    if isinstance(step, torch.Tensor):
+        from .nm import check_metric_pattern
+
+        check_metric_pattern(n, m, training=True)
 
 
 def check_group_lasso_args(y: "torch.Tensor", group_size: int | None = None, dim: int = -1, **_) -> None:

@@ -221,15 +221,17 @@ __attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes<T>], const T*
 
 // Lane l's group back to its row (y, out: the group's m values): the candidate best, sorted as b (idx[i] is the
 // position of b[i] in the group), rescaled by scale * half_up, with the signs of y. A value the prox leaves
-// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it);
-// a non-finite group becomes NaN.
+// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it),
+// unless its scaled value underflowed to 0 (a tiny value in a group of huge ones): the solver saw a 0 there and
+// its 0 is written, never the tiny y (which the solver did not weigh: e.g. a fifth nonzero in a 4:8 group);
+// a non-finite group (a NaN or an infinity anywhere) is written back unchanged.
 template <typename T>
 INLINE void write_group(const T* y, T* out, int m, int l, const T (*best)[kLanes<T>], const T (*b)[kLanes<T>],
                         const int (*idx)[kLanes<T>], T scale, T half_up, bool finite) {
   for (int i = 0; i < m; ++i) {
     const int j = idx[i][l];
-    const T w = best[i][l] == b[i][l] ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
-    out[j] = finite ? w : std::numeric_limits<T>::quiet_NaN();
+    const T w = best[i][l] == b[i][l] && b[i][l] != 0 ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
+    out[j] = finite ? w : y[j];
   }
 }
 
@@ -528,21 +530,20 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     if (count(convex) == kLanes<T>) {
       for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
       coordinate_descent(best, cand, m, n, lam_g, tol_g);
-      // Unchanged values are written back from y itself, bit for bit (see the end of the general path).
-      const T nan = std::numeric_limits<T>::quiet_NaN();
+      // Unchanged values, and non-finite groups, are written back from y itself, bit for bit.
       if (lanes == kLanes<T>) {  // a full block: strided loads and stores the compiler vectorizes
         for (int i = 0; i < m; ++i) LANES {
           const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
-          out[l * m + i] = finite[l] != 0 ? w : nan;
+          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          out[l * m + i] = finite[l] != 0 ? w : yi;
         }
         return;
       }
       for (int l = 0; l < lanes; ++l)
         for (int i = 0; i < m; ++i) {
           const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
-          out[l * m + i] = finite[l] != 0 ? w : nan;
+          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
+          out[l * m + i] = finite[l] != 0 ? w : yi;
         }
       return;
     }
@@ -803,8 +804,12 @@ void nm_mask_m4(const T* scores, uint8_t* mask, T* out, int64_t groups, int n, i
     std::memcpy(&y, scores + 16 * c, sizeof(V));
     a = Project ? (V)((I)y & ~(I)(-V{})) : y;
     const V r1 = TP_ROT(a, 1), r2 = TP_ROT(a, 2), r3 = TP_ROT(a, 3);
-    const I rank = -((r1 > a) | ((r1 == a) & lower1)) - ((r2 > a) | ((r2 == a) & lower2)) -
-                   ((r3 > a) | ((r3 == a) & lower3));
+    // r ranks above a: larger, equal (or both NaN) with a lower index, or a number against a NaN a.
+    const I an = a != a;
+    const I n1 = r1 != r1, n2 = r2 != r2, n3 = r3 != r3;
+    const I rank = -((r1 > a) | (((r1 == a) | (an & n1)) & lower1) | (an & ~n1)) -
+                   ((r2 > a) | (((r2 == a) | (an & n2)) & lower2) | (an & ~n2)) -
+                   ((r3 > a) | (((r3 == a) | (an & n3)) & lower3) | (an & ~n3));
     const I keep = rank < n;
     if (Project) {
       const V o = keep ? y : V{};
@@ -1098,12 +1103,11 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
     }
     objective();
   }
-  const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (int l = 0; l < lanes; ++l) {
+  for (int l = 0; l < lanes; ++l) {  // a non-finite group is written back unchanged
     for (int i = 0; i < m; ++i) {
       const T yi = y[l * m + i];
-      const T w = best[i][l] == a[i][l] ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
-      out[l * m + i] = finite[l] != 0 ? w : nan;
+      const T w = best[i][l] == a[i][l] && a[i][l] != 0 ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
+      out[l * m + i] = finite[l] != 0 ? w : yi;
     }
   }
 }
@@ -1126,12 +1130,19 @@ void prox_nm_metric(const T* y, const T* step, T* out, int64_t groups, int n, do
   prox_nm_metric_loop<T, 3>(y, step, out, groups, lam, threads);
 }
 
-// Stable descending argsort of a[0..m) (insertion sort: ties keep the lower index first).
+// Whether score x ranks strictly above score y: larger, or a number against a NaN (NaN ranks below every
+// number, -inf included; two NaNs tie).
+template <typename T>
+INLINE bool ranks_above(T x, T y) {
+  return x > y || (x == x && y != y);
+}
+
+// Stable descending argsort of a[0..m) (insertion sort: ties keep the lower index first; NaN last).
 template <typename T>
 inline void argsort_desc(const T* a, int m, int* idx) {
   for (int i = 0; i < m; ++i) {
     int j = i;
-    while (j > 0 && a[idx[j - 1]] < a[i]) { idx[j] = idx[j - 1]; --j; }
+    while (j > 0 && ranks_above(a[i], a[idx[j - 1]])) { idx[j] = idx[j - 1]; --j; }
     idx[j] = i;
   }
 }
