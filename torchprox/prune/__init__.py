@@ -2,18 +2,18 @@ r"""N:M pruning in the ``torch.nn.utils.prune`` call style.
 
 Learned masks (ProxSparse), built on ``torch.nn.utils.parametrize``:
 
-- :func:`learnable_nm` / :func:`learnable_nm_model`: the original weight W0 becomes a frozen, bit-exact
+- [`learnable_nm`][torchprox.prune.learnable.learnable_nm] / [`learnable_nm_model`][torchprox.prune.learnable.learnable_nm_model]: the original weight W0 becomes a frozen, bit-exact
   buffer; a learnable copy W (initialised to W0) is what the forward uses while the mask is learned.
-- :func:`prox_param_groups`: ProxAdam groups (prox ``"nm"`` with the right group dim per layer type, and a
+- [`prox_param_groups`][torchprox.prune.learnable.prox_param_groups]: ProxAdam groups (prox ``"nm"`` with the right group dim per layer type, and a
   plain group for the rest).
-- :func:`apply_learned_masks`: mask = top-n of m of |W|; the weight becomes W0 ⊙ mask, W is released.
-- :func:`restore_dense`: abandon learning; the weight is W0 again, bit for bit.
-- :func:`frozen_weight_penalty`: ProxSparse's optional regularizer pulling W to 0 or W0.
+- [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks]: mask = top-n of m of |W|; the weight becomes W0 ⊙ mask, W is released.
+- [`restore_dense`][torchprox.prune.learnable.restore_dense]: abandon learning; the weight is W0 again, bit for bit.
+- [`frozen_weight_penalty`][torchprox.prune.penalty.frozen_weight_penalty]: ProxSparse's optional regularizer pulling W to 0 or W0.
 
-One-shot masks, as a ``torch.nn.utils.prune`` method: :class:`NMStructured`, :func:`nm_structured`.
+One-shot masks, as a ``torch.nn.utils.prune`` method: [`NMStructured`][torchprox.prune.oneshot.NMStructured], [`nm_structured`][torchprox.prune.oneshot.nm_structured].
 
-Finishing and checking: :func:`remove` / :func:`remove_all` (plain Parameters again), :func:`is_pruned`,
-:func:`is_nm`, :func:`nm_fraction`, :func:`sparsity_report`.
+Finishing and checking: [`remove`][torchprox.prune.remove] / [`remove_all`][torchprox.prune.remove.remove_all] (plain Parameters again), [`is_pruned`][torchprox.prune.remove.is_pruned],
+[`is_nm`][torchprox.prune.report.is_nm], [`nm_fraction`][torchprox.prune.report.nm_fraction], [`sparsity_report`][torchprox.prune.report.sparsity_report].
 
 Groups run along the reduction (input) dim: ``nn.Linear`` (out, in) → dim 1, transformers ``Conv1D``
 (in, out) → dim 0, ``nn.Conv{1,2,3}d`` (out, in/groups, *k) → dim 1: ``m`` consecutive input channels at

@@ -59,7 +59,7 @@ def default_dim(module: nn.Module, name: str = "weight") -> int | None:
 
 
 def resolve_dim(module: nn.Module, name: str, dim: int | None, qualname: str | None) -> int:
-    """The normalised group dim of ``module.<name>``: ``dim`` if given, else :func:`default_dim`; a clear
+    """The normalised group dim of ``module.<name>``: ``dim`` if given, else [`default_dim`][torchprox.prune._layers.default_dim]; a clear
     ``ValueError`` when there is no default or ``dim`` is out of range."""
     weight = getattr(module, name)
     ndim = weight.dim()
@@ -103,7 +103,7 @@ def check_groupable(module: nn.Module, shape: Sequence[int], dim: int, m: int, q
 
 def _held_elsewhere(module: nn.Module, name: str) -> bool:
     """Whether anything but ``module._parameters`` references ``module.<name>``: a cheap refcount test
-    (against a probe Parameter referenced the same way) that spares the gc scan of :func:`_owners`."""
+    (against a probe Parameter referenced the same way) that spares the gc scan of [`_owners`][torchprox.prune._layers._owners]."""
     probe = {name: nn.Parameter(torch.empty(0))}
     return sys.getrefcount(module._parameters[name]) > sys.getrefcount(probe[name])
 

@@ -1,6 +1,6 @@
 r"""Learn an N:M mask with a frozen original weight: register, build ProxAdam groups, apply the mask.
 
-The ProxSparse workflow::
+The ProxSparse workflow:
 
     learnable_nm_model(model, n=2, m=4)              # W0 frozen (buffer), W = copy of W0 is learned
     opt = ProxAdam(prox_param_groups(model, lam=0.1), lr=1e-4)
@@ -63,11 +63,11 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
                  offload_w0: bool = False) -> nn.Module:
     r"""Make ``module.<name>`` a learnable N:M weight with a frozen, bit-exact original.
 
-    Registers a :class:`~torchprox.prune.parametrization.NMParametrization` with
+    Registers a [`NMParametrization`][torchprox.prune.parametrization.NMParametrization] with
     ``torch.nn.utils.parametrize``. Afterwards
 
     - ``module.parametrizations[name].original`` is W, the learnable copy (the module's own Parameter
-      object, so it starts equal to W0; ``requires_grad=True`` even if the weight was frozen — :func:`remove`
+      object, so it starts equal to W0; ``requires_grad=True`` even if the weight was frozen — [`remove`][torchprox.prune.remove]
       restores the original flag); the forward uses ``module.<name> = W``;
     - ``module.parametrizations[name][0].w0`` is W0, a persistent buffer: no optimizer, ``zero_grad``,
       ``model.to(dtype)`` / ``.half()`` or ``load_state_dict`` changes it silently (see the parametrization).
@@ -109,7 +109,7 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
 
 def learnable_nm_model(model: nn.Module, n: int = 2, m: int = 4, targets="all-linear", exclude=None,
                        dim: int | None = None, offload_w0: bool = False) -> list[str]:
-    r"""Apply :func:`learnable_nm` to the ``weight`` of every targeted module of ``model``.
+    r"""Apply [`learnable_nm`][torchprox.prune.learnable.learnable_nm] to the ``weight`` of every targeted module of ``model``.
 
     Targets are chosen PEFT-style:
 
@@ -174,7 +174,7 @@ def prox_param_groups(model: nn.Module, lam: float, n: int | None = None, m: int
     r"""ProxAdam param groups for every learnable N:M weight of ``model``, plus one plain group.
 
     One group per distinct ``(n, m, dim)`` (so ``nn.Linear``/convs, dim 1, and transformers ``Conv1D``,
-    dim 0, get separate groups), holding the learnable copies W::
+    dim 0, get separate groups), holding the learnable copies W:
 
         {"params": [W, ...], "prox": "nm", "lam": lam, "prox_kwargs": {"n": n, "m": m, "dim": dim},
          "metric": metric, "lam_scaling": lam_scaling, **extra}
@@ -184,10 +184,10 @@ def prox_param_groups(model: nn.Module, lam: float, n: int | None = None, m: int
     are plain data, so ``ProxAdam.state_dict()`` loads with ``weights_only=True``.
 
     Args:
-        model: a model prepared with :func:`learnable_nm` / :func:`learnable_nm_model`.
+        model: a model prepared with [`learnable_nm`][torchprox.prune.learnable.learnable_nm] / [`learnable_nm_model`][torchprox.prune.learnable.learnable_nm_model].
         lam: λ of the N:M regularizer.
         n, m: None uses each layer's own pattern (set by ``learnable_nm``); if given they must match it.
-        metric, lam_scaling: ProxAdam's group options (see :class:`torchprox.ProxAdam`).
+        metric, lam_scaling: ProxAdam's group options (see [`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam]).
         include_rest: add the plain group.
         rest: extra keys for the plain group (e.g. ``{"lr": 1e-5}``).
         **extra: extra keys for the N:M groups (e.g. ``lr=1e-4, weight_decay=0.0``).
@@ -249,7 +249,7 @@ def apply_learned_masks(model: nn.Module, optimizer: torch.optim.Optimizer | Non
       ``original ⊙ mask``.
 
     The kept values are W0's, bit for bit, in W's current dtype (W0's own dtype unless the model was cast
-    after :func:`learnable_nm`; then they are W0 rounded once to that dtype — cast the model back, e.g.
+    after [`learnable_nm`][torchprox.prune.learnable.learnable_nm]; then they are W0 rounded once to that dtype — cast the model back, e.g.
     ``model.float()``, before this call to keep W0's dtype). No kept weight is updated.
 
     Optimizer state: an optimizer still references the Parameter and keeps its Adam moments (two tensors
@@ -290,10 +290,10 @@ def apply_learned_masks(model: nn.Module, optimizer: torch.optim.Optimizer | Non
 
 @torch.no_grad()
 def restore_dense(model: nn.Module) -> list[str]:
-    r"""Undo :func:`learnable_nm` on every learning-state layer of ``model``: the weight is W0 again.
+    r"""Undo [`learnable_nm`][torchprox.prune.learnable.learnable_nm] on every learning-state layer of ``model``: the weight is W0 again.
 
     Each such ``module.<name>`` becomes a plain Parameter (the object that held W) holding W0 bit for bit,
-    in W0's dtype, with its ``.grad`` dropped and its ``requires_grad`` as before :func:`learnable_nm`; the
+    in W0's dtype, with its ``.grad`` dropped and its ``requires_grad`` as before [`learnable_nm`][torchprox.prune.learnable.learnable_nm]; the
     learned W is discarded. Layers already masked are left as they are. Use it to abandon a learning run
     (e.g. after a divergence) with the model exactly as it was.
 

@@ -1,4 +1,4 @@
-r"""One-shot N:M pruning as a ``torch.nn.utils.prune`` method: :class:`NMStructured`, :func:`nm_structured`.
+r"""One-shot N:M pruning as a ``torch.nn.utils.prune`` method: [`NMStructured`][torchprox.prune.oneshot.NMStructured], [`nm_structured`][torchprox.prune.oneshot.nm_structured].
 
 These use torch's own pruning machinery (``weight_orig`` parameter, ``weight_mask`` buffer and a
 forward-pre-hook), so ``torch.nn.utils.prune.remove``, ``prune.is_pruned`` and ``PruningContainer``
@@ -22,9 +22,9 @@ class NMStructured(torch_prune.BasePruningMethod):
     r"""Keep the ``n`` highest-scoring of every ``m`` consecutive entries along ``dim``; prune the rest.
 
     ``compute_mask(t, default_mask)``: scores are ``|t|`` (the weight, or the importance scores given to
-    :meth:`apply`); entries already pruned in ``default_mask`` score ``-inf``, so the new mask is a subset of
+    `apply`); entries already pruned in ``default_mask`` score ``-inf``, so the new mask is a subset of
     ``default_mask`` and every group keeps at most ``n`` entries (exactly ``n`` unless fewer survived).
-    Ties keep the lower index (:func:`torchprox.prox.nm_mask`).
+    Ties keep the lower index ([`torchprox.prox.nm_mask`][torchprox.prox.nm.nm_mask]).
 
     ``PRUNING_TYPE = "global"``: in a ``PruningContainer`` the method receives the whole tensor together with
     the current mask, so groups keep their positions (``"unstructured"`` would hand it only the surviving
@@ -87,7 +87,7 @@ def nm_structured(module: nn.Module, name: str = "weight", n: int = 2, m: int = 
     Keeps, in every group of ``m`` consecutive entries along ``dim``, the ``n`` with the largest
     ``|importance_scores|`` (default ``|weight|``, magnitude pruning); ties keep the lower index. Creates
     ``<name>_orig`` and ``<name>_mask`` and a forward-pre-hook exactly like ``prune.l1_unstructured``;
-    undo/bake with ``torch.nn.utils.prune.remove`` (or :func:`torchprox.prune.remove`). Calling it on an
+    undo/bake with ``torch.nn.utils.prune.remove`` (or [`torchprox.prune.remove`][torchprox.prune.remove]). Calling it on an
     already pruned tensor combines the masks (``PruningContainer``): the result is the intersection.
 
     Args:

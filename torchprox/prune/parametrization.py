@@ -1,15 +1,15 @@
-r"""The frozen-weight N:M parametrization behind :func:`torchprox.prune.learnable_nm`.
+r"""The frozen-weight N:M parametrization behind [`torchprox.prune.learnable_nm`][torchprox.prune.learnable.learnable_nm].
 
-One :class:`NMParametrization` sits first in ``module.parametrizations[name]`` (a
+One [`NMParametrization`][torchprox.prune.parametrization.NMParametrization] sits first in ``module.parametrizations[name]`` (a
 ``torch.nn.utils.parametrize.ParametrizationList``) and has two states:
 
-``"learning"`` (after :func:`~torchprox.prune.learnable_nm`)
+``"learning"`` (after [`learnable_nm`][torchprox.prune.learnable.learnable_nm])
     ``parametrizations[name].original`` is the learnable copy ``W`` (the module's own Parameter object,
     initialised to W0) and ``forward(W) = W``: the module computes with W and the optimizer updates W.
     The original weight ``W0`` is the persistent buffer ``parametrizations[name][0].w0``: frozen (a buffer
     has no gradient and is in no optimizer), and bit exact under casts (see below).
 
-``"masked"`` (after :func:`~torchprox.prune.apply_learned_masks`)
+``"masked"`` (after [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks])
     ``mask`` is a bool buffer, exactly N:M (``n`` kept of every ``m`` along ``dim``), ``original`` holds
     ``W0 ⊙ mask`` in place of W (same Parameter object, its storage replaced, ``requires_grad=False``),
     ``w0`` is released and ``forward(X) = X ⊙ mask`` (so the weight stays N:M even if the user unfreezes
@@ -17,7 +17,7 @@ One :class:`NMParametrization` sits first in ``module.parametrizations[name]`` (
 
 Protection of W0:
 
-- ``model.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.double()`` never cast ``w0``: :meth:`_apply` probes
+- ``model.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.double()`` never cast ``w0``: `_apply` probes
   the conversion on an empty tensor and, when it would change the dtype, only moves ``w0`` (bit-exact copy).
   Device moves apply, unless ``offload_w0=True``, which keeps ``w0`` on the CPU.
 - ``load_state_dict`` takes the stored ``w0`` bit for bit, with its own dtype (no silent rounding cast).
@@ -27,7 +27,7 @@ Protection of W0:
   ``load_state_dict`` raises and the layer is left exactly as it was (its state, W, W0 and mask).
 
 Serialization goes through ``state_dict`` (``torch.save(model)`` of a parametrized module is refused by
-``torch.nn.utils.parametrize`` itself; after :func:`~torchprox.prune.remove` the module pickles again).
+``torch.nn.utils.parametrize`` itself; after [`remove`][torchprox.prune.remove] the module pickles again).
 State-dict keys (for ``Linear`` ``fc``): learning — ``fc.parametrizations.weight.original`` (W) and
 ``fc.parametrizations.weight.0.w0`` (W0); masked — ``...original`` (W0 ⊙ mask) and ``...0.mask``.
 """
@@ -50,7 +50,7 @@ MASKED = "masked"
 class NMParametrization(nn.Module):
     r"""Frozen-weight parametrization: ``forward(W) = W`` while learning, ``X ⊙ mask`` once masked.
 
-    Not meant to be built directly: use :func:`torchprox.prune.learnable_nm`.
+    Not meant to be built directly: use [`torchprox.prune.learnable_nm`][torchprox.prune.learnable.learnable_nm].
 
     Args:
         w0: the original weight W0 (already a detached copy; stored as the persistent buffer ``w0``).
@@ -187,7 +187,7 @@ def sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missin
     """Load-state-dict pre-hook on the ParametrizationList: match the checkpoint's state (masked/learning).
 
     All or nothing per layer: when the checkpoint's tensors for this layer do not fit it (see
-    :func:`_checkpoint_problem`), none of them is loaded, the state is not switched, and the reason goes to
+    [`_checkpoint_problem`][torchprox.prune.parametrization._checkpoint_problem]), none of them is loaded, the state is not switched, and the reason goes to
     ``error_msgs`` (so ``load_state_dict`` raises its RuntimeError, strict or not) with the layer exactly as
     it was: W, W0 and the mask bit for bit.
     """
@@ -210,7 +210,7 @@ def sync_state_on_load(plist, state_dict, prefix, local_metadata, strict, missin
 
 
 def get_nm_parametrization(module: nn.Module, name: str = "weight") -> NMParametrization | None:
-    """The :class:`NMParametrization` on ``module.<name>``, or None.
+    """The [`NMParametrization`][torchprox.prune.parametrization.NMParametrization] on ``module.<name>``, or None.
 
     Examples:
         >>> import torch

@@ -1,4 +1,4 @@
-r"""ProxSparse's optional "frozen weight" regularizer: :func:`frozen_weight_penalty`."""
+r"""ProxSparse's optional "frozen weight" regularizer: [`frozen_weight_penalty`][torchprox.prune.penalty.frozen_weight_penalty]."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +14,8 @@ def frozen_weight_penalty(model: nn.Module, eps: float = 1e-8) -> Tensor:
 
     The ProxSparse paper's second regularizer: each term is zero exactly when the weight is either pruned
     (``W = 0``) or unchanged (``W = W0``), so it steers W towards "keep the original value or drop it" —
-    the only two outcomes :func:`~torchprox.prune.apply_learned_masks` can produce. It is differentiable in
-    W (W0 is a constant); add ``lam2 * frozen_weight_penalty(model)`` to the loss yourself::
+    the only two outcomes [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks] can produce. It is differentiable in
+    W (W0 is a constant); add ``lam2 * frozen_weight_penalty(model)`` to the loss yourself:
 
         loss = task_loss + lam2 * frozen_weight_penalty(model)
 

@@ -1,5 +1,5 @@
-r"""Bake a pruned/learnable weight back into a plain Parameter: :func:`remove`, :func:`remove_all`,
-and :func:`is_pruned`."""
+r"""Bake a pruned/learnable weight back into a plain Parameter: [`remove`][torchprox.prune.remove.remove], [`remove_all`][torchprox.prune.remove.remove_all],
+and [`is_pruned`][torchprox.prune.remove.is_pruned]."""
 from __future__ import annotations
 
 import logging
@@ -24,13 +24,13 @@ def _torch_pruned(module: nn.Module, name: str) -> bool:
 def remove(module: nn.Module, name: str = "weight") -> nn.Module:
     r"""Make ``module.<name>`` a plain Parameter holding its current value; drop the reparametrization.
 
-    - torchprox N:M parametrization (:func:`~torchprox.prune.learnable_nm`): the current weight is baked —
-      after :func:`~torchprox.prune.apply_learned_masks` that is ``W0 ⊙ mask`` (exact N:M); in the
+    - torchprox N:M parametrization ([`learnable_nm`][torchprox.prune.learnable.learnable_nm]): the current weight is baked —
+      after [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks] that is ``W0 ⊙ mask`` (exact N:M); in the
       learning state it is the dense learned copy W (a warning is logged). The parametrization, W0 and the
       mask are removed; the Parameter object is the one that held W (so its identity is kept) and its
       ``requires_grad`` is what the weight had before ``learnable_nm``. Other parametrizations stacked on
       the same tensor are baked in too.
-    - ``torch.nn.utils.prune`` reparametrization (e.g. :func:`~torchprox.prune.nm_structured`): delegates
+    - ``torch.nn.utils.prune`` reparametrization (e.g. [`nm_structured`][torchprox.prune.oneshot.nm_structured]): delegates
       to ``torch.nn.utils.prune.remove``.
 
     The module's forward is unchanged: ``forward`` after ``remove`` equals ``forward`` before it.
@@ -63,7 +63,7 @@ def remove(module: nn.Module, name: str = "weight") -> nn.Module:
 
 
 def remove_all(model: nn.Module) -> list[str]:
-    r""":func:`remove` every torchprox N:M parametrization in ``model`` (e.g. before ``save_pretrained``).
+    r"""[`remove`][torchprox.prune.remove.remove] every torchprox N:M parametrization in ``model`` (e.g. before ``save_pretrained``).
 
     Returns the qualified tensor names baked. ``torch.nn.utils.prune`` reparametrizations are left alone.
 
@@ -83,7 +83,7 @@ def remove_all(model: nn.Module) -> list[str]:
 
 def is_pruned(module: nn.Module) -> bool:
     r"""True when ``module`` or a submodule has a torchprox N:M parametrization (learning or masked) or a
-    ``torch.nn.utils.prune`` reparametrization, i.e. when :func:`remove` has something to bake.
+    ``torch.nn.utils.prune`` reparametrization, i.e. when [`remove`][torchprox.prune.remove.remove] has something to bake.
 
     Examples:
         >>> import torch

@@ -1,4 +1,4 @@
-r"""Checking N:M patterns: :func:`is_nm` for one tensor, :func:`sparsity_report` for a whole model."""
+r"""Checking N:M patterns: [`is_nm`][torchprox.prune.report.is_nm] for one tensor, [`sparsity_report`][torchprox.prune.report.sparsity_report] for a whole model."""
 from __future__ import annotations
 
 import torch
