@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._files import atomic_write, remove_stale_temporaries
 from ..optim import ProxAdam
 from ..optim.proxadam import LAM_SCALINGS, METRICS
 from ..prox._groups import check_nm
@@ -229,9 +230,7 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (temporary sibling, fsync, rename; see ``export.atomic_write``)."""
-    from .export import atomic_write
-
+    """``torch.save`` to ``path`` atomically (:func:`torchprox._files.atomic_write`)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -474,8 +473,6 @@ def _learn(model: nn.Module, calib: Tensor, n: int, m: int, cfg: ProxSparseConfi
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model, calib, n, m, cfg, names) if ckpt is not None else None
     if ckpt is not None:
-        from .export import remove_stale_temporaries
-
         remove_stale_temporaries(ckpt)  # .checkpoint.pt.tmp-PID of killed runs
     state = (_load_checkpoint(ckpt, fingerprint, [modules[k].weight.shape for k in names])
              if resume else None)  # validated before the model is touched
