@@ -28,7 +28,7 @@ from .data import builtin_corpus, calibration_blocks, news_corpus, evaluation_bl
 from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest, to_semi_structured
 from .models import load_default_model, load_model
-from .proxsparse import ProxSparseConfig, learn_masks
+from .proxsparse import ProxSparseConfig, learn_masks, nm_progress
 from .reconstruct import finetune_masked, obs_update
 from .sparsify import METHODS, parse_pattern, sparsify
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # Names whose modules import heavy optional packages (transformers.Trainer, peft): loaded on first use.
-_LAZY = {"NMMaskCallback": "trainer", "nm_progress": "trainer", "merge_lora_nm": "peft", "lora_nm_report": "peft"}
+_LAZY = {"NMMaskCallback": "trainer", "merge_lora_nm": "peft", "lora_nm_report": "peft"}
 
 
 def __getattr__(name: str):

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..prox import nm_mask
-from ..prox._groups import check_nm
 from ..prune.report import nm_fraction as _nm_fraction
+from ._lower import check_nm
+from ._runtime import progress_iter
 from .blocks import (
     block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
 )
@@ -62,16 +63,6 @@ def _apply_mask_(module: nn.Module, keep: Tensor) -> None:
     """Zero the weight outside ``keep`` in place; kept values stay bit-exact (and zeros are +0.0)."""
     with torch.no_grad():
         module.weight.masked_fill_(~keep, 0)
-
-
-def _progress(iterable, progress: bool, desc: str, total: int | None = None):
-    if not progress:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, desc=desc, total=total)
 
 
 def _by_block(model: nn.Module, selected) -> dict[int, list[tuple[str, nn.Module]]]:
@@ -119,7 +110,7 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
     """
     check_nm(n, m)
     selected = target_linears(model, targets, m=m)
-    for name, mod in _progress(selected, progress, "magnitude"):
+    for name, mod in progress_iter(selected, progress, desc="magnitude"):
         w = mod.weight.detach()
         _apply_mask_(mod, nm_mask(w.abs(), n, m, dim=linear_group_dim(mod)))
     return _report(selected, n, m)

@@ -157,7 +157,7 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
             ...
         FileExistsError: ... is not a torchprox output (no torchprox.json); ...
     """
-    from ..prune.parametrization import nm_parametrizations
+    from ._lower import nm_parametrizations
 
     left = [q for q, *_ in nm_parametrizations(model)]
     if left:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..prox._groups import check_nm
+from ._lower import check_nm
 from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
