@@ -73,6 +73,10 @@ __all__ = ["ProxSparseConfig", "learn_masks"]
 RECONSTRUCT_OBS, RECONSTRUCT_FINETUNE = "obs", "finetune"
 RECONSTRUCTS = (None, RECONSTRUCT_OBS, RECONSTRUCT_FINETUNE)
 
+#: The recipe's λ for each ProxAdam metric (``ProxSparseConfig(lam=None)``): 0.001 in Adam's diagonal metric,
+#: the paper's 0.02 in the identity metric.
+DEFAULT_LAM = {"adam": 0.001, "identity": 0.02}
+
 # ProxSparseConfig's numeric fields: (integer?, accepted values, message). Every value must also be finite.
 _NUMBER_FIELDS = {
     "lam": (False, lambda v: v >= 0, "must be a finite number >= 0"),
@@ -101,7 +105,9 @@ class ProxSparseConfig:
     """Settings of a ProxSparse run (plain data: saved in checkpoints and manifests).
 
     Attributes:
-        lam: λ of the N:M regularizer (normalised per matrix, see the module docstring).
+        lam: λ of the N:M regularizer (normalised per matrix, see the module docstring); None (the default):
+            the metric's recipe value, :data:`DEFAULT_LAM` (0.001 with ``metric="adam"``, 0.02 with
+            ``"identity"``), resolved when the config is made.
         lr: peak Adam learning rate (normalised per matrix when ``lr_normalization="rms"``).
         steps: optimizer steps; each sees ``batch_size`` calibration blocks.
         batch_size: blocks per step.
@@ -109,8 +115,8 @@ class ProxSparseConfig:
         grad_clip: max global gradient norm (``None``: no clipping).
         lam_normalization: ``"rms"`` or ``"none"``.
         lr_normalization: ``"rms"`` or ``"none"``.
-        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default, with ``lam=0.001``) or
-            ``"identity"`` (the paper, with ``lam=0.02``); ``"constant"`` λ (the paper) or ``"lr"``.
+        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default) or ``"identity"`` (the paper);
+            ``"constant"`` λ (the paper) or ``"lr"``.
         mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
             blocks, computed once on the dense model) or ``"weight"`` (top-n of |W|, the paper).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
@@ -134,13 +140,15 @@ class ProxSparseConfig:
         >>> cfg = ProxSparseConfig(lam=0.05, steps=100, lam_ramp=0.2)
         >>> cfg.lam, cfg.steps, cfg.to_dict()["lam_normalization"]
         (0.05, 100, 'rms')
+        >>> ProxSparseConfig().lam, ProxSparseConfig(metric="identity").lam      # lam=None: the metric's default
+        (0.001, 0.02)
         >>> ProxSparseConfig(warmup=1.5)
         Traceback (most recent call last):
             ...
         ValueError: warmup is a fraction of the steps in [0, 1), got 1.5
     """
 
-    lam: float = 0.001
+    lam: float | None = None
     lr: float = 1e-3
     steps: int = 100
     batch_size: int = 1
@@ -163,7 +171,12 @@ class ProxSparseConfig:
 
     def __post_init__(self) -> None:
         """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
-        model is touched; the message names the field, its value and the accepted range."""
+        model is touched; the message names the field, its value and the accepted range. ``lam=None``
+        becomes the metric's :data:`DEFAULT_LAM`."""
+        if self.lam is None:
+            if self.metric not in DEFAULT_LAM:
+                raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+            self.lam = DEFAULT_LAM[self.metric]
         for key, (integer, ok, text) in _NUMBER_FIELDS.items():
             value = getattr(self, key)
             if key == "grad_clip" and value is None:
