@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._lower import check_groupable, compile_targets, is_hf_conv1d, name_matches
+from ._lower import check_groupable, is_hf_conv1d, select_modules
 from ._runtime import module_device, progress_bar
 
 __all__ = [
@@ -141,14 +141,11 @@ def target_linears(model: nn.Module, targets=None, m: int | None = None) -> list
         (14, 4)
     """
     layers, prefix = _layers_and_prefix(model)
-    spec = compile_targets("all-linear" if targets is None else targets)
-    out = []
-    for name, module in layers.named_modules(prefix=prefix):
-        if not _is_linear_like(module):
-            continue
-        if spec[0] != "all-linear" and not name_matches(name, spec):
-            continue
-        out.append((name, module))
+    inside = {id(module) for module in layers.modules()}
+    # torchprox.prune's PEFT-style selector; llm keeps the linear layers inside the decoder blocks and skips
+    # explicit matches that are not linear (prune's callers refuse those instead).
+    selected = select_modules(model, "all-linear" if targets is None else targets)
+    out = [(name, module) for name, module, _explicit in selected if id(module) in inside and _is_linear_like(module)]
     if not out:
         raise ValueError(
             f"targets={targets!r} selects no linear layer inside the decoder blocks of {type(model).__name__} "
