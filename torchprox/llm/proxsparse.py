@@ -449,9 +449,10 @@ def learn_masks(
         FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
             already reads, or non-finite learned weights at the end, one check), or the dense model's
             activations on ``calib`` overflow; the message names the step or layers and says to lower ``lr``.
-        Any error while the mask is being learned (including ``KeyboardInterrupt``) restores the model to its
-        input weights, bit for bit, with its ``requires_grad`` flags, before it propagates. (Once the masks
-        are applied, an error in ``reconstruct`` leaves the model masked, exactly N:M.)
+
+    Any error while the mask is being learned (including ``KeyboardInterrupt``) restores the model to its
+    input weights, bit for bit, with its ``requires_grad`` flags, before it propagates. (Once the masks
+    are applied, an error in ``reconstruct`` leaves the model masked, exactly N:M.)
 
     Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
     ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
