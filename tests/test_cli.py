@@ -229,6 +229,33 @@ def test_sparsify_defaults_are_the_library_recipe(monkeypatch):
     assert (args.steps, args.batch_size, args.lr, args.warmup, args.lam_ramp, args.seed) == (37, 3, 3e-4, 0.25, 0.5, 11)
 
 
+def test_lam_default_reconstruct_and_methods_come_from_the_library():
+    """One source of truth: --lam's per-metric default is ProxSparseConfig's (lam=None), --reconstruct takes
+    every value the config takes, --method's choices are sparsify's METHODS."""
+    from torchprox.cli import _config_from_args, build_parser
+    from torchprox.llm.proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig
+    from torchprox.llm.sparsify import METHODS
+
+    parser = build_parser()
+    for metric, lam in DEFAULT_LAM.items():
+        cfg = _config_from_args(parser.parse_args(["sparsify", "m", "--out", "o", "--metric", metric]))
+        assert cfg.lam == lam == ProxSparseConfig(metric=metric).lam
+    for value in RECONSTRUCTS:
+        flags = [] if value is None else ["--reconstruct", value]
+        assert _config_from_args(parser.parse_args(["sparsify", "m", "--out", "o", *flags])).reconstruct == value
+    for method in METHODS:
+        assert parser.parse_args(["sparsify", "m", "--out", "o", "--method", method]).method == method
+
+
+def test_sparsify_reconstruct_finetune_end_to_end(model_dir, data_dir, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["sparsify", str(model_dir), "--data", str(data_dir), "--out", str(out), "--seqlen", "16",
+                 "--steps", "2", "--reconstruct", "finetune"]) == 0
+    manifest = json.loads((out / "torchprox.json").read_text())
+    assert manifest["report"]["config"]["reconstruct"] == "finetune"
+    assert manifest["format"] == "torchprox-sparse/1" and all(v["ok"] for v in manifest["layers"].values())
+
+
 def test_check_rejects_invalid_outputs(model_dir, tmp_path):
     out = tmp_path / "out"
     assert run_cli(["sparsify", model_dir, "--method", "magnitude", "--out", out])[0] == 0

@@ -17,11 +17,9 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .llm.export import MANIFEST, save_sparse  # noqa: F401 (re-exported for the CLI tests)
 
 
 class CLIError(Exception):
@@ -182,17 +180,6 @@ def _calib_need(args) -> tuple[int, str]:
     return args.calib_blocks, text.format(f"--calib-blocks ({args.calib_blocks})")
 
 
-def _layer_checks(model, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
-    from .llm.export import layer_checks
-
-    return layer_checks(model, n, m, targets)
-
-
-#: The ProxSparse λ with ``--metric identity`` (the paper's setting) when ``--lam`` is not given; with the
-#: default ``--metric adam`` it is ``ProxSparseConfig``'s.
-IDENTITY_LAM = 0.02
-
-
 def _recipe():
     """The library's default ProxSparse recipe, the one source of the ``sparsify`` flags' defaults."""
     from .llm.proxsparse import ProxSparseConfig
@@ -201,19 +188,14 @@ def _recipe():
 
 
 def _config_from_args(args):
+    """The run's ProxSparseConfig; without ``--lam`` the config's own default (the metric's recipe λ)."""
     from .llm.proxsparse import ProxSparseConfig
 
-    lam = args.lam if args.lam is not None else (_recipe().lam if args.metric == "adam" else IDENTITY_LAM)
-    return ProxSparseConfig(lam=lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+    lam = {} if args.lam is None else {"lam": args.lam}
+    return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
                             reconstruct=args.reconstruct)
-
-
-def _versions() -> dict[str, str]:
-    from .llm.export import _versions as versions
-
-    return versions()
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -354,6 +336,7 @@ def cmd_sparsify(args) -> int:
 
 
 def _sparsify(args, out: Path, ckpt: Path | None) -> int:
+    from .llm.export import save_sparse, sparse_manifest
     from .llm.sparsify import sparsify
 
     n, m = args.pattern
@@ -361,30 +344,18 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
     count, hint = _calib_need(args)
     calib = None if args.method == "magnitude" else _blocks("calib", tok, args.data, args.seqlen, count, args.seed, hint)
     targets = args.targets or None
-    kwargs: dict[str, Any] = {}
-    if args.method == "proxsparse":
-        from .llm.proxsparse import CheckpointError, learn_masks
-
-        t0 = time.perf_counter()
-        try:
-            report = learn_masks(model, calib, n, m, _config_from_args(args), targets=targets, checkpoint_dir=ckpt,
-                                 resume=args.resume)
-        except (CheckpointError, ValueError, FloatingPointError) as err:  # bad inputs, divergence (lower --lr)
-            raise CLIError(str(err)) from None
-        report.update(method="proxsparse", pattern=f"{n}:{m}", seconds=time.perf_counter() - t0)
-        report.pop("loss", None)
-    else:
-        try:
-            report = sparsify(model, calib, n, m, method=args.method, targets=targets, **kwargs)
-        except ValueError as err:
-            raise CLIError(str(err)) from None
-        report.pop("layers", None)
-    layers = _layer_checks(model, n, m, targets)
-    manifest = {
-        "format": "torchprox-sparse/1", "pattern": f"{n}:{m}", "method": args.method, "source_model": args.model,
-        "data": args.data, "seqlen": args.seqlen, "targets": targets or "decoder-linears", "report": report,
-        "layers": layers, "versions": _versions(),
-    }
+    proxsparse = args.method == "proxsparse"
+    try:
+        report = sparsify(model, calib, n, m, method=args.method, targets=targets,
+                          config=_config_from_args(args) if proxsparse else None,
+                          checkpoint_dir=ckpt if proxsparse else None, resume=args.resume)
+    except (ValueError, FloatingPointError) as err:  # bad inputs or checkpoint, divergence (lower --lr)
+        raise CLIError(str(err)) from None
+    for key in ("loss", "layers"):  # per-step losses stay out of the manifest; its layers are checked below
+        report.pop(key, None)
+    manifest = sparse_manifest(model, n, m, targets, method=args.method, source_model=args.model, data=args.data,
+                               seqlen=args.seqlen, report=report)
+    layers = manifest["layers"]
     save_sparse(model, tok, out, manifest, overwrite=args.overwrite)
     bad = [k for k, v in layers.items() if not v["ok"]]
     print(f"wrote {out} ({len(layers)} layers {n}:{m}{', NOT N:M: ' + ', '.join(bad) if bad else ''})")
@@ -431,9 +402,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .llm.demo import METHODS, run_demo
+    from .llm.demo import FINETUNE_ROW, ROWS, run_demo
 
-    methods = METHODS + (("proxsparse+ft",) if args.finetune else ())
+    methods = ROWS + ((FINETUNE_ROW,) if args.finetune else ())
     out = Path(args.out).expanduser() if args.out else None
     if out is not None:  # the demo replaces an earlier demo output, never anything else
         _check_out(out, True, "default", "builtin")
@@ -454,6 +425,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchprox`` parser. Every numeric flag's type refuses values outside its meaning (NaN and ±inf
     included); ``sparsify``'s ProxSparse defaults are :class:`ProxSparseConfig`'s."""
+    from .llm.proxsparse import DEFAULT_LAM, RECONSTRUCTS
+    from .llm.sparsify import METHODS
+
     recipe = _recipe()
     p = _Parser(prog="torchprox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -466,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="'default', a save_pretrained directory or a .gguf file")
     s.add_argument("--data", default="builtin", help="'builtin', a UTF-8 text file or a directory of .txt files")
     s.add_argument("--pattern", type=_pattern, default=(2, 4), help="n:m, e.g. 2:4 (n kept of every m)")
-    s.add_argument("--method", choices=["proxsparse", "magnitude", "wanda", "sparsegpt"], default="proxsparse")
+    s.add_argument("--method", choices=METHODS, default="proxsparse")
     s.add_argument("--out", required=True, help="output directory (save_pretrained + torchprox.json)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     s.add_argument("--targets", nargs="*", help="PEFT-style names/suffixes (default: every decoder linear)")
@@ -475,9 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=positive, default=recipe.steps, help="proxsparse: optimizer steps")
     s.add_argument("--batch-size", type=positive, default=recipe.batch_size, help="proxsparse: blocks per step")
     s.add_argument("--lam", type=_float_in(0), default=None,
-                   help=f"proxsparse: normalised lambda (default {recipe.lam:g} with --metric adam, "
-                        f"{IDENTITY_LAM:g} with identity)")
-    s.add_argument("--metric", choices=["adam", "identity"], default=recipe.metric,
+                   help="proxsparse: normalised lambda (default: "
+                        + ", ".join(f"{lam:g} with --metric {metric}" for metric, lam in DEFAULT_LAM.items()) + ")")
+    s.add_argument("--metric", choices=list(DEFAULT_LAM), default=recipe.metric,
                    help="proxsparse: the prox's metric: Adam's diagonal one (default) or the identity (the paper)")
     s.add_argument("--lr", type=_float_in(0, low_open=True), default=recipe.lr)
     s.add_argument("--warmup", type=fraction_open, default=recipe.warmup, help="proxsparse: fraction of the steps")
@@ -485,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proxsparse: mask = top-n of |W|*||X_j|| (activation, default) or of |W| (weight, the paper)")
     s.add_argument("--lam-ramp", type=fraction, default=recipe.lam_ramp,
                    help="proxsparse: fraction of the steps over which lambda rises from 0 (0: constant, the paper)")
-    s.add_argument("--reconstruct", choices=["obs"], default=None,
-                   help="proxsparse: then update the kept weights (OBS on the learned mask); default: mask only")
+    s.add_argument("--reconstruct", choices=[r for r in RECONSTRUCTS if r is not None], default=None,
+                   help="proxsparse: then update the kept weights (obs: OBS on the learned mask; finetune: a masked "
+                        "fine-tune); default: mask only")
     s.add_argument("--checkpoint-every", type=count, default=recipe.checkpoint_every,
                    help="proxsparse: checkpoint every K steps (0: never)")
     s.add_argument("--resume", action="store_true", help="proxsparse: continue from OUT.checkpoint")

@@ -174,6 +174,18 @@ def test_default_cache_dir_env(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "torchprox" / models.CACHE_NAME
 
 
+def test_cache_root_is_the_one_reader_and_expands_home(monkeypatch, tmp_path):
+    """torchprox._files.cache_root: TORCHPROX_CACHE with ~ expanded (the model cache builds on it)."""
+    from torchprox._files import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCHPROX_CACHE", "~/caches")
+    assert cache_root() == tmp_path / "home" / "caches"
+    assert default_cache_dir() == cache_root() / models.CACHE_NAME
+    monkeypatch.setenv("TORCHPROX_CACHE", "")
+    assert cache_root() == tmp_path / "home" / ".cache" / "torchprox"
+
+
 def test_default_cache_dir_env_used_by_load(monkeypatch, tmp_path, fake_gguf):
     monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path / "root"))
     load_default_model()

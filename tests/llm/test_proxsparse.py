@@ -94,6 +94,23 @@ def test_resume_equals_uninterrupted(tmp_path, calib):
         assert torch.equal(a, b), k
 
 
+def test_sparsify_takes_checkpoint_and_resume(tmp_path, calib):
+    """sparsify(method="proxsparse") passes checkpoint_dir/resume to learn_masks (the CLI calls sparsify)."""
+    cfg = ProxSparseConfig(steps=4, lam=0.3, lr=1e-2, checkpoint_every=2)
+    direct = tiny_llama()
+    learn_masks(direct, calib, 2, 4, cfg, progress=False)
+    via = tiny_llama()
+    sparsify(via, calib, 2, 4, method="proxsparse", config=cfg, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    resumed = tiny_llama()
+    sparsify(resumed, calib, 2, 4, method="proxsparse", config=cfg, checkpoint_dir=tmp_path, resume=True,
+             progress=False)
+    for (k, a), b, c in zip(direct.state_dict().items(), via.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c), k
+    with pytest.raises(ValueError, match="no checkpoints"):
+        sparsify(tiny_llama(), calib, 2, 4, method="wanda", checkpoint_dir=tmp_path, progress=False)
+
+
 def test_resume_rejects_other_settings(tmp_path, calib):
     learn_masks(tiny_llama(), calib, 2, 4, ProxSparseConfig(steps=2, checkpoint_every=2), checkpoint_dir=tmp_path,
                 progress=False)

@@ -22,27 +22,29 @@ Examples:
     >>> perplexity(model, evals, disable=True) > 1
     True
 """
-from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
+from .baselines import magnitude_prune, sparsegpt_prune, sparsegpt_solve, wanda_prune, wanda_scores
 from .blocks import decoder_layers, target_linears
-from .data import builtin_corpus, calibration_blocks, news_corpus, evaluation_blocks, load_texts, tokenize_blocks
+from .corpus import builtin_corpus, news_corpus
+from .data import calibration_blocks, evaluation_blocks, load_texts, split_texts, tokenize_blocks
 from .evaluate import perplexity, perplexity_texts
-from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest, to_semi_structured
+from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest
 from .models import load_default_model, load_model
-from .proxsparse import ProxSparseConfig, learn_masks
+from .proxsparse import ProxSparseConfig, learn_masks, nm_progress
 from .reconstruct import finetune_masked, obs_update
+from .semi_structured import to_semi_structured
 from .sparsify import METHODS, parse_pattern, sparsify
 
 __all__ = [
-    "magnitude_prune", "sparsegpt_prune", "wanda_prune", "decoder_layers", "target_linears", "builtin_corpus",
+    "magnitude_prune", "sparsegpt_prune", "wanda_prune", "wanda_scores", "sparsegpt_solve", "decoder_layers", "target_linears", "builtin_corpus",
     "news_corpus",
-    "calibration_blocks", "evaluation_blocks", "load_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
+    "calibration_blocks", "evaluation_blocks", "load_texts", "split_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
     "load_default_model", "load_model", "ProxSparseConfig", "learn_masks", "METHODS", "parse_pattern", "sparsify",
     "MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "to_semi_structured", "memory_report",
     "NMMaskCallback", "nm_progress", "merge_lora_nm", "lora_nm_report", "obs_update", "finetune_masked",
 ]
 
 # Names whose modules import heavy optional packages (transformers.Trainer, peft): loaded on first use.
-_LAZY = {"NMMaskCallback": "trainer", "nm_progress": "trainer", "merge_lora_nm": "peft", "lora_nm_report": "peft"}
+_LAZY = {"NMMaskCallback": "trainer", "merge_lora_nm": "peft", "lora_nm_report": "peft"}
 
 
 def __getattr__(name: str):

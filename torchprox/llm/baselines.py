@@ -27,51 +27,34 @@ import torch
 from torch import Tensor, nn
 
 from ..prox import nm_mask
-from ..prox._groups import check_nm
-from ..prune.report import nm_fraction as _nm_fraction
+from ..prune import nm_fraction
+from ._lower import check_nm
+from ._runtime import progress_iter
 from .blocks import (
     block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
 )
 
 __all__ = [
-    "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve", "nm_fraction",
+    "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
     "decoder_layers", "target_linears",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def nm_fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
-    """Fraction of the groups of ``m`` consecutive entries along ``dim`` with at most ``n`` nonzeros.
-
-    ``#{g : ‖w_g‖₀ ≤ n} / #groups`` as a Python float (``weight.numel() / m`` groups).
-
-    Examples:
-        >>> import torch
-        >>> nm_fraction(torch.tensor([[1., 0., 0., 2.], [1., 2., 3., 0.]]), 2, 4, dim=1)   # row 1 has 3 nonzeros
-        0.5
-    """
-    return float(_nm_fraction(weight.detach(), n, m, dim))
+def _fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
+    """:func:`torchprox.prune.nm_fraction` as a Python float (for reports)."""
+    return float(nm_fraction(weight.detach(), n, m, dim))
 
 
 def _report(selected, n: int, m: int) -> dict[str, float]:
-    return {name: nm_fraction(mod.weight.detach(), n, m, linear_group_dim(mod)) for name, mod in selected}
+    return {name: _fraction(mod.weight, n, m, linear_group_dim(mod)) for name, mod in selected}
 
 
 def _apply_mask_(module: nn.Module, keep: Tensor) -> None:
     """Zero the weight outside ``keep`` in place; kept values stay bit-exact (and zeros are +0.0)."""
     with torch.no_grad():
         module.weight.masked_fill_(~keep, 0)
-
-
-def _progress(iterable, progress: bool, desc: str, total: int | None = None):
-    if not progress:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, desc=desc, total=total)
 
 
 def _by_block(model: nn.Module, selected) -> dict[int, list[tuple[str, nn.Module]]]:
@@ -119,7 +102,7 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
     """
     check_nm(n, m)
     selected = target_linears(model, targets, m=m)
-    for name, mod in _progress(selected, progress, "magnitude"):
+    for name, mod in progress_iter(selected, progress, desc="magnitude"):
         w = mod.weight.detach()
         _apply_mask_(mod, nm_mask(w.abs(), n, m, dim=linear_group_dim(mod)))
     return _report(selected, n, m)

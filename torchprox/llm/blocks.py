@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..prune._layers import _compile_targets, check_groupable, is_hf_conv1d, name_matches
+from ._lower import check_groupable, is_hf_conv1d, select_modules
+from ._runtime import module_device, progress_bar
 
 __all__ = [
     "decoder_layers", "target_linears", "linear_group_dim", "capture_block_inputs", "BlockInputs",
@@ -140,14 +141,11 @@ def target_linears(model: nn.Module, targets=None, m: int | None = None) -> list
         (14, 4)
     """
     layers, prefix = _layers_and_prefix(model)
-    spec = _compile_targets("all-linear" if targets is None else targets)
-    out = []
-    for name, module in layers.named_modules(prefix=prefix):
-        if not _is_linear_like(module):
-            continue
-        if spec[0] != "all-linear" and not name_matches(name, spec):
-            continue
-        out.append((name, module))
+    inside = {id(module) for module in layers.modules()}
+    # torchprox.prune's PEFT-style selector; llm keeps the linear layers inside the decoder blocks and skips
+    # explicit matches that are not linear (prune's callers refuse those instead).
+    selected = select_modules(model, "all-linear" if targets is None else targets)
+    out = [(name, module) for name, module, _explicit in selected if id(module) in inside and _is_linear_like(module)]
     if not out:
         raise ValueError(
             f"targets={targets!r} selects no linear layer inside the decoder blocks of {type(model).__name__} "
@@ -267,7 +265,7 @@ class BlockInputs:
 
     def run(self, block: nn.Module, update: bool) -> None:
         """Run ``block`` over every micro-batch; with ``update`` its outputs replace the stored inputs."""
-        device = _module_device(block, self.hidden[0].device if self.hidden else None)
+        device = module_device(block, self.hidden[0].device if self.hidden else None)
         for i, (h, kw) in enumerate(zip(self.hidden, self.kwargs)):
             if device is not None and h.device != device:
                 h, kw = h.to(device), _to(kw, device)
@@ -281,14 +279,6 @@ class BlockInputs:
             if update:
                 self.hidden[i] = out
             del out
-
-
-def _module_device(module: nn.Module, default=None):
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return default
 
 
 def _as_batches(calib, batch_size: int) -> list[Tensor]:
@@ -345,7 +335,7 @@ def capture_block_inputs(model: nn.Module, calib, batch_size: int = 8) -> BlockI
     layers = decoder_layers(model)
     first = layers[0]
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    device = _module_device(emb) if emb is not None else _module_device(model)
+    device = module_device(emb) if emb is not None else module_device(model)
     inputs = BlockInputs()
     caught: dict = {}
 
@@ -421,14 +411,7 @@ def run_blocks_sequentially(
         return
     was_training = model.training
     model.eval()
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is an llm extra
-            tqdm = None
-        if tqdm is not None:
-            bar = tqdm(total=len(todo), desc=desc, unit="block")
+    bar = progress_bar(progress, total=len(todo), desc=desc, unit="block")
     try:
         with torch.no_grad():
             inputs = capture_block_inputs(model, calib, batch_size)
@@ -436,14 +419,12 @@ def run_blocks_sequentially(
                 block = layers[i]
                 if i in todo:
                     process(i, block, lambda b=block: inputs.run(b, update=False))
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
                 if i < todo[-1]:
                     inputs.run(block, update=True)
             del inputs
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         model.train(was_training)
 
 

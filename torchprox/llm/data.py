@@ -1,4 +1,4 @@
-"""Text data for calibration and evaluation: the built-in offline corpus, local files, token blocks.
+"""Text data for calibration and evaluation: text sources, their split, token blocks.
 
 Everything here is deterministic and offline (nothing is ever downloaded).
 
@@ -36,18 +36,16 @@ Examples:
 
 from __future__ import annotations
 
-import bz2
-import functools
-import html
 import os
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ._packages import package_file
+# Re-exported: the corpora and the markup cleaner lived here (torchprox.llm.data.builtin_corpus keeps working).
+from .corpus import GENSIM_DATA_FILE, CALIB_FRACTION, builtin_articles, builtin_corpus, news_corpus
+from .markup import strip_wiki_markup
 
 __all__ = [
     "GENSIM_DATA_FILE",
@@ -61,250 +59,6 @@ __all__ = [
     "calibration_blocks",
     "evaluation_blocks",
 ]
-
-#: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
-GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-#: The Lee background corpus (one news article per line) inside gensim's package.
-GENSIM_NEWS_FILE = "test/test_data/lee_background.cor"
-
-#: Number of built-in articles that go to calibration (the rest is evaluation), as in the prototype.
-BUILTIN_N_CALIB = 74
-#: Fraction of documents used for calibration when splitting a user source (the rest is evaluation).
-CALIB_FRACTION = 0.7
-
-_GENSIM_HINT = (
-    "The built-in corpus is a data file shipped inside gensim 4.4.0 (only that file is used; gensim itself is "
-    "never imported). Install it without its dependencies: pip install --no-deps gensim==4.4.0"
-)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Built-in corpus
-# ----------------------------------------------------------------------------------------------------------
-def _gensim_data_path() -> Path:
-    """Locate the wiki dump inside the installed gensim package without importing gensim."""
-    return package_file("gensim", GENSIM_DATA_FILE, "gensim", _GENSIM_HINT)
-
-
-# Templates {{...}} and tables {|...|} nest; they are removed by a small depth-tracking scan over these tokens.
-# Table delimiters only count at the start of a line, so a template ending in "|}}" is not a table end.
-_BRACE_TOKEN = re.compile(r"\{\{|\}\}|^[ \t:]*\{\||^[ \t]*\|\}(?!\})", re.M)
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_REF = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
-_DROP_TAG_BLOCK = re.compile(
-    r"<(math|gallery|timeline|score|syntaxhighlight|source|imagemap|graph|chem|ce)\b[^>]*>.*?</\1\s*>", re.S | re.I
-)
-_HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*/?>")
-_INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
-_EXT_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]+(?:\s+([^\]]*))?\]")
-_DROP_NAMESPACES = ("file", "image", "category", "media")
-_LINK_TOKEN = re.compile(r"\[\[|\]\]")
-_FILE_LINK = re.compile(r"\[\[\s*(?:file|image|category|media)\s*:", re.I)
-_INTERWIKI = re.compile(r"^[a-z]{2,3}(?:-[a-z]{2,8})*:")
-_HEADING = re.compile(r"^(={1,6})\s*(.*?)\s*\1\s*$", re.M)
-_BOLD_ITALIC = re.compile(r"'{2,5}")
-_MAGIC_WORD = re.compile(r"__[A-Z]+__")
-_LIST_PREFIX = re.compile(r"^[*#:;]+\s*", re.M)
-_HRULE = re.compile(r"^-{4,}\s*$", re.M)
-_LEFTOVER = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}")
-_SPACES = re.compile(r"[ \t\u00a0]+")
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def _remove_nested(text: str) -> str:
-    """Delete every outermost ``{{...}}`` / ``{|...|}`` region (nested ones included).
-
-    Unmatched closers are left for :data:`_LEFTOVER`; an opener that is never closed only loses its own token
-    (rather than eating the rest of the article).
-    """
-    out: list[str] = []
-    stack: list[tuple[str, int]] = []  # (kind, start offset) of open regions
-    keep_from = 0
-    for tok in _BRACE_TOKEN.finditer(text):
-        s = tok.group().strip(" \t:")
-        if s in ("{{", "{|"):
-            stack.append((s, tok.start()))
-        elif stack and stack[-1][0] == ("{{" if s == "}}" else "{|"):
-            _, start = stack.pop()
-            if not stack:
-                out.append(text[keep_from:start])
-                keep_from = tok.end()
-    if stack:  # unclosed openers: drop the outermost opener token only, keep the rest
-        _, start = stack[0]
-        out.append(text[keep_from:start])
-        keep_from = start + 2
-    out.append(text[keep_from:])
-    return "".join(out)
-
-
-def _drop_file_links(text: str) -> str:
-    """Delete ``[[File:...]]``, ``[[Image:...]]``, ``[[Category:...]]`` links, balancing nested ``[[ ]]``.
-
-    A caption may hold links and single brackets (``[above]``), so a plain regex cannot find the end.
-    """
-    regions: list[tuple[int, int]] = []
-    stack: list[int] = []
-    for tok in _LINK_TOKEN.finditer(text):
-        if tok.group() == "[[":
-            stack.append(tok.start())
-        elif stack:
-            start = stack.pop()
-            if _FILE_LINK.match(text, start):
-                regions.append((start, tok.end()))
-    if not regions:
-        return text
-    out, keep_from = [], 0
-    for start, end in sorted(regions):
-        if start >= keep_from:  # regions inside an already deleted one are covered
-            out.append(text[keep_from:start])
-            keep_from = end
-        else:
-            keep_from = max(keep_from, end)
-    out.append(text[keep_from:])
-    return "".join(out)
-
-
-def _link_text(match: re.Match) -> str:
-    body = match.group(1)
-    target, sep, label = body.partition("|")
-    t = target.strip()
-    namespace = t.lstrip(":").split(":", 1)[0].strip().lower() if ":" in t else ""
-    if namespace in _DROP_NAMESPACES and not t.startswith(":"):
-        return ""  # images, files, categories (captions included)
-    if not sep and _INTERWIKI.match(t):
-        return ""  # interlanguage links such as [[de:Anarchismus]]
-    if sep and label.strip():
-        return label.split("|")[-1] if namespace in _DROP_NAMESPACES else label
-    return t.lstrip(":")
-
-
-def strip_wiki_markup(text: str) -> str:
-    """Turn MediaWiki source into plain text with a few regular expressions (no wiki parser).
-
-    Removes comments, ``<ref>`` footnotes, templates ``{{...}}`` (nested), tables ``{|...|}``, math/gallery
-    blocks, file/image/category and interlanguage links, HTML tags (their content kept), bold/italic quotes,
-    list markers and magic words; ``[[a|b]]`` becomes ``b`` and ``[[a]]`` becomes ``a``; ``[http://x label]``
-    becomes ``label``; a heading ``== History ==`` becomes the line ``History``. HTML entities are decoded.
-
-    Example::
-
-        >>> strip_wiki_markup("'''Albedo''' {{IPA|x}} is [[light|reflected light]].<ref>R</ref>")
-        'Albedo is reflected light.'
-    """
-    text = _COMMENT.sub("", text)
-    text = _REF.sub("", text)
-    text = _DROP_TAG_BLOCK.sub("", text)
-    text = _remove_nested(text)
-    text = _drop_file_links(text)
-    while True:  # innermost links first, so a file caption's links resolve before the file link is dropped
-        new = _INNER_LINK.sub(_link_text, text)
-        if new == text:
-            break
-        text = new
-    text = _EXT_LINK.sub(lambda m: m.group(1) or "", text)
-    text = _HTML_TAG.sub("", text)
-    text = _HEADING.sub(lambda m: m.group(2), text)
-    text = _BOLD_ITALIC.sub("", text)
-    text = _MAGIC_WORD.sub("", text)
-    text = _HRULE.sub("", text)
-    text = _LIST_PREFIX.sub("", text)
-    text = _LEFTOVER.sub("", text)
-    text = html.unescape(html.unescape(text))  # dumps often double-escape (&amp;nbsp;)
-    text = _SPACES.sub(" ", text)
-    text = re.sub(r" *\n *", "\n", text)
-    text = re.sub(r" ([,.;:])", r"\1", text)  # "word ." left behind by removed templates/refs
-    text = re.sub(r"\( *\)", "", text)  # "()" left by removed pronunciation templates
-    text = _SPACES.sub(" ", text)
-    text = _BLANK_LINES.sub("\n\n", text)
-    return text.strip()
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_articles_cached() -> tuple[tuple[str, str], ...]:
-    path = _gensim_data_path()
-    articles = []
-    with bz2.open(path, "rb") as fh:
-        for _, elem in ET.iterparse(fh, events=("end",)):
-            if _local(elem.tag) != "page":
-                continue
-            fields = {_local(child.tag): child for child in elem}
-            title = (fields["title"].text or "").strip() if "title" in fields else ""
-            ns = (fields["ns"].text or "").strip() if "ns" in fields else "0"
-            text_el = None
-            if "revision" in fields:
-                for child in fields["revision"]:
-                    if _local(child.tag) == "text":
-                        text_el = child
-            raw = (text_el.text or "") if text_el is not None else ""
-            elem.clear()
-            if ns != "0" or "redirect" in fields or raw.lstrip().upper().startswith("#REDIRECT"):
-                continue
-            clean = strip_wiki_markup(raw)
-            if title and clean:
-                articles.append((title, clean))
-    return tuple(articles)
-
-
-def builtin_articles() -> list[tuple[str, str]]:
-    """The built-in offline corpus: ``[(title, plain_text), ...]`` in dump order (106 articles).
-
-    Read from gensim 4.4.0's test data file (see :data:`GENSIM_DATA_FILE`; only that file is needed, gensim is
-    not imported), main-namespace pages only, redirects and empty pages skipped, markup stripped with
-    :func:`strip_wiki_markup`. Deterministic; parsed once per process (~1 s) and cached.
-
-    Raises ImportError if gensim is not installed (``pip install --no-deps gensim==4.4.0``).
-
-    Examples:
-        >>> articles = builtin_articles()
-        >>> len(articles), articles[0][0]
-        (106, 'Anarchism')
-    """
-    return list(_builtin_articles_cached())
-
-
-def builtin_corpus() -> tuple[list[str], list[str]]:
-    """``(calib_texts, eval_texts)`` of the built-in corpus, split by article.
-
-    Each document is ``" = {title} = \\n{text}"`` (WikiText-style title line). The first 74 articles are for
-    calibration, the remaining 32 for evaluation (≈490k / ≈230k SmolLM2 tokens); if a different gensim
-    release yields another article count, the first 70% (rounded) are for calibration.
-
-    Examples:
-        >>> calib, evals = builtin_corpus()
-        >>> len(calib), len(evals)
-        (74, 32)
-        >>> calib[0].splitlines()[0], evals[0].splitlines()[0]
-        (' = Anarchism = ', ' = Articles of Confederation = ')
-    """
-    docs = [f" = {title} = \n{text}" for title, text in builtin_articles()]
-    n_calib = BUILTIN_N_CALIB if len(docs) == 106 else max(1, min(len(docs) - 1, round(CALIB_FRACTION * len(docs))))
-    return docs[:n_calib], docs[n_calib:]
-
-
-def news_corpus() -> tuple[list[str], list[str]]:
-    """``(calib_texts, eval_texts)`` of the second built-in corpus: news, not Wikipedia.
-
-    The Lee background corpus shipped in gensim 4.4.0's test data (:data:`GENSIM_NEWS_FILE`: 300 Australian
-    news articles, one per line, ≈80k SmolLM2 tokens), split by article: the first 70% for calibration, the
-    rest for evaluation. Raises ImportError if gensim is not installed.
-
-    Examples:
-        >>> calib, evals = news_corpus()
-        >>> len(calib), len(evals)
-        (210, 90)
-        >>> calib[0][:40]
-        'Hundreds of people have been forced to v'
-    """
-    path = package_file("gensim", GENSIM_NEWS_FILE, "gensim", _GENSIM_HINT)
-    docs = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    n_calib = round(CALIB_FRACTION * len(docs))
-    return docs[:n_calib], docs[n_calib:]
-
 
 # ----------------------------------------------------------------------------------------------------------
 # User sources

@@ -25,7 +25,7 @@ from .models import load_default_model
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, learn_masks
 from .reconstruct import finetune_masked
-from .sparsify import sparsify
+from .sparsify import BASELINES, sparsify
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,14 @@ QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
                      finetune_steps=10)
 
 
-METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "proxsparse")  # the default table; "proxsparse+ft" is opt-in
+#: The default table's rows: the dense model, the one-shot baselines, ProxSparse. ``FINETUNE_ROW`` (ProxSparse's
+#: mask, then a masked fine-tune) is opt-in and must follow ``"proxsparse"``.
+ROWS = ("dense", *BASELINES, "proxsparse")
+FINETUNE_ROW = "proxsparse+ft"
 
 
 def run_demo(quick: bool = False, out: Path | None = None, threads: int | None = None,
-             settings: DemoSettings | None = None, methods=METHODS,
+             settings: DemoSettings | None = None, methods=ROWS,
              model_and_tokenizer=None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns its rows (method, perplexity, seconds, ...).
 
@@ -97,7 +100,7 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
     for method in methods:
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
-        if method == "proxsparse+ft":  # continues from the ProxSparse row's masked model
+        if method == FINETUNE_ROW:  # continues from the ProxSparse row's masked model
             if not rows or rows[-1]["method"] != "proxsparse":
                 raise ValueError("'proxsparse+ft' must come right after 'proxsparse' in methods")
             masks = {name: mod.weight != 0 for name, mod in model.named_modules()

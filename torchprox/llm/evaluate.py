@@ -21,25 +21,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._runtime import module_device, progress_iter
 from .data import tokenize_blocks
 
 __all__ = ["perplexity", "perplexity_texts"]
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _progress(iterable, total: int, disable: bool, desc: str):
-    if disable:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
 
 
 def perplexity(
@@ -96,7 +81,7 @@ def perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    device = _model_device(model)
+    device = module_device(model, torch.device("cpu"))
     was_training = model.training
     model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -104,7 +89,7 @@ def perplexity(
     starts = range(0, n_blocks, batch_size)
     try:
         with torch.inference_mode():
-            for start in _progress(starts, len(starts), disable, desc):
+            for start in progress_iter(starts, not disable, total=len(starts), desc=desc, unit="batch", leave=False):
                 ids = blocks[start : start + batch_size].to(device=device, dtype=torch.long)
                 out = model(input_ids=ids, use_cache=False)
                 logits = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out

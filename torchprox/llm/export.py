@@ -5,29 +5,29 @@ r"""Exporting an N:M-sparse causal LM: a dense checkpoint with verified N:M zero
   N:M check, versions), written atomically.
 - :func:`check_sparse`: re-reads the saved safetensors and verifies every layer of the manifest is exactly
   N:M (the ``torchprox check`` command).
-- :func:`to_semi_structured`: on a CUDA GPU (compute capability >= 8.0, fp16/bf16), every 2:4 ``nn.Linear``
-  weight becomes a ``torch.sparse.to_sparse_semi_structured`` tensor (cuSPARSELt/CUTLASS 2:4 kernels).
+- :func:`~torchprox.llm.semi_structured.to_semi_structured` (a runtime CUDA conversion) lives in
+  :mod:`torchprox.llm.semi_structured` and is re-exported here.
 - :func:`memory_report`: dense bytes vs the bytes of the compressed N:M representation, per target layer and
   in total.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import reprlib
 import shutil
 import struct
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+# The file helpers save_sparse uses (and the CLI and models.py reach through this module): torchprox._files.
+from .._files import fsync_tree, output_lock, remove_stale_temporaries, replace_dir
+from .semi_structured import to_semi_structured  # re-exported: it lived here
 
 __all__ = ["MANIFEST", "FORMAT", "save_sparse", "sparse_manifest", "layer_checks", "check_sparse",
            "to_semi_structured", "memory_report", "compressed_bytes"]
@@ -158,7 +158,7 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
             ...
         FileExistsError: ... is not a torchprox output (no torchprox.json); ...
     """
-    from ..prune.parametrization import nm_parametrizations
+    from ._lower import nm_parametrizations
 
     left = [q for q, *_ in nm_parametrizations(model)]
     if left:
@@ -179,12 +179,12 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             fsync_tree(tmp)
             check_replaceable(out, overwrite)
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------------ atomic writes
+# ------------------------------------------------------------------------------------------------ replacing
 
 
 def is_torchprox_output(path) -> bool:
@@ -205,178 +205,6 @@ def check_replaceable(out, overwrite: bool) -> None:
     if not (empty or is_torchprox_output(out)):
         raise FileExistsError(f"{out} exists and is not a torchprox output (no {MANIFEST}); overwrite only "
                               "replaces a directory written by torchprox: choose another output or remove it yourself")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename the complete directory ``tmp`` to ``out``; an existing ``out`` is moved aside first and moved
-    back if the rename fails."""
-    if not (out.exists() or out.is_symlink()):
-        os.replace(tmp, out)  # fails (ENOTEMPTY) if some other program created a non-empty out meanwhile
-    else:
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        _fsync(out.parent)
-        shutil.rmtree(old)
-    _fsync(out.parent)
-
-
-def _fsync(path) -> None:
-    """fsync a file or a directory's entries (skipped where a directory cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path) -> None:
-    """fsync every file under the directory ``path``, then every directory, deepest first."""
-    for root, _dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            _fsync(os.path.join(root, name))
-        _fsync(root)
-
-
-def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Write the file ``path`` atomically: ``write(tmp)`` fills ``.{name}.tmp-PID`` in the same directory,
-    which is fsynced and renamed over ``path`` (``os.replace``); the directory is then fsynced. On any
-    failure the temporary file is removed and ``path`` is as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
-def atomic_write_text(path, text: str) -> None:
-    """:func:`atomic_write` of a UTF-8 text."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def sha256_file(path, chunk: int = 1 << 23) -> str:
-    """Hex sha256 of a file's bytes, read in 8 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (``os.kill(pid, 0)``)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-#: ``.{name}.{kind}-{pid}[-{hex}]``: what an atomic write leaves next to ``name`` while it runs.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|stale|probe)-(?P<pid>\d+)(?:-[0-9a-f]+)?$")
-
-
-def remove_stale_temporaries(path) -> list[str]:
-    """Clean what killed processes left next to ``path`` (a file or directory written atomically here).
-
-    Only entries ``.{name}.{kind}-PID`` whose PID is no running process are touched: ``tmp`` (an unfinished
-    write), ``stale``, ``probe`` are deleted; ``old`` (the previous ``path``, moved aside during a replacement)
-    is moved back if ``path`` is missing (the newest one, when there are several), else deleted. Each action
-    is logged as a warning and returned as a line.
-    """
-    path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
-        return []
-    dead: list[tuple[str, Path]] = []
-    for entry in parent.iterdir():
-        match = _TEMPORARY.match(entry.name)
-        if match and match["name"] == path.name and not pid_alive(int(match["pid"])):
-            dead.append((match["kind"], entry))
-    done = []
-    olds = sorted((e for k, e in dead if k == "old"), key=lambda e: e.lstat().st_mtime, reverse=True)
-    if olds and not (path.exists() or path.is_symlink()):
-        os.replace(olds.pop(0), path)
-        done.append(f"restored {path} from a save that was interrupted")
-    for entry in olds + [e for k, e in dead if k != "old"]:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        done.append(f"removed {entry}, left by a process that no longer runs")
-    for line in done:
-        logger.warning("%s", line)
-    return done
-
-
-_LOCKS_HELD: dict[str, int] = {}
-
-
-@contextlib.contextmanager
-def output_lock(out) -> Iterator[None]:
-    """Hold the exclusive right to write ``out``: ``flock`` on ``.{out}.lock`` next to it (the parent must
-    exist). The OS releases it if the process dies; the lock file is removed on exit. Re-entrant within a
-    process; a no-op where ``fcntl`` is missing (Windows).
-
-    Raises:
-        FileExistsError: another process holds it.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    out = Path(out).expanduser().absolute()
-    key = str(out)
-    if key in _LOCKS_HELD:
-        _LOCKS_HELD[key] += 1
-        try:
-            yield
-        finally:
-            _LOCKS_HELD[key] -= 1
-        return
-    lock = out.with_name(f".{out.name}.lock")
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FileExistsError(f"another process is writing {out} (it holds {lock}); wait for it to finish or "
-                                  "choose another output") from None
-        try:
-            current = os.stat(lock).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(fd).st_ino:
-            break
-        os.close(fd)  # its previous holder removed the file after we opened it: lock the new one
-    _LOCKS_HELD[key] = 1
-    try:
-        yield
-    finally:
-        del _LOCKS_HELD[key]
-        lock.unlink(missing_ok=True)
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -535,105 +363,6 @@ def check_sparse(path) -> dict[str, Any]:
             problems[name] = why
     return {"pattern": manifest["pattern"], "layers": layers, "nm_fraction": fractions, "problems": problems,
             "ok": all(layers.values())}
-
-
-# ------------------------------------------------------------------------------------------------ 2:4 on GPU
-
-
-def _semi_structured_constraints(dtype: torch.dtype) -> tuple[int, int] | None:
-    """(min rows, min cols) of a 2:4 weight for the backend torch will use (cuSPARSELt, or CUTLASS when
-    forced); both dims must be multiples of them."""
-    from torch.sparse import SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT, \
-        SparseSemiStructuredTensorCUTLASS
-
-    cls = SparseSemiStructuredTensorCUTLASS if SparseSemiStructuredTensor._FORCE_CUTLASS else \
-        SparseSemiStructuredTensorCUSPARSELT
-    conf = cls._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
-    return None if conf is None else (conf.sparse_min_rows, conf.sparse_min_cols)
-
-
-def _check_semi_structured_device(name: str, weight: torch.Tensor) -> None:
-    need = ("torch.sparse.to_sparse_semi_structured needs a CUDA GPU with compute capability >= 8.0 "
-            "(Ampere or newer) and fp16/bf16 weights")
-    if weight.device.type != "cuda":
-        raise ValueError(f"nn.Linear {name!r}: weight of shape {tuple(weight.shape)} is a {weight.dtype} tensor on "
-                         f"{weight.device}; {need}. Move the model first, e.g. model.to('cuda', torch.float16)")
-    major, minor = torch.cuda.get_device_capability(weight.device)
-    if (major, minor) < (8, 0):
-        raise ValueError(f"nn.Linear {name!r}: {weight.device} has compute capability {major}.{minor}; {need}")
-    if weight.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"nn.Linear {name!r}: weight dtype {weight.dtype}; {need}. Cast the model first, e.g. "
-                         "model.half() or model.bfloat16()")
-
-
-@torch.no_grad()
-def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, Any]:
-    r"""Replace every exactly-2:4 ``nn.Linear`` weight of ``model`` by a semi-structured sparse tensor.
-
-    Each ``nn.Linear`` whose weight (out, in) has at most 2 nonzeros in every 4 consecutive inputs (dim 1)
-    gets ``weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)``:
-    the kept values (out, in/2) plus 2-bit indices, multiplied by the sparse tensor cores (cuSPARSELt, or
-    CUTLASS). Dense linears (e.g. ``lm_head``) are left as they are; a 2:4 layer whose shape the backend
-    does not accept (both dims must be multiples of the backend's minimum, e.g. 16 x 16 for fp16 with
-    cuSPARSELt, 32 x 64 with CUTLASS) is skipped with a warning. Every layer is validated before any is
-    converted. Inference only: the converted weights are frozen.
-
-    Args:
-        model: a 2:4-sparse model on a CUDA GPU with compute capability >= 8.0, in fp16 or bf16, with plain
-            weights (:func:`torchprox.prune.remove_all` first).
-        n, m: must be 2 and 4 (the only pattern of the sparse tensor cores).
-    Returns:
-        ``{"converted": [qualified names], "skipped": {name: reason}}``.
-    Raises:
-        ValueError: another pattern; a 2:4 weight on the CPU, on a GPU older than compute capability 8.0, or
-            not fp16/bf16 (the message names the layer, its shape, device and dtype, and the fix).
-
-    Examples:
-        On an Ampere or newer GPU (not run as a doctest):
-
-        >>> model = model.half().cuda()  # doctest: +SKIP
-        >>> report = to_semi_structured(model)  # doctest: +SKIP
-        >>> len(report["converted"]), report["skipped"]  # doctest: +SKIP
-        (210, {})
-
-        Anywhere else a 2:4 layer is refused before anything is converted:
-
-        >>> import torch
-        >>> from torchprox.prune import nm_structured, remove
-        >>> lin = remove(nm_structured(torch.nn.Linear(64, 32), n=2, m=4))      # a plain, exactly 2:4 weight
-        >>> to_semi_structured(torch.nn.Sequential(lin))
-        Traceback (most recent call last):
-            ...
-        ValueError: ...
-    """
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
-
-    from ..prune import is_nm
-
-    if (n, m) != (2, 4):
-        raise ValueError(f"to_semi_structured: pattern {n}:{m} is not supported; semi-structured sparse tensors "
-                         "(NVIDIA sparse tensor cores) hold exactly 2:4")
-    todo, skipped = [], {}
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear) or isinstance(mod.weight, SparseSemiStructuredTensor):
-            continue
-        weight = mod.weight
-        if weight.dim() != 2 or weight.shape[1] % 4 or not is_nm(weight.detach(), 2, 4, dim=1):
-            continue
-        _check_semi_structured_device(name, weight)
-        rows, cols = weight.shape
-        min_rows, min_cols = _semi_structured_constraints(weight.dtype)
-        if rows % min_rows or cols % min_cols:
-            skipped[name] = (f"shape {tuple(weight.shape)}: both dims must be multiples of ({min_rows}, {min_cols}) "
-                             f"for {weight.dtype}")
-            continue
-        todo.append((name, mod))
-    for name, mod in todo:
-        mod.weight = nn.Parameter(to_sparse_semi_structured(mod.weight.detach().contiguous()), requires_grad=False)
-    if skipped:
-        logger.warning("to_semi_structured: %d 2:4 layer(s) kept dense:\n  %s", len(skipped),
-                       "\n  ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return {"converted": [name for name, _ in todo], "skipped": skipped}
 
 
 # ------------------------------------------------------------------------------------------------ memory

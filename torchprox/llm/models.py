@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .._files import cache_root, fsync, fsync_tree, remove_stale_temporaries, sha256_file
 from ._packages import package_file
 
 __all__ = [
@@ -105,9 +106,7 @@ def default_cache_dir() -> Path:
         ...     print(default_cache_dir())
         /tmp/torchprox-cache/smollm2-135m-instruct-f32
     """
-    root = os.environ.get("TORCHPROX_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "torchprox"
-    return base / CACHE_NAME
+    return cache_root() / CACHE_NAME
 
 
 def _expected_marker(gguf: Path) -> dict[str, Any]:
@@ -127,8 +126,6 @@ def _marker_matches(marker: dict[str, Any] | None, expected: dict[str, Any]) -> 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every file under ``folder`` except the marker."""
-    from .export import sha256_file
-
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != MARKER}
 
@@ -138,7 +135,6 @@ def _cache_damage(cache: Path, marker: dict[str, Any]) -> str | None:
     files = marker.get("files")
     if not isinstance(files, dict) or not files:
         return "the marker lists no file hashes"
-    from .export import sha256_file
 
     for name, digest in files.items():
         path = cache / name
@@ -210,8 +206,6 @@ def _fresh_dir(cache: Path, kind: str) -> Path:
 
 def _build_cache(gguf: Path, cache: Path) -> None:
     """Dequantize ``gguf`` and write it to ``cache`` atomically (temp dir, marker last, rename)."""
-    from .export import _fsync, fsync_tree, remove_stale_temporaries
-
     cache.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cache)  # temporary folders of builds that were killed
     t0 = time.perf_counter()
@@ -240,7 +234,7 @@ def _build_cache(gguf: Path, cache: Path) -> None:
             # Another process finished first (rename onto a non-empty dir fails): keep theirs if it is valid.
             if not _marker_matches(_read_marker(cache), _expected_marker(gguf)):
                 raise
-        _fsync(cache.parent)
+        fsync(cache.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

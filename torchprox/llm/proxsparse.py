@@ -47,7 +47,6 @@ import logging
 import math
 import numbers
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +54,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._files import atomic_write, remove_stale_temporaries
 from ..optim import ProxAdam
 from ..optim.proxadam import LAM_SCALINGS, METRICS
-from ..prox._groups import check_nm
-from ..prune import apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all
-from ..prune.learnable import restore_dense
-from ..prune.parametrization import nm_parametrizations
+from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all,
+                     restore_dense)
+from ._lower import check_nm, nm_parametrizations
+from ._runtime import block_order, freeze, restore_requires_grad, train_lm
 from .blocks import target_linears
 from .reconstruct import finetune_masked, obs_update
 
@@ -68,6 +68,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ProxSparseConfig", "learn_masks"]
 
+
+#: ``ProxSparseConfig.reconstruct``'s values: the optional weight update after the mask is fixed.
+RECONSTRUCT_OBS, RECONSTRUCT_FINETUNE = "obs", "finetune"
+RECONSTRUCTS = (None, RECONSTRUCT_OBS, RECONSTRUCT_FINETUNE)
+
+#: The recipe's λ for each ProxAdam metric (``ProxSparseConfig(lam=None)``): 0.001 in Adam's diagonal metric,
+#: the paper's 0.02 in the identity metric.
+DEFAULT_LAM = {"adam": 0.001, "identity": 0.02}
 
 # ProxSparseConfig's numeric fields: (integer?, accepted values, message). Every value must also be finite.
 _NUMBER_FIELDS = {
@@ -88,7 +96,7 @@ _NUMBER_FIELDS = {
 }
 _CHOICE_FIELDS = {
     "lam_normalization": ("rms", "none"), "lr_normalization": ("rms", "none"), "metric": METRICS,
-    "lam_scaling": LAM_SCALINGS, "mask_scores": ("weight", "activation"), "reconstruct": (None, "obs", "finetune"),
+    "lam_scaling": LAM_SCALINGS, "mask_scores": ("weight", "activation"), "reconstruct": RECONSTRUCTS,
 }
 
 
@@ -97,7 +105,9 @@ class ProxSparseConfig:
     """Settings of a ProxSparse run (plain data: saved in checkpoints and manifests).
 
     Attributes:
-        lam: λ of the N:M regularizer (normalised per matrix, see the module docstring).
+        lam: λ of the N:M regularizer (normalised per matrix, see the module docstring); None (the default):
+            the metric's recipe value, :data:`DEFAULT_LAM` (0.001 with ``metric="adam"``, 0.02 with
+            ``"identity"``), resolved when the config is made.
         lr: peak Adam learning rate (normalised per matrix when ``lr_normalization="rms"``).
         steps: optimizer steps; each sees ``batch_size`` calibration blocks.
         batch_size: blocks per step.
@@ -105,8 +115,8 @@ class ProxSparseConfig:
         grad_clip: max global gradient norm (``None``: no clipping).
         lam_normalization: ``"rms"`` or ``"none"``.
         lr_normalization: ``"rms"`` or ``"none"``.
-        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default, with ``lam=0.001``) or
-            ``"identity"`` (the paper, with ``lam=0.02``); ``"constant"`` λ (the paper) or ``"lr"``.
+        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default) or ``"identity"`` (the paper);
+            ``"constant"`` λ (the paper) or ``"lr"``.
         mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
             blocks, computed once on the dense model) or ``"weight"`` (top-n of |W|, the paper).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
@@ -130,13 +140,15 @@ class ProxSparseConfig:
         >>> cfg = ProxSparseConfig(lam=0.05, steps=100, lam_ramp=0.2)
         >>> cfg.lam, cfg.steps, cfg.to_dict()["lam_normalization"]
         (0.05, 100, 'rms')
+        >>> ProxSparseConfig().lam, ProxSparseConfig(metric="identity").lam      # lam=None: the metric's default
+        (0.001, 0.02)
         >>> ProxSparseConfig(warmup=1.5)
         Traceback (most recent call last):
             ...
         ValueError: warmup is a fraction of the steps in [0, 1), got 1.5
     """
 
-    lam: float = 0.001
+    lam: float | None = None
     lr: float = 1e-3
     steps: int = 100
     batch_size: int = 1
@@ -159,7 +171,12 @@ class ProxSparseConfig:
 
     def __post_init__(self) -> None:
         """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
-        model is touched; the message names the field, its value and the accepted range."""
+        model is touched; the message names the field, its value and the accepted range. ``lam=None``
+        becomes the metric's :data:`DEFAULT_LAM`."""
+        if self.lam is None:
+            if self.metric not in DEFAULT_LAM:
+                raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+            self.lam = DEFAULT_LAM[self.metric]
         for key, (integer, ok, text) in _NUMBER_FIELDS.items():
             value = getattr(self, key)
             if key == "grad_clip" and value is None:
@@ -213,15 +230,47 @@ def _lam_factor(cfg: ProxSparseConfig, step: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
 
 
-def _nm_fraction(model: nn.Module) -> float:
-    done = total = 0
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
+
+
+def nm_progress(model: nn.Module) -> dict[str, Any] | None:
+    r"""How far the learnable (learning-state) N:M weights W of ``model`` are from being exactly N:M.
+
+    For layer l with weight W_l of ``numel_l`` entries in groups of m along its group dim,
+    ``groups_l = numel_l / m`` and ``ok_l`` = the number of groups with at most n nonzeros. Returns
+
+    ``{"nm_fraction": Σ ok_l / Σ groups_l, "nm_layers_done": #{l : ok_l = groups_l}, "nm_layers": #layers}``
+
+    or None when the model has no learning-state N:M layer. (One host sync per layer: for logging.)
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> lin = learnable_nm(torch.nn.Linear(8, 2))
+        >>> with torch.no_grad():
+        ...     _ = lin.parametrizations.weight.original[0].zero_()   # row 0: 2 groups, both N:M now
+        >>> nm_progress(lin)
+        {'nm_fraction': 0.5, 'nm_layers_done': 0, 'nm_layers': 1}
+    """
+    ok = total = done = layers = 0
     for _, _, _, plist, p in nm_parametrizations(model):
-        if p.state == "learning":
-            frac = nm_fraction(plist.original.detach(), p.n, p.m, p.dim)
-            groups = plist.original.numel() // p.m
-            done += float(frac) * groups
-            total += groups
-    return done / max(total, 1)
+        if p.state != "learning":
+            continue
+        w = plist.original.detach()
+        if _is_dtensor(w):
+            w = w.full_tensor()
+        groups = w.numel() // p.m
+        good = round(float(nm_fraction(w, p.n, p.m, p.dim)) * groups)
+        ok, total, layers = ok + good, total + groups, layers + 1
+        done += good == groups
+    if layers == 0:
+        return None
+    return {"nm_fraction": ok / total if total else 1.0, "nm_layers_done": done, "nm_layers": layers}
 
 
 class CheckpointError(ValueError):
@@ -229,9 +278,7 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (temporary sibling, fsync, rename; see ``export.atomic_write``)."""
-    from .export import atomic_write
-
+    """``torch.save`` to ``path`` atomically (:func:`torchprox._files.atomic_write`)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -301,14 +348,6 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], shapes: list[torch
         raise CheckpointError(f"{path} was written by a run with other settings or inputs; they differ in: {detail}. "
                               "Resume with the same model, data and settings, or start a new run")
     return state
-
-
-def _batches(calib: Tensor, cfg: ProxSparseConfig) -> Tensor:
-    """The block indices of every step, (steps, batch_size): a seeded permutation, cycled as needed."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    need = cfg.steps * cfg.batch_size
-    perms = [torch.randperm(calib.shape[0], generator=gen) for _ in range(-(-need // calib.shape[0]))]
-    return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
 
 
 @torch.no_grad()
@@ -410,9 +449,10 @@ def learn_masks(
         FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
             already reads, or non-finite learned weights at the end, one check), or the dense model's
             activations on ``calib`` overflow; the message names the step or layers and says to lower ``lr``.
-        Any error while the mask is being learned (including ``KeyboardInterrupt``) restores the model to its
-        input weights, bit for bit, with its ``requires_grad`` flags, before it propagates. (Once the masks
-        are applied, an error in ``reconstruct`` leaves the model masked, exactly N:M.)
+
+    Any error while the mask is being learned (including ``KeyboardInterrupt``) restores the model to its
+    input weights, bit for bit, with its ``requires_grad`` flags, before it propagates. (Once the masks
+    are applied, an error in ``reconstruct`` leaves the model masked, exactly N:M.)
 
     Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
     ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
@@ -441,12 +481,30 @@ def learn_masks(
         raise TypeError(f"config must be a ProxSparseConfig or None, got {type(cfg).__name__}")
     check_calib(model, calib, cfg.batch_size)
     names = [name for name, _ in target_linears(model, targets, m=m)]
+    ckpt = _Checkpoint.open(checkpoint_dir, model, calib, n, m, cfg, names)
+    modules = dict(model.named_modules())
+    # Read and checked before the model is touched.
+    state = ckpt.load([modules[k].weight.shape for k in names]) if resume else None
     requires = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        return _learn(model, calib, n, m, cfg, names, requires, checkpoint_dir, resume, progress, offload_w0)
+        act_norms = _activation_norms(model, calib, cfg, {k: modules[k] for k in names})
+        freeze(model)
+        learnable_nm_model(model, n=n, m=m, targets=names, offload_w0=offload_w0)
+        run = _Run(model, cfg)
+        if state is not None:
+            run.restore(state)
+            logger.info("resumed from %s at step %d", ckpt.path, run.start)
+        seconds = run.train(calib, ckpt, progress)
+        masks = _extract(model, run, act_norms, requires)
     except BaseException:
         _restore_input(model, requires)
         raise
+    _reconstruct(model, calib, cfg, masks, n, m, progress)
+    return {
+        "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
+        "seconds": seconds, "seconds_per_step": seconds / max(cfg.steps - run.start, 1), "loss": run.losses,
+        "nm_fraction": run.fractions, "targets": len(run.names), "peak_rss_gb": _peak_rss_gb(),
+    }
 
 
 def _restore_input(model: nn.Module, requires: dict[str, bool]) -> None:
@@ -454,8 +512,7 @@ def _restore_input(model: nn.Module, requires: dict[str, bool]) -> None:
     is removed, and every parameter's ``requires_grad`` is what it was on entry."""
     restore_dense(model)
     remove_all(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(requires.get(name, p.requires_grad))
+    restore_requires_grad(model, requires)
 
 
 def _check_finite(values: list[Tensor], names: list[str], what: str, fix: str) -> None:
@@ -467,127 +524,146 @@ def _check_finite(values: list[Tensor], names: list[str], what: str, fix: str) -
                                  f"{', ...' if len(bad) > 3 else ''}); {fix}")
 
 
-def _learn(model: nn.Module, calib: Tensor, n: int, m: int, cfg: ProxSparseConfig, names: list[str],
-           requires: dict[str, bool], checkpoint_dir, resume: bool, progress: bool, offload_w0: bool):
-    """:func:`learn_masks` once its inputs are validated (the model is changed from here on)."""
-    modules = dict(model.named_modules())
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(model, calib, n, m, cfg, names) if ckpt is not None else None
-    if ckpt is not None:
-        from .export import remove_stale_temporaries
+def _activation_norms(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig,
+                      modules: dict[str, nn.Module]) -> dict[str, Tensor] | None:
+    """The dense model's input norms ‖X_j‖₂ of every target (``mask_scores="activation"``), checked finite;
+    None for ``mask_scores="weight"``."""
+    if cfg.mask_scores != "activation":
+        return None
+    norms = _input_norms(model, modules, calib, cfg.batch_size)
+    _check_finite(list(norms.values()), list(norms), "activation norms of the calibration blocks are",
+                  "the dense model overflows on them; check the model's dtype and weights, or use "
+                  "mask_scores='weight'")
+    return norms
 
-        remove_stale_temporaries(ckpt)  # .checkpoint.pt.tmp-PID of killed runs
-    state = (_load_checkpoint(ckpt, fingerprint, [modules[k].weight.shape for k in names])
-             if resume else None)  # validated before the model is touched
-    act_norms = (_input_norms(model, {k: modules[k] for k in names}, calib, cfg.batch_size)
-                 if cfg.mask_scores == "activation" else None)
-    if act_norms is not None:
-        _check_finite(list(act_norms.values()), list(act_norms), "activation norms of the calibration blocks are",
-                      "the dense model overflows on them; check the model's dtype and weights, or use "
-                      "mask_scores='weight'")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    learnable_nm_model(model, n=n, m=m, targets=names, offload_w0=offload_w0)
-    groups, group_names = _param_groups(model, cfg)
-    # torch's fused Adam kernel where it has one (CPU and CUDA): the same Adam math in one pass per tensor,
-    # 3x faster than the default per-tensor loop on CPU, so the step's cost is mostly the prox's own.
-    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    opt = ProxAdam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=fused or None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    order = _batches(calib, cfg)
-    losses: list[float] = []
-    fractions: list[tuple[int, float]] = []
-    start = 0
-    if state is not None:
+
+class _Checkpoint:
+    """``checkpoint_dir/checkpoint.pt`` of a run and the fingerprint of its inputs (a run without a
+    checkpoint directory has ``path`` None: nothing is read or written)."""
+
+    def __init__(self, path: Path | None, fingerprint: dict[str, Any] | None) -> None:
+        self.path, self.fingerprint = path, fingerprint
+
+    @classmethod
+    def open(cls, checkpoint_dir, model: nn.Module, calib: Tensor, n: int, m: int, cfg: ProxSparseConfig,
+             names: list[str]) -> "_Checkpoint":
+        if checkpoint_dir is None:
+            return cls(None, None)
+        path = Path(checkpoint_dir) / "checkpoint.pt"
+        remove_stale_temporaries(path)  # .checkpoint.pt.tmp-PID of killed runs
+        return cls(path, _fingerprint(model, calib, n, m, cfg, names))
+
+    def load(self, shapes: list[torch.Size]) -> dict[str, Any]:
+        return _load_checkpoint(self.path, self.fingerprint, shapes)
+
+    def due(self, cfg: ProxSparseConfig, steps_done: int) -> bool:
+        return self.path is not None and cfg.checkpoint_every > 0 and steps_done % cfg.checkpoint_every == 0
+
+    def save(self, run: "_Run", steps_done: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save({
+            "fingerprint": self.fingerprint, "config": run.cfg.to_dict(), "targets": run.names, "step": steps_done,
+            "loss": run.losses, "nm_fraction": run.fractions, "weights": [p.detach() for p in run.params],
+            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        }, self.path)
+
+
+class _Run:
+    """The learning state of a ProxSparse run on a model whose targets are learnable: one ProxAdam group per
+    target (:func:`_param_groups`), the lr schedule, the
+    seeded block order, and what the run has logged (losses, N:M fractions)."""
+
+    def __init__(self, model: nn.Module, cfg: ProxSparseConfig) -> None:
+        groups, self.names = _param_groups(model, cfg)
+        self.model, self.cfg = model, cfg
+        # torch's fused Adam kernel where it has one (CPU and CUDA). ProxAdam makes the same choice itself when
+        # some group has λ > 0, but keeps AdamW's default (the for-loop kernel) at lam=0, whose bits differ.
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+        self.opt = ProxAdam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=fused or None)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(cfg))
+        self.params = [g["params"][0] for g in groups]
+        self.base_lams = [g["lam"] for g in groups]
+        self.start, self.losses, self.fractions = 0, [], []
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state (already checked against this run's inputs)."""
         with torch.no_grad():
-            for group, w in zip(groups, state["weights"]):
-                group["params"][0].copy_(w)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, losses, fractions = state["step"], state["loss"], [tuple(f) for f in state["nm_fraction"]]
-        logger.info("resumed from %s at step %d", ckpt, start)
-    device = next(model.parameters()).device
-    params = [g["params"][0] for g in groups]
-    base_lams = [g["lam"] for g in groups]
-    n_weights = sum(p.numel() for p in params)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+            for p, w in zip(self.params, state["weights"]):
+                p.copy_(w)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.start, self.losses = state["step"], state["loss"]
+        self.fractions = [tuple(f) for f in state["nm_fraction"]]
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="proxsparse", unit="step")
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.train()
-    try:
-        for step in range(start, cfg.steps):
-            for group, lam in zip(opt.param_groups, base_lams):
-                group["lam"] = lam * _lam_factor(cfg, step)
-            ids = calib[order[step]].to(device)
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-            loss = out.loss
-            if cfg.frozen_lam:
-                loss = loss + cfg.frozen_lam / n_weights * frozen_weight_penalty(model)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            losses.append(float(out.loss.detach()))
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(
-                    f"learning diverged: the loss is {losses[-1]} at step {step + 1} (lr={cfg.lr}, lam={cfg.lam}); "
-                    "lower lr. The model was restored to its input weights")
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                fractions.append((step + 1, _nm_fraction(model)))
-                logger.info("step %d loss %.4f N:M groups %.2f%%", step + 1, losses[-1], 100 * fractions[-1][1])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", nm=f"{100 * fractions[-1][1]:.1f}%" if fractions else "-")
-            if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_save({
-                    "fingerprint": fingerprint, "config": cfg.to_dict(), "targets": group_names, "step": step + 1,
-                    "loss": losses,
-                    "nm_fraction": fractions, "weights": [p.detach() for p in params],
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                }, ckpt)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    _check_finite(params, group_names, "learning diverged: the learned weights are",
-                  f"lower lr (lr={cfg.lr}). The model was restored to its input weights")
-    seconds = time.perf_counter() - t0
+    def _set_lam(self, step: int) -> None:
+        for group, lam in zip(self.opt.param_groups, self.base_lams):
+            group["lam"] = lam * _lam_factor(self.cfg, step)
+
+    def _penalty(self, model: nn.Module) -> Tensor:
+        return self.cfg.frozen_lam / sum(p.numel() for p in self.params) * frozen_weight_penalty(model)
+
+    def _after_step(self, step: int, loss: float, ckpt: _Checkpoint) -> dict[str, str]:
+        """Divergence check, N:M log every ``log_every`` steps, checkpoint; the progress bar's postfix."""
+        cfg = self.cfg
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"learning diverged: the loss is {loss} at step {step + 1} (lr={cfg.lr}, lam={cfg.lam}); "
+                "lower lr. The model was restored to its input weights")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            self.fractions.append((step + 1, nm_progress(self.model)["nm_fraction"]))
+            logger.info("step %d loss %.4f N:M groups %.2f%%", step + 1, loss, 100 * self.fractions[-1][1])
+        if ckpt.due(cfg, step + 1):
+            ckpt.save(self, step + 1)
+        return {"nm": f"{100 * self.fractions[-1][1]:.1f}%" if self.fractions else "-"}
+
+    def train(self, calib: Tensor, ckpt: _Checkpoint, progress: bool) -> float:
+        """The remaining steps (see :func:`torchprox.llm._runtime.train_lm`); the learned weights are checked
+        finite at the end. Returns the seconds taken."""
+        cfg = self.cfg
+        order = block_order(calib.shape[0], cfg.steps, cfg.batch_size, cfg.seed)
+        _, seconds = train_lm(
+            self.model, calib, order, self.opt, self.sched, start=self.start, progress=progress, desc="proxsparse",
+            params=self.params, grad_clip=cfg.grad_clip, before_step=self._set_lam,
+            extra_loss=self._penalty if cfg.frozen_lam else None,
+            after_step=lambda step, loss: self._after_step(step, loss, ckpt))
+        _check_finite(self.params, self.names, "learning diverged: the learned weights are",
+                      f"lower lr (lr={cfg.lr}). The model was restored to its input weights")
+        return seconds
+
+
+def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
+             requires: dict[str, bool]) -> dict[str, Tensor]:
+    """mask = top-n of every group of |W| (times the input norms ‖X_j‖₂ with activation scores); every
+    target becomes ``W0 ⊙ mask``, a plain Parameter. With ``reconstruct="obs"`` the targets are the dense
+    W0 instead (the OBS update compensates W0's pruning error). Returns the masks."""
+    modules = dict(model.named_modules())
     if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
         with torch.no_grad():
-            for name, p in zip(group_names, params):
+            for name, p in zip(run.names, run.params):
                 dim = modules[name].parametrizations.weight[0].dim
                 shape = [1] * p.dim()
                 shape[dim] = -1
                 p.mul_(act_norms[name].to(p.dtype).view(shape))
-    # The OBS update starts from the dense W0 (its pruning error is what it compensates): keep references.
     dense = ({q: p.w0 for q, _, _, _, p in nm_parametrizations(model) if p.state == "learning"}
-             if cfg.reconstruct == "obs" else {})
-    masks = apply_learned_masks(model, optimizer=opt)
+             if run.cfg.reconstruct == RECONSTRUCT_OBS else {})
+    masks = apply_learned_masks(model, optimizer=run.opt)
     remove_all(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(requires.get(name, True))
-    if cfg.reconstruct == "obs":
-        with torch.no_grad():
-            for name, w0 in dense.items():
-                modules[name].weight.copy_(w0)
-        del dense
+    restore_requires_grad(model, requires)
+    with torch.no_grad():
+        for name, w0 in dense.items():
+            modules[name].weight.copy_(w0)
+    return masks
+
+
+def _reconstruct(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig, masks: dict[str, Tensor], n: int, m: int,
+                 progress: bool) -> None:
+    """The optional weight update of the kept weights (``cfg.reconstruct``)."""
+    if cfg.reconstruct == RECONSTRUCT_OBS:
         obs_update(model, calib[:cfg.reconstruct_blocks], masks, n, m, progress=progress)
-    elif cfg.reconstruct == "finetune":
+    elif cfg.reconstruct == RECONSTRUCT_FINETUNE:
         finetune_masked(model, calib, masks, cfg.reconstruct_steps, cfg.reconstruct_lr, cfg.batch_size, cfg.seed,
                         progress=progress)
-    steps_run = cfg.steps - start
-    return {
-        "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
-        "seconds": seconds, "seconds_per_step": seconds / max(steps_run, 1), "loss": losses,
-        "nm_fraction": fractions, "targets": len(group_names), "peak_rss_gb": _peak_rss_gb(),
-    }
 
 
 def _peak_rss_gb() -> float:

@@ -10,12 +10,12 @@ their results are reported apart from it:
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._runtime import block_order, freeze, restore_requires_grad, train_lm
 from .baselines import sparsegpt_prune
 
 __all__ = ["obs_update", "finetune_masked"]
@@ -107,9 +107,7 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     targets = _targets(model, masks)
-    requires = {name: p.requires_grad for name, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    requires = freeze(model)
     params, hooks = [], []
     for key, mask in masks.items():
         w = targets[key.removesuffix(".weight")].weight
@@ -121,38 +119,13 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
         params.append(w)
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / steps))
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(calib.shape[0], generator=gen)
-                       for _ in range(-(-steps * batch_size // calib.shape[0]))])[:steps * batch_size]
-    device = params[0].device
-    losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="masked fine-tune", unit="step")
-    was_training = model.training
-    model.train()
-    t0 = time.perf_counter()
     try:
-        for step in range(steps):
-            ids = calib[order[step * batch_size:(step + 1) * batch_size]].to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        losses, seconds = train_lm(model, calib, block_order(calib.shape[0], steps, batch_size, seed), opt, sched,
+                                   progress=progress, desc="masked fine-tune")
     finally:
-        if bar is not None:
-            bar.close()
         for h in hooks:
             h.remove()
-        model.train(was_training)
-        for name, p in model.named_parameters():
-            p.requires_grad_(requires.get(name, True))
+        restore_requires_grad(model, requires)
+        for p in model.parameters():
             p.grad = None
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss": losses}
+    return {"steps": steps, "seconds": seconds, "loss": losses}

@@ -7,14 +7,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..prox._groups import check_nm
+from ._lower import check_nm
 from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
 
 __all__ = ["METHODS", "sparsify", "parse_pattern"]
 
-METHODS = ("proxsparse", "magnitude", "wanda", "sparsegpt")
+#: The one-shot baselines, and every method :func:`sparsify` takes (the CLI's ``--method`` choices).
+BASELINES = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("proxsparse", *BASELINES)
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
@@ -38,7 +40,7 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
 
 def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, method: str = "proxsparse", *,
              targets=None, config: ProxSparseConfig | None = None, progress: bool = True,
-             **kwargs: Any) -> dict[str, Any]:
+             checkpoint_dir=None, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Make the decoder linears of ``model`` exactly N:M, in place, with ``method``:
 
     - ``"proxsparse"``: learn the mask end to end (:func:`torchprox.llm.proxsparse.learn_masks`, settings in
@@ -49,6 +51,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
         targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
+        checkpoint_dir, resume: ``"proxsparse"`` only: checkpoints of the run and resuming from one (see
+            :func:`~torchprox.llm.proxsparse.learn_masks`); a ValueError with another method.
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:
@@ -77,6 +81,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     check_nm(n, m)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "proxsparse" and (checkpoint_dir is not None or resume):
+        raise ValueError(f"checkpoint_dir and resume belong to a ProxSparse run; method {method!r} has no checkpoints")
     if method != "magnitude" and calib is None:
         raise ValueError(f"method {method!r} needs calibration blocks (calib=LongTensor (B, seqlen))")
     if method in ("wanda", "sparsegpt"):  # proxsparse: learn_masks checks it against its batch_size
@@ -92,7 +98,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
             raise ValueError(f"unknown ProxSparseConfig field(s) {', '.join(unknown)}; the fields are "
                              f"{', '.join(sorted(fields))}")
         cfg = config or ProxSparseConfig(**kwargs)
-        report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress))
+        report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress,
+                                  checkpoint_dir=checkpoint_dir, resume=resume))
         report["layers"] = _report(target_linears(model, targets, m=m), n, m)
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)

@@ -35,55 +35,13 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from ..prune import apply_learned_masks, nm_fraction, remove_all
-from ..prune.parametrization import nm_parametrizations
+from ..prune import apply_learned_masks, remove_all
+from ._lower import nm_parametrizations
+from .proxsparse import _is_dtensor, nm_progress
 
 __all__ = ["NMMaskCallback", "nm_progress"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
-
-
-def nm_progress(model: nn.Module) -> dict[str, Any] | None:
-    r"""How far the learnable (learning-state) N:M weights W of ``model`` are from being exactly N:M.
-
-    For layer l with weight W_l of ``numel_l`` entries in groups of m along its group dim,
-    ``groups_l = numel_l / m`` and ``ok_l`` = the number of groups with at most n nonzeros. Returns
-
-    ``{"nm_fraction": Σ ok_l / Σ groups_l, "nm_layers_done": #{l : ok_l = groups_l}, "nm_layers": #layers}``
-
-    or None when the model has no learning-state N:M layer. (One host sync per layer: for logging.)
-
-    Examples:
-        >>> import torch
-        >>> from torchprox.prune import learnable_nm
-        >>> lin = learnable_nm(torch.nn.Linear(8, 2))
-        >>> with torch.no_grad():
-        ...     _ = lin.parametrizations.weight.original[0].zero_()   # row 0: 2 groups, both N:M now
-        >>> nm_progress(lin)
-        {'nm_fraction': 0.5, 'nm_layers_done': 0, 'nm_layers': 1}
-    """
-    ok = total = done = layers = 0
-    for _, _, _, plist, p in nm_parametrizations(model):
-        if p.state != "learning":
-            continue
-        w = plist.original.detach()
-        if _is_dtensor(w):
-            w = w.full_tensor()
-        groups = w.numel() // p.m
-        good = round(float(nm_fraction(w, p.n, p.m, p.dim)) * groups)
-        ok, total, layers = ok + good, total + groups, layers + 1
-        done += good == groups
-    if layers == 0:
-        return None
-    return {"nm_fraction": ok / total if total else 1.0, "nm_layers_done": done, "nm_layers": layers}
 
 
 def _prox_covered(model: nn.Module, optimizer) -> tuple[int, int]:
