@@ -50,6 +50,15 @@ def progress_iter(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
     return iterable
 
 
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2 / tensor-parallel shard)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
 def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device | None:
     """The device of ``module``'s first parameter, else of its first buffer, else ``default``."""
     for p in module.parameters():

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..prox import nm_mask
 from ..prune import nm_fraction
-from ._lower import check_nm
+from ..prox import check_nm
 from ._runtime import progress_iter
 from .blocks import (
     block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
@@ -36,7 +36,6 @@ from .blocks import (
 
 __all__ = [
     "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
-    "decoder_layers", "target_linears",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,8 @@ def _fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
     return float(nm_fraction(weight.detach(), n, m, dim))
 
 
-def _report(selected, n: int, m: int) -> dict[str, float]:
+def layer_report(selected, n: int, m: int) -> dict[str, float]:
+    """``{name: fraction of N:M groups}`` of the ``(name, linear)`` pairs in ``selected`` (every method's report)."""
     return {name: _fraction(mod.weight, n, m, linear_group_dim(mod)) for name, mod in selected}
 
 
@@ -105,7 +105,7 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
     for name, mod in progress_iter(selected, progress, desc="magnitude"):
         w = mod.weight.detach()
         _apply_mask_(mod, nm_mask(w.abs(), n, m, dim=linear_group_dim(mod)))
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def wanda_prune(model: nn.Module, calib, n: int = 2, m: int = 4, targets=None, *
 
     run_blocks_sequentially(model, calib, process, blocks=list(per_block), batch_size=batch_size,
                             progress=progress, desc="wanda")
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -437,4 +437,4 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
 
     run_blocks_sequentially(model, calib, process, blocks=list(per_block), batch_size=batch_size,
                             progress=progress, desc="sparsegpt")
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)

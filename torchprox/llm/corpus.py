@@ -16,7 +16,7 @@ from pathlib import Path
 from ._packages import package_file
 from .markup import strip_wiki_markup
 
-__all__ = ["GENSIM_DATA_FILE", "builtin_articles", "builtin_corpus", "news_corpus"]
+__all__ = ["builtin_corpus", "news_corpus"]
 
 #: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
 GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

@@ -48,11 +48,7 @@ from .corpus import GENSIM_DATA_FILE, CALIB_FRACTION, builtin_articles, builtin_
 from .markup import strip_wiki_markup
 
 __all__ = [
-    "GENSIM_DATA_FILE",
-    "builtin_articles",
-    "builtin_corpus",
-    "news_corpus",
-    "strip_wiki_markup",
+    "BUILTIN_SOURCES",
     "load_texts",
     "split_texts",
     "tokenize_blocks",
@@ -65,6 +61,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 _TEXT_SUFFIXES = (".txt", ".md")
 _BUILTINS = {"builtin": builtin_corpus, "news": news_corpus}
+#: The names [`load_texts`][torchprox.llm.data.load_texts] and the block builders take as built-in sources.
+BUILTIN_SOURCES = tuple(_BUILTINS)
 
 
 def _read_text_file(path: Path) -> str:

@@ -62,6 +62,8 @@ QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
                      finetune_steps=10)
 
 
+__all__ = ["run_demo", "ROWS", "FINETUNE_ROW"]
+
 #: The default table's rows: the dense model, the one-shot baselines, ProxSparse. ``FINETUNE_ROW`` (ProxSparse's
 #: mask, then a masked fine-tune) is opt-in and must follow ``"proxsparse"``.
 ROWS = ("dense", *BASELINES, "proxsparse")

@@ -29,8 +29,7 @@ from torch import nn
 from .._files import fsync_tree, output_lock, remove_stale_temporaries, replace_dir
 from .semi_structured import to_semi_structured  # re-exported: it lived here
 
-__all__ = ["MANIFEST", "FORMAT", "save_sparse", "sparse_manifest", "layer_checks", "check_sparse",
-           "to_semi_structured", "memory_report", "compressed_bytes"]
+__all__ = ["MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "memory_report", "check_replaceable"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
             ...
         FileExistsError: ... is not a torchprox output (no torchprox.json); ...
     """
-    from ._lower import nm_parametrizations
+    from ..prune import nm_parametrizations
 
     left = [q for q, *_ in nm_parametrizations(model)]
     if left:
@@ -195,7 +194,18 @@ def is_torchprox_output(path) -> bool:
 
 def check_replaceable(out, overwrite: bool) -> None:
     """Raise FileExistsError unless ``out`` is absent, or ``overwrite`` and ``out`` is a torchprox output or an
-    empty directory (nothing else is ever replaced)."""
+    empty directory (nothing else is ever replaced).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_replaceable(f"{tmp}/new", overwrite=False)     # absent: fine
+        ...     check_replaceable(tmp, overwrite=True)               # an empty directory: fine
+        ...     check_replaceable(tmp, overwrite=False)
+        Traceback (most recent call last):
+            ...
+        FileExistsError: output directory ... already exists; pass --overwrite to replace it
+    """
     out = Path(out)
     if not (out.exists() or out.is_symlink()):
         return
@@ -219,7 +229,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         ValueError: the manifest cannot be read, is not JSON, or a field is missing or invalid (one line
             naming the file and the field).
     """
-    from .sparsify import parse_pattern
+    from ..prox import parse_pattern
 
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory")
@@ -338,7 +348,7 @@ def check_sparse(path) -> dict[str, Any]:
     """
     from safetensors import SafetensorError, safe_open
 
-    from .sparsify import parse_pattern
+    from ..prox import parse_pattern
 
     path = Path(path)
     manifest = _read_manifest(path)
@@ -440,7 +450,7 @@ def memory_report(model_or_dir, n: int | None = None, m: int | None = None, targ
     else:
         path = Path(model_or_dir)
         manifest = _read_manifest(path)
-        from .sparsify import parse_pattern
+        from ..prox import parse_pattern
 
         pn, pm = parse_pattern(manifest["pattern"])
         if (n is not None and n != pn) or (m is not None and m != pm):

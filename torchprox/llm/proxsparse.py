@@ -55,18 +55,17 @@ import torch
 from torch import Tensor, nn
 
 from .._files import atomic_write, remove_stale_temporaries
-from ..optim import ProxAdam
-from ..optim.proxadam import LAM_SCALINGS, METRICS
-from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all,
-                     restore_dense)
-from ._lower import check_nm, nm_parametrizations
-from ._runtime import block_order, freeze, restore_requires_grad, train_lm
+from ..optim import LAM_SCALINGS, METRICS, ProxAdam
+from ..prox import check_nm
+from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
+                     remove_all, restore_dense)
+from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
 from .blocks import target_linears
 from .reconstruct import finetune_masked, obs_update
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProxSparseConfig", "learn_masks"]
+__all__ = ["ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS"]
 
 
 #: ``ProxSparseConfig.reconstruct``'s values: the optional weight update after the mask is fixed.
@@ -230,14 +229,6 @@ def _lam_factor(cfg: ProxSparseConfig, step: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
 
 
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
-
-
 def nm_progress(model: nn.Module) -> dict[str, Any] | None:
     r"""How far the learnable (learning-state) N:M weights W of ``model`` are from being exactly N:M.
 
@@ -262,7 +253,7 @@ def nm_progress(model: nn.Module) -> dict[str, Any] | None:
         if p.state != "learning":
             continue
         w = plist.original.detach()
-        if _is_dtensor(w):
+        if is_dtensor(w):
             w = w.full_tensor()
         groups = w.numel() // p.m
         good = round(float(nm_fraction(w, p.n, p.m, p.dim)) * groups)

@@ -7,35 +7,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ._lower import check_nm
-from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
+from ..prox import check_nm, parse_pattern
+from .baselines import layer_report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
 
-__all__ = ["METHODS", "sparsify", "parse_pattern"]
+__all__ = ["METHODS", "sparsify"]
 
 #: The one-shot baselines, and every method :func:`sparsify` takes (the CLI's ``--method`` choices).
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 METHODS = ("proxsparse", *BASELINES)
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"2:4"`` → ``(2, 4)``; ValueError for anything that is not ``n:m`` with ``0 < n < m``.
-
-    Examples:
-        >>> parse_pattern("2:4"), parse_pattern("1:8")
-        ((2, 4), (1, 8))
-        >>> parse_pattern("4:2")
-        Traceback (most recent call last):
-            ...
-        ValueError: an N:M pattern needs 0 < n < m (n kept of every m), got n=4, m=2
-    """
-    parts = pattern.split(":") if isinstance(pattern, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"pattern {pattern!r} is not of the form 'n:m' (e.g. '2:4': 2 kept of every 4)")
-    n, m = int(parts[0]), int(parts[1])
-    check_nm(n, m)
-    return n, m
 
 
 def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, method: str = "proxsparse", *,
@@ -100,7 +81,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         cfg = config or ProxSparseConfig(**kwargs)
         report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress,
                                   checkpoint_dir=checkpoint_dir, resume=resume))
-        report["layers"] = _report(target_linears(model, targets, m=m), n, m)
+        report["layers"] = layer_report(target_linears(model, targets, m=m), n, m)
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
     elif method == "wanda":

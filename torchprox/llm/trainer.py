@@ -35,9 +35,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from ..prune import apply_learned_masks, remove_all
-from ._lower import nm_parametrizations
-from .proxsparse import _is_dtensor, nm_progress
+from ..prune import apply_learned_masks, nm_parametrizations, remove_all
+from ._runtime import is_dtensor
+from .proxsparse import nm_progress
 
 __all__ = ["NMMaskCallback", "nm_progress"]
 
@@ -139,7 +139,7 @@ class NMMaskCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self.apply_at_end or model is None:
             return
-        if any(_is_dtensor(plist.original) for *_, plist, _ in nm_parametrizations(model)):
+        if any(is_dtensor(plist.original) for *_, plist, _ in nm_parametrizations(model)):
             raise ValueError("NMMaskCallback: the learnable weights are sharded DTensors (FSDP2); gather the full "
                              "state dict and apply the masks on an unsharded model (see docs/distributed.md)")
         self.final = nm_progress(model)

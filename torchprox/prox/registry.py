@@ -29,6 +29,8 @@ import torch
 
 from ._groups import check_nm, group_view
 
+__all__ = ["register_prox", "get_prox", "available_prox", "check_prox_call"]
+
 ProxFn = Callable[..., "torch.Tensor"]
 CheckFn = Callable[..., None]
 
