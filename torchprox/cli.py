@@ -373,7 +373,7 @@ def cmd_eval(args) -> int:
 
 
 def check_dir(path: Path) -> dict[str, Any]:
-    """:func:`torchprox.llm.export.check_sparse` with its errors as CLI errors:
+    """[`torchprox.llm.export.check_sparse`][torchprox.llm.export.check_sparse] with its errors as CLI errors:
     ``{"pattern", "layers": {name: ok}, "nm_fraction", "ok"}``."""
     from .llm import check_sparse
 
@@ -422,7 +422,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchprox`` parser. Every numeric flag's type refuses values outside its meaning (NaN and ±inf
-    included); ``sparsify``'s ProxSparse defaults are :class:`ProxSparseConfig`'s."""
+    included); ``sparsify``'s ProxSparse defaults are [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]'s."""
     from .llm import DEFAULT_LAM, METHODS, RECONSTRUCTS
 
     recipe = _recipe()

@@ -1,7 +1,7 @@
 """What the LLM stages share at run time: progress bars, the model's device, the seeded order of the
 calibration blocks, freezing and restoring ``requires_grad``, and the language-model training loop that
-ProxSparse (:func:`~torchprox.llm.proxsparse.learn_masks`) and the masked fine-tune
-(:func:`~torchprox.llm.reconstruct.finetune_masked`) run."""
+ProxSparse ([`learn_masks`][torchprox.llm.proxsparse.learn_masks]) and the masked fine-tune
+([`finetune_masked`][torchprox.llm.reconstruct.finetune_masked]) run."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 
 class _NoBar:
-    """What :func:`progress_bar` returns when there is no bar: every call does nothing."""
+    """What [`progress_bar`][torchprox.llm._runtime.progress_bar] returns when there is no bar: every call does nothing."""
 
     def update(self, n: int = 1) -> None:
         pass

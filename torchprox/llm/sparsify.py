@@ -14,7 +14,7 @@ from .proxsparse import ProxSparseConfig, check_calib, learn_masks
 
 __all__ = ["METHODS", "sparsify"]
 
-#: The one-shot baselines, and every method :func:`sparsify` takes (the CLI's ``--method`` choices).
+#: The one-shot baselines, and every method [`sparsify`][torchprox.llm.sparsify.sparsify] takes (the CLI's ``--method`` choices).
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 METHODS = ("proxsparse", *BASELINES)
 
@@ -24,8 +24,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
              checkpoint_dir=None, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Make the decoder linears of ``model`` exactly N:M, in place, with ``method``:
 
-    - ``"proxsparse"``: learn the mask end to end (:func:`torchprox.llm.proxsparse.learn_masks`, settings in
-      ``config`` or as keyword arguments of :class:`ProxSparseConfig`), then ``W0 ⊙ mask``;
+    - ``"proxsparse"``: learn the mask end to end ([`torchprox.llm.proxsparse.learn_masks`][torchprox.llm.proxsparse.learn_masks], settings in
+      ``config`` or as keyword arguments of [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]), then ``W0 ⊙ mask``;
     - ``"magnitude"``: top-n of |W|; ``"wanda"``: top-n of |W|·‖X_j‖₂ (sequential over blocks);
     - ``"sparsegpt"``: the OBS solver with its weight update (blocksize 128, dampening 0.01, sequential).
 
@@ -33,7 +33,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
         targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
         checkpoint_dir, resume: ``"proxsparse"`` only: checkpoints of the run and resuming from one (see
-            :func:`~torchprox.llm.proxsparse.learn_masks`); a ValueError with another method.
+            [`learn_masks`][torchprox.llm.proxsparse.learn_masks]); a ValueError with another method.
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:
@@ -43,7 +43,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never
     a return. Bad arguments (pattern, method, calib, ProxSparseConfig fields) are a ValueError before the
     model is touched; a diverging ``"proxsparse"`` run is a FloatingPointError with the model restored (see
-    :func:`~torchprox.llm.proxsparse.learn_masks`).
+    [`learn_masks`][torchprox.llm.proxsparse.learn_masks]).
 
     Examples:
         >>> import torch, transformers
