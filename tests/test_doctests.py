@@ -21,7 +21,7 @@ import torch
 
 import torchprox
 
-CORE = ["torchprox.prox.nm", "torchprox.prox.l1", "torchprox.prox.group_lasso", "torchprox.prox.registry",
+CORE = ["torchprox.prox.nm", "torchprox.prox.l1", "torchprox.prox.group_lasso", "torchprox.prox.registry", "torchprox.prox.patterns",
         "torchprox.optim.proxadam", "torchprox.prune", "torchprox.prune.parametrization",
         "torchprox.prune.learnable", "torchprox.prune.oneshot", "torchprox.prune.remove",
         "torchprox.prune.report", "torchprox.prune.penalty"]

@@ -1,9 +1,9 @@
 """Files written whole or not at all, and the cache root: a base module below every layer (stdlib only).
 
-- :func:`atomic_write`: a file appears complete at its path or not at all (temporary sibling, fsync,
+- `atomic_write`: a file appears complete at its path or not at all (temporary sibling, fsync,
   ``os.replace``, fsync of the directory; the temporary file is removed on any failure).
-- :func:`replace_dir`: a complete directory renamed over another, the old one moved back if that fails.
-- :func:`cache_root`: ``$TORCHPROX_CACHE`` (``~`` expanded) or ``~/.cache/torchprox``.
+- `replace_dir`: a complete directory renamed over another, the old one moved back if that fails.
+- `cache_root`: ``$TORCHPROX_CACHE`` (``~`` expanded) or ``~/.cache/torchprox``.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path, text: str) -> None:
-    """:func:`atomic_write` of a UTF-8 text."""
+    """`atomic_write` of a UTF-8 text."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

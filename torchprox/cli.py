@@ -66,7 +66,7 @@ def _float_in(low: float, high: float = math.inf, *, low_open: bool = False, hig
 
 
 def _pattern(text: str) -> tuple[int, int]:
-    from .llm.sparsify import parse_pattern
+    from .prox import parse_pattern
 
     try:
         return parse_pattern(text)
@@ -77,7 +77,7 @@ def _pattern(text: str) -> tuple[int, int]:
 def _inputs(model: str, data: str) -> list[tuple[str, Path]]:
     """The paths a run reads: the model (a directory or a .gguf file; for 'default', its dequantized cache)
     and the data (unless 'builtin')."""
-    from .llm.models import DEFAULT_MODEL_NAMES, default_cache_dir
+    from .llm import DEFAULT_MODEL_NAMES, default_cache_dir
 
     paths = [("the default model's cache", default_cache_dir()) if model.lower() in DEFAULT_MODEL_NAMES
              else ("the input model", Path(model).expanduser())]
@@ -104,7 +104,8 @@ def _check_out(out: Path, overwrite: bool, model: str, data: str = "builtin", ch
     writable (a temporary sibling is created and removed); leftovers of killed runs next to ``out`` are
     cleaned (a previous output moved aside by a killed save is moved back); an existing ``out`` is
     replaced only with ``overwrite`` and only if it is a torchprox output."""
-    from .llm.export import check_replaceable, remove_stale_temporaries
+    from ._files import remove_stale_temporaries
+    from .llm import check_replaceable
 
     for where, flag in ((out, "--out"), (checkpoint, "--out's checkpoint folder")):
         if where is None:
@@ -147,7 +148,7 @@ def _check_checkpoint(checkpoint: Path | None, resume: bool, overwrite: bool) ->
 
 
 def _load(model: str):
-    from .llm.models import load_model
+    from .llm import load_model
 
     try:
         return load_model(model)
@@ -158,7 +159,7 @@ def _load(model: str):
 def _blocks(kind: str, tokenizer, data: str, seqlen: int, count: int, seed: int = 0, hint: str = ""):
     """Calibration or evaluation blocks; a data error is a CLIError, a too small corpus's ends with ``hint``
     (the flags that set the number of tokens needed)."""
-    from .llm.data import calibration_blocks, evaluation_blocks
+    from .llm import calibration_blocks, evaluation_blocks
 
     if tokenizer is None:
         raise CLIError("the model directory holds no tokenizer; save one next to the model")
@@ -182,14 +183,14 @@ def _calib_need(args) -> tuple[int, str]:
 
 def _recipe():
     """The library's default ProxSparse recipe, the one source of the ``sparsify`` flags' defaults."""
-    from .llm.proxsparse import ProxSparseConfig
+    from .llm import ProxSparseConfig
 
     return ProxSparseConfig()
 
 
 def _config_from_args(args):
     """The run's ProxSparseConfig; without ``--lam`` the config's own default (the metric's recipe λ)."""
-    from .llm.proxsparse import ProxSparseConfig
+    from .llm import ProxSparseConfig
 
     lam = {} if args.lam is None else {"lam": args.lam}
     return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
@@ -205,13 +206,11 @@ def _config_from_args(args):
 def _model_config(model: str):
     """MODEL's transformers config, read without its weights: ``config.json`` of a directory, the metadata
     of a ``.gguf`` file, or the embedded default's (its cache's ``config.json`` once built, else its GGUF)."""
-    from .llm import models
+    from .llm import DEFAULT_MODEL_NAMES, default_model_source
 
     try:
-        if model.lower() in models.DEFAULT_MODEL_NAMES:
-            gguf, cache = models.default_model_path(), models.default_cache_dir()
-            cached = models._marker_matches(models._read_marker(cache), models._expected_marker(gguf))
-            path = cache if cached else gguf
+        if model.lower() in DEFAULT_MODEL_NAMES:
+            path = default_model_source()
         else:
             path = Path(model).expanduser()
     except ImportError as err:
@@ -253,14 +252,14 @@ def _check_targets(args, config) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .llm.blocks import target_linears
+    from .llm import target_linears
 
     try:
         with torch.device("meta"):
             meta = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CLIError(f"model {args.model!r} is not a causal LM transformers can build: {err}") from None
-    from .llm.blocks import linear_group_dim
+    from .llm import linear_group_dim
 
     targets = args.targets or None
     try:
@@ -278,12 +277,12 @@ def _check_targets(args, config) -> None:
 
 def _check_data(data: str, read: bool) -> None:
     """--data must exist; with ``read``, its files must also be UTF-8 text (they are read, not tokenized)."""
-    from .llm.data import _BUILTINS, load_texts
+    from .llm import BUILTIN_SOURCES, load_texts
 
-    if data in _BUILTINS:
+    if data in BUILTIN_SOURCES:
         return
     if not Path(data).expanduser().exists():
-        raise CLIError(f"--data {data!r} does not exist: pass {' or '.join(map(repr, _BUILTINS))}, a UTF-8 text "
+        raise CLIError(f"--data {data!r} does not exist: pass {' or '.join(map(repr, BUILTIN_SOURCES))}, a UTF-8 text "
                        "file or a directory of .txt/.md files")
     if read:
         try:
@@ -324,7 +323,7 @@ def _check_eval(args) -> None:
 
 
 def cmd_sparsify(args) -> int:
-    from .llm.export import output_lock
+    from ._files import output_lock
 
     out = Path(args.out).expanduser()
     ckpt = out.with_name(f"{out.name}.checkpoint") if args.method == "proxsparse" and args.checkpoint_every else None
@@ -336,8 +335,7 @@ def cmd_sparsify(args) -> int:
 
 
 def _sparsify(args, out: Path, ckpt: Path | None) -> int:
-    from .llm.export import save_sparse, sparse_manifest
-    from .llm.sparsify import sparsify
+    from .llm import save_sparse, sparse_manifest, sparsify
 
     n, m = args.pattern
     model, tok = _load(args.model)
@@ -363,7 +361,7 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .llm.evaluate import perplexity
+    from .llm import perplexity
 
     model, tok = _load(args.model)
     blocks = _blocks("eval", tok, args.data, args.seqlen, args.max_tokens,
@@ -375,9 +373,9 @@ def cmd_eval(args) -> int:
 
 
 def check_dir(path: Path) -> dict[str, Any]:
-    """:func:`torchprox.llm.export.check_sparse` with its errors as CLI errors:
+    """[`torchprox.llm.export.check_sparse`][torchprox.llm.export.check_sparse] with its errors as CLI errors:
     ``{"pattern", "layers": {name: ok}, "nm_fraction", "ok"}``."""
-    from .llm.export import check_sparse
+    from .llm import check_sparse
 
     try:
         return check_sparse(path)
@@ -386,7 +384,7 @@ def check_dir(path: Path) -> dict[str, Any]:
 
 
 def cmd_check(args) -> int:
-    from .llm.export import remove_stale_temporaries
+    from ._files import remove_stale_temporaries
 
     path = Path(args.dir)
     remove_stale_temporaries(path)  # a save killed mid-replacement: its previous output is moved back first
@@ -402,7 +400,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .llm.demo import FINETUNE_ROW, ROWS, run_demo
+    from .llm import FINETUNE_ROW, ROWS, run_demo
 
     methods = ROWS + ((FINETUNE_ROW,) if args.finetune else ())
     out = Path(args.out).expanduser() if args.out else None
@@ -424,9 +422,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchprox`` parser. Every numeric flag's type refuses values outside its meaning (NaN and ±inf
-    included); ``sparsify``'s ProxSparse defaults are :class:`ProxSparseConfig`'s."""
-    from .llm.proxsparse import DEFAULT_LAM, RECONSTRUCTS
-    from .llm.sparsify import METHODS
+    included); ``sparsify``'s ProxSparse defaults are [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]'s."""
+    from .llm import DEFAULT_LAM, METHODS, RECONSTRUCTS
 
     recipe = _recipe()
     p = _Parser(prog="torchprox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

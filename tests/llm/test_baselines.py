@@ -624,12 +624,13 @@ def test_sparsegpt_prune_with_masks_needs_one_per_target(llama, calib):
 def test_target_linears_uses_prunes_selector_and_skips_explicit_non_linear_matches(monkeypatch):
     """llm's target selection is torchprox.prune's select_modules (one selector), restricted to the linear layers
     inside the decoder blocks: an explicit match that is not linear (an attention module) is skipped."""
-    from torchprox.llm import _lower, blocks
+    from torchprox import prune
+    from torchprox.llm import blocks
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2))
     calls = []
-    real = _lower.select_modules
+    real = prune.select_modules
     monkeypatch.setattr(blocks, "select_modules", lambda *a, **k: calls.append(a) or real(*a, **k))
     names = [name for name, _ in blocks.target_linears(model, ["self_attn", "q_proj"])]
     assert names == ["model.layers.0.self_attn.q_proj"] and len(calls) == 1

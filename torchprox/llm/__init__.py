@@ -22,25 +22,41 @@ Examples:
     >>> perplexity(model, evals, disable=True) > 1
     True
 """
+from ..prox import parse_pattern  # re-exported: it lived in torchprox.llm.sparsify
 from .baselines import magnitude_prune, sparsegpt_prune, sparsegpt_solve, wanda_prune, wanda_scores
-from .blocks import decoder_layers, target_linears
+from .blocks import decoder_layers, linear_group_dim, target_linears
 from .corpus import builtin_corpus, news_corpus
-from .data import calibration_blocks, evaluation_blocks, load_texts, split_texts, tokenize_blocks
+from .data import BUILTIN_SOURCES, calibration_blocks, evaluation_blocks, load_texts, split_texts, tokenize_blocks
+from .demo import FINETUNE_ROW, ROWS, run_demo
 from .evaluate import perplexity, perplexity_texts
-from .export import MANIFEST, check_sparse, memory_report, save_sparse, sparse_manifest
-from .models import load_default_model, load_model
-from .proxsparse import ProxSparseConfig, learn_masks, nm_progress
+from .export import MANIFEST, check_replaceable, check_sparse, memory_report, save_sparse, sparse_manifest
+from .markup import strip_wiki_markup
+from .models import (DEFAULT_MODEL_NAMES, default_cache_dir, default_model_path, default_model_source,
+                     load_default_model, load_model)
+from .proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig, learn_masks, nm_progress
 from .reconstruct import finetune_masked, obs_update
 from .semi_structured import to_semi_structured
-from .sparsify import METHODS, parse_pattern, sparsify
+from .sparsify import METHODS, sparsify
 
 __all__ = [
-    "magnitude_prune", "sparsegpt_prune", "wanda_prune", "wanda_scores", "sparsegpt_solve", "decoder_layers", "target_linears", "builtin_corpus",
-    "news_corpus",
-    "calibration_blocks", "evaluation_blocks", "load_texts", "split_texts", "tokenize_blocks", "perplexity", "perplexity_texts",
-    "load_default_model", "load_model", "ProxSparseConfig", "learn_masks", "METHODS", "parse_pattern", "sparsify",
-    "MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "to_semi_structured", "memory_report",
-    "NMMaskCallback", "nm_progress", "merge_lora_nm", "lora_nm_report", "obs_update", "finetune_masked",
+    # learning masks
+    "sparsify", "METHODS", "parse_pattern", "ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS",
+    # one-shot baselines
+    "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
+    # data
+    "BUILTIN_SOURCES", "builtin_corpus", "news_corpus", "strip_wiki_markup", "load_texts", "split_texts",
+    "tokenize_blocks", "calibration_blocks", "evaluation_blocks",
+    # models and target layers
+    "DEFAULT_MODEL_NAMES", "load_default_model", "load_model", "default_model_path", "default_cache_dir",
+    "default_model_source", "decoder_layers", "target_linears", "linear_group_dim",
+    # evaluation, the demo
+    "perplexity", "perplexity_texts", "run_demo", "ROWS", "FINETUNE_ROW",
+    # updating the kept weights
+    "obs_update", "finetune_masked",
+    # Trainer, PEFT, export
+    "NMMaskCallback", "nm_progress", "merge_lora_nm", "lora_nm_report",
+    "MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "check_replaceable", "memory_report",
+    "to_semi_structured",
 ]
 
 # Names whose modules import heavy optional packages (transformers.Trainer, peft): loaded on first use.

@@ -1,7 +1,7 @@
 """What the LLM stages share at run time: progress bars, the model's device, the seeded order of the
 calibration blocks, freezing and restoring ``requires_grad``, and the language-model training loop that
-ProxSparse (:func:`~torchprox.llm.proxsparse.learn_masks`) and the masked fine-tune
-(:func:`~torchprox.llm.reconstruct.finetune_masked`) run."""
+ProxSparse ([`learn_masks`][torchprox.llm.proxsparse.learn_masks]) and the masked fine-tune
+([`finetune_masked`][torchprox.llm.reconstruct.finetune_masked]) run."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 
 class _NoBar:
-    """What :func:`progress_bar` returns when there is no bar: every call does nothing."""
+    """What [`progress_bar`][torchprox.llm._runtime.progress_bar] returns when there is no bar: every call does nothing."""
 
     def update(self, n: int = 1) -> None:
         pass
@@ -48,6 +48,15 @@ def progress_iter(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
             return iterable
         return tqdm(iterable, **kwargs)
     return iterable
+
+
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2 / tensor-parallel shard)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device | None:

@@ -4,19 +4,19 @@ Every function prunes the linear layers inside the decoder blocks (default: all 
 or ``lm_head``) **in place** to an exact N:M pattern along the input dim of each weight (dim 1 of an
 ``nn.Linear`` weight (out, in), dim 0 of a transformers ``Conv1D`` weight (in, out)), and returns a report
 ``{qualified_name: fraction of groups of m with at most n nonzeros}`` (1.0 for every layer on success).
-All masks come from :func:`torchprox.prox.nm_mask` (top-n of every m, ties → lower index kept).
+All masks come from [`torchprox.prox.nm_mask`][torchprox.prox.nm.nm_mask] (top-n of every m, ties → lower index kept).
 
-- :func:`magnitude_prune`: keep the top-n ``|W_ij|``. Kept weights are unchanged.
-- :func:`wanda_prune` (Sun et al., 2023): keep the top-n ``|W_ij| · ‖X_j‖₂``, where ``‖X_j‖₂`` is the norm of
+- [`magnitude_prune`][torchprox.llm.baselines.magnitude_prune]: keep the top-n ``|W_ij|``. Kept weights are unchanged.
+- [`wanda_prune`][torchprox.llm.baselines.wanda_prune] (Sun et al., 2023): keep the top-n ``|W_ij| · ‖X_j‖₂``, where ``‖X_j‖₂`` is the norm of
   input feature j over every calibration token. Kept weights are unchanged.
-- :func:`sparsegpt_prune` (Frantar & Alistarh, 2023): the OBS solver with weight update. It chooses the
+- [`sparsegpt_prune`][torchprox.llm.baselines.sparsegpt_prune] (Frantar & Alistarh, 2023): the OBS solver with weight update. It chooses the
   mask m columns at a time by ``w² / [H⁻¹]_jj²`` and updates the remaining weights to compensate, minimising
   ``‖WX − ŴX‖²`` column by column.
 
 Wanda and SparseGPT are *sequential* over decoder blocks, as in the reference implementations: the
 calibration sequences are embedded up to the first block, and each block is run on the outputs of the
 already-pruned blocks before it — once with hooks on its linear layers to collect the input statistics,
-then, after pruning, once more to produce the next block's inputs (see :mod:`torchprox.llm.blocks`).
+then, after pruning, once more to produce the next block's inputs (see [`torchprox.llm.blocks`][torchprox.llm.blocks]).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..prox import nm_mask
 from ..prune import nm_fraction
-from ._lower import check_nm
+from ..prox import check_nm
 from ._runtime import progress_iter
 from .blocks import (
     block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
@@ -36,18 +36,18 @@ from .blocks import (
 
 __all__ = [
     "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
-    "decoder_layers", "target_linears",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 def _fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
-    """:func:`torchprox.prune.nm_fraction` as a Python float (for reports)."""
+    """[`torchprox.prune.nm_fraction`][torchprox.prune.report.nm_fraction] as a Python float (for reports)."""
     return float(nm_fraction(weight.detach(), n, m, dim))
 
 
-def _report(selected, n: int, m: int) -> dict[str, float]:
+def layer_report(selected, n: int, m: int) -> dict[str, float]:
+    """``{name: fraction of N:M groups}`` of the ``(name, linear)`` pairs in ``selected`` (every method's report)."""
     return {name: _fraction(mod.weight, n, m, linear_group_dim(mod)) for name, mod in selected}
 
 
@@ -76,7 +76,7 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
     Args:
         model: a Hugging Face causal LM (modified in place).
         targets: ``None`` (every linear layer of the decoder blocks), names/suffixes, or a regex (full match of
-            the qualified name); see :func:`torchprox.llm.blocks.target_linears`.
+            the qualified name); see [`torchprox.llm.blocks.target_linears`][torchprox.llm.blocks.target_linears].
         progress: show a tqdm bar over the layers.
     Returns:
         ``{qualified_name: fraction of groups exactly N:M}``.
@@ -105,7 +105,7 @@ def magnitude_prune(model: nn.Module, n: int = 2, m: int = 4, targets=None, *, p
     for name, mod in progress_iter(selected, progress, desc="magnitude"):
         w = mod.weight.detach()
         _apply_mask_(mod, nm_mask(w.abs(), n, m, dim=linear_group_dim(mod)))
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def wanda_prune(model: nn.Module, calib, n: int = 2, m: int = 4, targets=None, *
         ``{qualified_name: fraction of groups exactly N:M}``.
 
     Per group g of ``m`` inputs: ``W_g ← W_g ⊙ topn(|W_g| · ‖X_g‖₂)`` with ``X`` the layer's inputs
-    ``(tokens, in)`` over all calibration tokens (see :func:`wanda_scores`).
+    ``(tokens, in)`` over all calibration tokens (see [`wanda_scores`][torchprox.llm.baselines.wanda_scores]).
 
     Examples:
         >>> import torch, transformers
@@ -242,7 +242,7 @@ def wanda_prune(model: nn.Module, calib, n: int = 2, m: int = 4, targets=None, *
 
     run_blocks_sequentially(model, calib, process, blocks=list(per_block), batch_size=batch_size,
                             progress=progress, desc="wanda")
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
 
     For every target linear layer of a block, ``H = 2 X Xᵀ / num_sequences`` is accumulated (in
     ``hessian_dtype``) from its inputs while the calibration data runs through the block (after the already
-    pruned blocks before it); then each layer is solved by :func:`sparsegpt_solve` and written back in its
+    pruned blocks before it); then each layer is solved by [`sparsegpt_solve`][torchprox.llm.baselines.sparsegpt_solve] and written back in its
     dtype (exactly N:M; kept weights are updated, unlike magnitude and Wanda).
 
     Args:
@@ -437,4 +437,4 @@ def sparsegpt_prune(model: nn.Module, calib, n: int = 2, m: int = 4, blocksize: 
 
     run_blocks_sequentially(model, calib, process, blocks=list(per_block), batch_size=batch_size,
                             progress=progress, desc="sparsegpt")
-    return _report(selected, n, m)
+    return layer_report(selected, n, m)

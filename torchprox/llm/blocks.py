@@ -22,13 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._lower import check_groupable, is_hf_conv1d, select_modules
+from ..prune import check_groupable, is_hf_conv1d, select_modules
 from ._runtime import module_device, progress_bar
 
-__all__ = [
-    "decoder_layers", "target_linears", "linear_group_dim", "capture_block_inputs", "BlockInputs",
-    "run_blocks_sequentially",
-]
+__all__ = ["decoder_layers", "target_linears", "linear_group_dim"]
 
 #: keyword names under which decoder layers receive a KV cache (transformers 4.x and 5.x, GPT-2 style).
 CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")

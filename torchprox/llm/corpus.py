@@ -1,9 +1,9 @@
 """The built-in offline corpora, read from data files shipped inside gensim 4.4.0 (gensim is never imported).
 
-* :func:`builtin_articles` / :func:`builtin_corpus`: the 106 Wikipedia articles of gensim's test data (CC BY-SA),
-  wiki markup stripped (:func:`torchprox.llm.markup.strip_wiki_markup`), split by article into calibration
+* `builtin_articles` / [`builtin_corpus`][torchprox.llm.corpus.builtin_corpus]: the 106 Wikipedia articles of gensim's test data (CC BY-SA),
+  wiki markup stripped ([`torchprox.llm.markup.strip_wiki_markup`][torchprox.llm.markup.strip_wiki_markup]), split by article into calibration
   (first 74) and evaluation (last 32).
-* :func:`news_corpus`: the 300 Australian news articles of gensim's Lee background corpus, split 70/30 by
+* [`news_corpus`][torchprox.llm.corpus.news_corpus]: the 300 Australian news articles of gensim's Lee background corpus, split 70/30 by
   article (another kind of English, for checking that a recipe transfers).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from ._packages import package_file
 from .markup import strip_wiki_markup
 
-__all__ = ["GENSIM_DATA_FILE", "builtin_articles", "builtin_corpus", "news_corpus"]
+__all__ = ["builtin_corpus", "news_corpus"]
 
 #: The wiki dump inside gensim's package, relative to the ``gensim`` package directory.
 GENSIM_DATA_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -73,9 +73,9 @@ def _builtin_articles_cached() -> tuple[tuple[str, str], ...]:
 def builtin_articles() -> list[tuple[str, str]]:
     """The built-in offline corpus: ``[(title, plain_text), ...]`` in dump order (106 articles).
 
-    Read from gensim 4.4.0's test data file (see :data:`GENSIM_DATA_FILE`; only that file is needed, gensim is
+    Read from gensim 4.4.0's test data file (see [`GENSIM_DATA_FILE`][torchprox.llm.corpus.GENSIM_DATA_FILE]; only that file is needed, gensim is
     not imported), main-namespace pages only, redirects and empty pages skipped, markup stripped with
-    :func:`strip_wiki_markup`. Deterministic; parsed once per process (~1 s) and cached.
+    [`strip_wiki_markup`][torchprox.llm.markup.strip_wiki_markup]. Deterministic; parsed once per process (~1 s) and cached.
 
     Raises ImportError if gensim is not installed (``pip install --no-deps gensim==4.4.0``).
 
@@ -109,7 +109,7 @@ def builtin_corpus() -> tuple[list[str], list[str]]:
 def news_corpus() -> tuple[list[str], list[str]]:
     """``(calib_texts, eval_texts)`` of the second built-in corpus: news, not Wikipedia.
 
-    The Lee background corpus shipped in gensim 4.4.0's test data (:data:`GENSIM_NEWS_FILE`: 300 Australian
+    The Lee background corpus shipped in gensim 4.4.0's test data (`GENSIM_NEWS_FILE`: 300 Australian
     news articles, one per line, ≈80k SmolLM2 tokens), split by article: the first 70% for calibration, the
     rest for evaluation. Raises ImportError if gensim is not installed.
 

@@ -2,18 +2,18 @@
 
 Everything here is deterministic and offline (nothing is ever downloaded).
 
-* :func:`builtin_articles` / :func:`builtin_corpus`: the 106 Wikipedia articles shipped in gensim 4.4.0's test
+* `builtin_articles` / [`builtin_corpus`][torchprox.llm.corpus.builtin_corpus]: the 106 Wikipedia articles shipped in gensim 4.4.0's test
   data (CC BY-SA), wiki markup stripped, split by article into calibration (first 74) and evaluation (last 32).
-* :func:`news_corpus`: a second built-in corpus of another kind of English, ``"news"``: the 300 Australian news
+* [`news_corpus`][torchprox.llm.corpus.news_corpus]: a second built-in corpus of another kind of English, ``"news"``: the 300 Australian news
   articles of gensim's Lee background corpus, split 70/30 by article (for checking that a recipe transfers).
-* :func:`load_texts`: ``"builtin"``, ``"news"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
+* [`load_texts`][torchprox.llm.data.load_texts]: ``"builtin"``, ``"news"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
   or a ``datasets.Dataset`` with a ``"text"`` column -> list of documents.
-* :func:`split_texts`: the deterministic document split used for user sources (last 30% for evaluation).
-* :func:`tokenize_blocks`: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
-* :func:`calibration_blocks` / :func:`evaluation_blocks`: the two convenience wrappers.
+* [`split_texts`][torchprox.llm.data.split_texts]: the deterministic document split used for user sources (last 30% for evaluation).
+* [`tokenize_blocks`][torchprox.llm.data.tokenize_blocks]: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
+* [`calibration_blocks`][torchprox.llm.data.calibration_blocks] / [`evaluation_blocks`][torchprox.llm.data.evaluation_blocks]: the two convenience wrappers.
 
 Examples:
-    With the real tokenizer and the built-in corpus (``tokenizer`` from :func:`torchprox.llm.load_default_model`):
+    With the real tokenizer and the built-in corpus (``tokenizer`` from [`torchprox.llm.load_default_model`][torchprox.llm.models.load_default_model]):
 
     >>> calib = calibration_blocks(tokenizer, "builtin", seqlen=512, n_blocks=64)  # doctest: +SKIP
     >>> evalb = evaluation_blocks(tokenizer, "builtin", seqlen=512)  # doctest: +SKIP
@@ -48,11 +48,7 @@ from .corpus import GENSIM_DATA_FILE, CALIB_FRACTION, builtin_articles, builtin_
 from .markup import strip_wiki_markup
 
 __all__ = [
-    "GENSIM_DATA_FILE",
-    "builtin_articles",
-    "builtin_corpus",
-    "news_corpus",
-    "strip_wiki_markup",
+    "BUILTIN_SOURCES",
     "load_texts",
     "split_texts",
     "tokenize_blocks",
@@ -65,6 +61,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 _TEXT_SUFFIXES = (".txt", ".md")
 _BUILTINS = {"builtin": builtin_corpus, "news": news_corpus}
+#: The names [`load_texts`][torchprox.llm.data.load_texts] and the block builders take as built-in sources.
+BUILTIN_SOURCES = tuple(_BUILTINS)
 
 
 def _read_text_file(path: Path) -> str:
@@ -82,8 +80,8 @@ def load_texts(source: Any) -> list[str]:
 
     ``source`` may be:
 
-    * ``"builtin"``: the built-in corpus, calibration then evaluation articles (see :func:`builtin_corpus`);
-    * ``"news"``: the second built-in corpus (see :func:`news_corpus`);
+    * ``"builtin"``: the built-in corpus, calibration then evaluation articles (see [`builtin_corpus`][torchprox.llm.corpus.builtin_corpus]);
+    * ``"news"``: the second built-in corpus (see [`news_corpus`][torchprox.llm.corpus.news_corpus]);
     * a path (str or ``os.PathLike``) to a UTF-8 text file: one document;
     * a path to a directory: every ``*.txt`` / ``*.md`` file directly inside it, sorted by name, one document
       each;
@@ -272,8 +270,8 @@ def calibration_blocks(
 ) -> torch.Tensor:
     """``n_blocks`` random windows ``(n_blocks, seqlen)`` from the calibration part of ``source``.
 
-    ``"builtin"`` uses the first 74 articles; any other source (see :func:`load_texts`) is split with
-    :func:`split_texts` (first 70% of documents). Deterministic for a given ``seed``.
+    ``"builtin"`` uses the first 74 articles; any other source (see [`load_texts`][torchprox.llm.data.load_texts]) is split with
+    [`split_texts`][torchprox.llm.data.split_texts] (first 70% of documents). Deterministic for a given ``seed``.
 
     Examples:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -298,7 +296,7 @@ def evaluation_blocks(
 ) -> torch.Tensor:
     """The first ``max_tokens // seqlen`` contiguous windows ``(B, seqlen)`` of the evaluation part of ``source``.
 
-    ``"builtin"`` uses the last 32 articles; any other source is split with :func:`split_texts` (last 30% of
+    ``"builtin"`` uses the last 32 articles; any other source is split with [`split_texts`][torchprox.llm.data.split_texts] (last 30% of
     documents, at least one). ``max_tokens`` caps the tokens used (None: all full windows); a source with
     fewer tokens gives fewer windows, and one with less than ``seqlen`` tokens raises ValueError.
 

@@ -3,7 +3,7 @@
 Prints one table (perplexity on the held-out articles of the built-in corpus, and wall time per method):
 dense, magnitude, Wanda, SparseGPT (which also updates the kept weights), ProxSparse (mask only, applied to the
 original weights: the method's output) and, reported apart, ProxSparse followed by a short fine-tune of the kept
-weights with the learned mask frozen (:func:`torchprox.llm.reconstruct.finetune_masked`; ``torchprox demo
+weights with the learned mask frozen ([`torchprox.llm.reconstruct.finetune_masked`][torchprox.llm.reconstruct.finetune_masked]; ``torchprox demo
 --finetune``, about 3.5 more minutes, so the default stays within 20 minutes on 2 cores). Every method but the
 last starts from the same dense weights; the last continues from ProxSparse's masked model.
 """
@@ -62,6 +62,8 @@ QUICK = DemoSettings(eval_tokens=4096, calib_blocks=16, calib_seqlen=256,
                      finetune_steps=10)
 
 
+__all__ = ["run_demo", "ROWS", "FINETUNE_ROW"]
+
 #: The default table's rows: the dense model, the one-shot baselines, ProxSparse. ``FINETUNE_ROW`` (ProxSparse's
 #: mask, then a masked fine-tune) is opt-in and must follow ``"proxsparse"``.
 ROWS = ("dense", *BASELINES, "proxsparse")
@@ -73,7 +75,7 @@ def run_demo(quick: bool = False, out: Path | None = None, threads: int | None =
              model_and_tokenizer=None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns its rows (method, perplexity, seconds, ...).
 
-    Every row's perplexity is :func:`torchprox.llm.perplexity` on the same held-out blocks
+    Every row's perplexity is [`torchprox.llm.perplexity`][torchprox.llm.evaluate.perplexity] on the same held-out blocks
     ``(eval_tokens // eval_seqlen, eval_seqlen)`` of the built-in corpus.
 
     Examples:

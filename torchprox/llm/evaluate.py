@@ -1,11 +1,11 @@
 """Perplexity of a causal LM over non-overlapping token windows.
 
-* :func:`perplexity`: ``exp(mean token NLL)`` over blocks ``(B, seqlen)``, the standard non-overlapping-window
+* [`perplexity`][torchprox.llm.evaluate.perplexity]: ``exp(mean token NLL)`` over blocks ``(B, seqlen)``, the standard non-overlapping-window
   perplexity (each block is scored on its own; the first token of a block is context only).
-* :func:`perplexity_texts`: the same from raw texts (tokenized with :func:`torchprox.llm.data.tokenize_blocks`).
+* [`perplexity_texts`][torchprox.llm.evaluate.perplexity_texts]: the same from raw texts (tokenized with [`torchprox.llm.data.tokenize_blocks`][torchprox.llm.data.tokenize_blocks]).
 
 Examples:
-    On the embedded model (minutes on a CPU, so not run as a doctest; see :func:`perplexity` for a tiny one):
+    On the embedded model (minutes on a CPU, so not run as a doctest; see [`perplexity`][torchprox.llm.evaluate.perplexity] for a tiny one):
 
     >>> from torchprox.llm import load_default_model, evaluation_blocks
     >>> model, tokenizer = load_default_model()  # doctest: +SKIP
@@ -41,7 +41,7 @@ def perplexity(
         model: a causal LM whose forward takes ``input_ids`` and returns ``.logits`` (or a tensor)
             of shape ``(batch, seqlen, vocab)``, e.g. any ``transformers`` ``*ForCausalLM``.
         blocks: ``LongTensor (B, seqlen)`` (or ``(seqlen,)`` for one block), e.g. from
-            :func:`torchprox.llm.data.evaluation_blocks`. Each block is scored independently: token ``t`` is
+            [`torchprox.llm.data.evaluation_blocks`][torchprox.llm.data.evaluation_blocks]. Each block is scored independently: token ``t`` is
             predicted from tokens ``< t`` of the same block, so every block contributes ``seqlen - 1`` tokens.
         batch_size: blocks per forward pass (does not change the result beyond float rounding).
         disable: turn the tqdm progress bar off.
@@ -50,7 +50,7 @@ def perplexity(
     model's training flag is restored afterwards). The log-softmax is computed in float32 whatever the model
     dtype.
 
-    With ``B`` blocks of ``seqlen`` tokens ``x_1..x_T`` (T = seqlen)::
+    With ``B`` blocks of ``seqlen`` tokens ``x_1..x_T`` (T = seqlen):
 
         ppl = exp( Σ_blocks Σ_{t=2..T} −log p(x_t | x_<t) / (B · (T − 1)) )
 
@@ -115,7 +115,7 @@ def perplexity_texts(
 ) -> float:
     """Perplexity over raw texts: joined with blank lines, tokenized without special tokens, cut into the first
     ``max_tokens // seqlen`` non-overlapping windows of ``seqlen`` tokens (all full windows if ``max_tokens``
-    is None), then :func:`perplexity`.
+    is None), then [`perplexity`][torchprox.llm.evaluate.perplexity].
 
     Examples:
         >>> import torch, transformers

@@ -1,13 +1,13 @@
 r"""Exporting an N:M-sparse causal LM: a dense checkpoint with verified N:M zeros, plus what it saves.
 
-- :func:`sparse_manifest` / :func:`save_sparse`: ``save_pretrained`` (plain ``AutoModelForCausalLM
+- [`sparse_manifest`][torchprox.llm.export.sparse_manifest] / [`save_sparse`][torchprox.llm.export.save_sparse]: ``save_pretrained`` (plain ``AutoModelForCausalLM
   .from_pretrained`` loads it, no torchprox needed) plus a ``torchprox.json`` manifest (pattern, per-layer
   N:M check, versions), written atomically.
-- :func:`check_sparse`: re-reads the saved safetensors and verifies every layer of the manifest is exactly
+- [`check_sparse`][torchprox.llm.export.check_sparse]: re-reads the saved safetensors and verifies every layer of the manifest is exactly
   N:M (the ``torchprox check`` command).
-- :func:`~torchprox.llm.semi_structured.to_semi_structured` (a runtime CUDA conversion) lives in
-  :mod:`torchprox.llm.semi_structured` and is re-exported here.
-- :func:`memory_report`: dense bytes vs the bytes of the compressed N:M representation, per target layer and
+- [`to_semi_structured`][torchprox.llm.semi_structured.to_semi_structured] (a runtime CUDA conversion) lives in
+  [`torchprox.llm.semi_structured`][torchprox.llm.semi_structured] and is re-exported here.
+- [`memory_report`][torchprox.llm.export.memory_report]: dense bytes vs the bytes of the compressed N:M representation, per target layer and
   in total.
 """
 from __future__ import annotations
@@ -29,8 +29,7 @@ from torch import nn
 from .._files import fsync_tree, output_lock, remove_stale_temporaries, replace_dir
 from .semi_structured import to_semi_structured  # re-exported: it lived here
 
-__all__ = ["MANIFEST", "FORMAT", "save_sparse", "sparse_manifest", "layer_checks", "check_sparse",
-           "to_semi_structured", "memory_report", "compressed_bytes"]
+__all__ = ["MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "memory_report", "check_replaceable"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ FORMAT = "torchprox-sparse/1"
 
 def layer_checks(model: nn.Module, n: int, m: int, targets=None) -> dict[str, dict[str, Any]]:
     """``{qualified name: {"shape", "dim", "nm_fraction", "ok"}}`` for every target linear of ``model``
-    (the decoder linears by default, see :func:`torchprox.llm.target_linears`); ``ok`` iff exactly N:M along
+    (the decoder linears by default, see [`torchprox.llm.target_linears`][torchprox.llm.blocks.target_linears]); ``ok`` iff exactly N:M along
     the layer's input dim.
 
     ``nm_fraction`` = #groups of m consecutive inputs with at most n nonzeros / #groups (``numel / m``).
@@ -87,7 +86,7 @@ def _versions() -> dict[str, str]:
 
 def sparse_manifest(model: nn.Module, n: int = 2, m: int = 4, targets=None, **fields: Any) -> dict[str, Any]:
     """The ``torchprox.json`` manifest of a sparse ``model``: ``format``, ``pattern`` (``"n:m"``), ``targets``,
-    ``layers`` (:func:`layer_checks`), ``versions``, plus any extra plain-data ``fields`` (method, report...).
+    ``layers`` (`layer_checks`), ``versions``, plus any extra plain-data ``fields`` (method, report...).
 
     Examples:
         A tiny Llama built from a config, made 2:4 by magnitude, saved, re-checked from disk and measured:
@@ -124,14 +123,14 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
 
     Writing: the files go to ``.{out}.tmp-PID`` next to ``out`` and are fsynced; an existing ``out`` is moved
     aside to ``.{out}.old-PID``, the new directory renamed into place, then the old one deleted. If that
-    rename fails the old one is moved back. While writing, ``.{out}.lock`` is held (:func:`output_lock`), so a
+    rename fails the old one is moved back. While writing, ``.{out}.lock`` is held (`output_lock`), so a
     second writer to the same ``out`` fails at once. Leftovers of a killed writer are cleaned first
-    (:func:`remove_stale_temporaries`: a previous ``out`` left only in ``.{out}.old-PID`` is moved back).
+    (`remove_stale_temporaries`: a previous ``out`` left only in ``.{out}.old-PID`` is moved back).
     Missing parent directories are created.
 
     Raises:
         ValueError: the model still has torchprox N:M parametrizations (call
-            :func:`torchprox.prune.apply_learned_masks` and :func:`torchprox.prune.remove_all` first).
+            [`torchprox.prune.apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks] and [`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all] first).
         FileExistsError: ``out`` exists and ``overwrite`` is False; ``out`` exists and is neither a torchprox
             output (a directory with a ``torchprox.json``) nor an empty directory: ``overwrite`` never replaces
             anything else; another process is writing ``out``.
@@ -158,7 +157,7 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
             ...
         FileExistsError: ... is not a torchprox output (no torchprox.json); ...
     """
-    from ._lower import nm_parametrizations
+    from ..prune import nm_parametrizations
 
     left = [q for q, *_ in nm_parametrizations(model)]
     if left:
@@ -188,14 +187,25 @@ def save_sparse(model, tokenizer, out, manifest: dict[str, Any], overwrite: bool
 
 
 def is_torchprox_output(path) -> bool:
-    """Whether ``path`` is a directory written by :func:`save_sparse` (it holds a ``torchprox.json``)."""
+    """Whether ``path`` is a directory written by [`save_sparse`][torchprox.llm.export.save_sparse] (it holds a ``torchprox.json``)."""
     path = Path(path)
     return path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file()
 
 
 def check_replaceable(out, overwrite: bool) -> None:
     """Raise FileExistsError unless ``out`` is absent, or ``overwrite`` and ``out`` is a torchprox output or an
-    empty directory (nothing else is ever replaced)."""
+    empty directory (nothing else is ever replaced).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_replaceable(f"{tmp}/new", overwrite=False)     # absent: fine
+        ...     check_replaceable(tmp, overwrite=True)               # an empty directory: fine
+        ...     check_replaceable(tmp, overwrite=False)
+        Traceback (most recent call last):
+            ...
+        FileExistsError: output directory ... already exists; pass --overwrite to replace it
+    """
     out = Path(out)
     if not (out.exists() or out.is_symlink()):
         return
@@ -211,7 +221,7 @@ def check_replaceable(out, overwrite: bool) -> None:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    """``path/torchprox.json``, validated: a JSON object with ``format`` :data:`FORMAT`, a valid ``pattern`` and
+    """``path/torchprox.json``, validated: a JSON object with ``format`` [`FORMAT`][torchprox.llm.export.FORMAT], a valid ``pattern`` and
     a non-empty ``layers`` object ``{name: {"dim": 0 or 1, ...}}``.
 
     Raises:
@@ -219,7 +229,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         ValueError: the manifest cannot be read, is not JSON, or a field is missing or invalid (one line
             naming the file and the field).
     """
-    from .sparsify import parse_pattern
+    from ..prox import parse_pattern
 
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory")
@@ -311,9 +321,10 @@ def check_sparse(path) -> dict[str, Any]:
     entries along the manifest's ``dim`` for that layer. A layer missing from the weights fails.
 
     Returns:
-        ``{"pattern": "n:m", "layers": {name: bool}, "nm_fraction": {name: float or None},
-        "problems": {name: why}, "ok": bool}``: a layer whose weight is missing or cannot be grouped by m
-        along its ``dim`` is not N:M, with fraction None and the reason in ``problems``.
+        A dict `{"pattern": "n:m", "layers": {name: bool}, "nm_fraction": {name: float or None},
+            "problems": {name: why}, "ok": bool}`: a layer whose weight is missing or cannot be grouped by
+            m along its ``dim`` is not N:M, with fraction None and the reason in ``problems``.
+
     Raises:
         FileNotFoundError: ``path`` is not a directory, has no manifest, no ``*.safetensors``, or a shard its
             index lists is missing.
@@ -338,7 +349,7 @@ def check_sparse(path) -> dict[str, Any]:
     """
     from safetensors import SafetensorError, safe_open
 
-    from .sparsify import parse_pattern
+    from ..prox import parse_pattern
 
     path = Path(path)
     manifest = _read_manifest(path)
@@ -376,7 +387,7 @@ def compressed_bytes(numel: int, element_size: int, n: int = 2, m: int = 4) -> d
 
     Kept values: ``numel · n/m`` entries of ``element_size`` bytes. Metadata: the position of every kept
     value inside its group of m, ``⌈log2 m⌉`` bits each (2 bits for 2:4; cuSPARSELt and CUTLASS pack
-    exactly these 4 bits per group of 4)::
+    exactly these 4 bits per group of 4):
 
         values   = numel · n/m · element_size
         metadata = ⌈numel · n/m · ⌈log2 m⌉ / 8⌉
@@ -400,21 +411,20 @@ def _row(shape, dtype: str, element_size: int, n: int, m: int, is_nm: bool | Non
 
 
 def memory_report(model_or_dir, n: int | None = None, m: int | None = None, targets=None) -> dict[str, Any]:
-    r"""Dense bytes vs the bytes of the compressed N:M representation (see :func:`compressed_bytes`).
+    r"""Dense bytes vs the bytes of the compressed N:M representation (see `compressed_bytes`).
 
     ``model_or_dir`` is a model (its target linears, by default every decoder linear, see
-    :func:`torchprox.llm.target_linears`; pattern ``n:m``, default 2:4) or a directory written by
-    :func:`save_sparse` (its manifest's layers and pattern; sizes and dtypes are read from the safetensors
-    headers, N:M-ness with :func:`check_sparse`). Only layers that are exactly N:M (``is_nm``) can be stored
+    [`torchprox.llm.target_linears`][torchprox.llm.blocks.target_linears]; pattern ``n:m``, default 2:4) or a directory written by
+    [`save_sparse`][torchprox.llm.export.save_sparse] (its manifest's layers and pattern; sizes and dtypes are read from the safetensors
+    headers, N:M-ness with [`check_sparse`][torchprox.llm.export.check_sparse]). Only layers that are exactly N:M (``is_nm``) can be stored
     compressed; the totals count the others as dense.
 
     Returns:
-        ``{"pattern", "layers": {name: {"shape", "dtype", "is_nm", "dense_bytes", "values_bytes",
-        "metadata_bytes", "compressed_bytes"}}, "targets_dense_bytes", "targets_compressed_bytes",
-        "model_dense_bytes", "model_compressed_bytes", "ratio"}`` where ``model_*`` counts every stored tensor
-        (a model: its ``state_dict`` tensors, shared ones once; a directory: every tensor of the checkpoint)
-        and ``ratio`` =
-        model_compressed / model_dense.
+        A dict `{"pattern", "layers": {name: {"shape", "dtype", "is_nm", "dense_bytes", "values_bytes",
+            "metadata_bytes", "compressed_bytes"}}, "targets_dense_bytes", "targets_compressed_bytes",
+            "model_dense_bytes", "model_compressed_bytes", "ratio"}` where ``model_*`` counts every stored
+            tensor (a model: its ``state_dict`` tensors, shared ones once; a directory: every tensor of the
+            checkpoint) and ``ratio`` = model_compressed / model_dense.
 
     Examples:
         >>> import torch, transformers
@@ -440,7 +450,7 @@ def memory_report(model_or_dir, n: int | None = None, m: int | None = None, targ
     else:
         path = Path(model_or_dir)
         manifest = _read_manifest(path)
-        from .sparsify import parse_pattern
+        from ..prox import parse_pattern
 
         pn, pm = parse_pattern(manifest["pattern"])
         if (n is not None and n != pn) or (m is not None and m != pm):

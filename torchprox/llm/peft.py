@@ -1,21 +1,21 @@
 r"""LoRA on an N:M-sparse model without losing the pattern: the masked merge.
 
-A LoRA adapter adds a dense low-rank update to a target weight W (out, in)::
+A LoRA adapter adds a dense low-rank update to a target weight W (out, in):
 
     ΔW = (α / r) · B A,        B: (out, r),  A: (r, in)
 
 PEFT's ``merge_and_unload()`` stores ``W + ΔW``, which is dense: every pruned zero of the N:M weight becomes
-nonzero. :func:`merge_lora_nm` merges only on the positions the sparse weight keeps::
+nonzero. [`merge_lora_nm`][torchprox.llm.peft.merge_lora_nm] merges only on the positions the sparse weight keeps:
 
     mask    = (W ≠ 0)                       # the existing N:M mask, read from the base weight's zeros
     W_new   = mask ⊙ (W + ΔW)               # kept values: W + ΔW; pruned positions: exactly 0
 
 so ``W_new`` has the zero pattern of W and stays exactly N:M. The part of ΔW on pruned positions,
-``(1 − mask) ⊙ ΔW``, is dropped; :func:`lora_nm_report` says how much of each update that is
+``(1 − mask) ⊙ ΔW``, is dropped; [`lora_nm_report`][torchprox.llm.peft.lora_nm_report] says how much of each update that is
 (``delta_kept`` = ‖mask ⊙ ΔW‖² / ‖ΔW‖²). For the tuned behaviour to survive the merge exactly, fine-tune
 with the same masked update in the forward (not provided here) or check the merged model's loss.
 
-Typical use::
+Typical use:
 
     sparsify(model, calib, 2, 4)                         # or ProxSparse + apply_learned_masks + remove_all
     peft_model = peft.get_peft_model(model, LoraConfig(r=8, target_modules=[...]))
@@ -100,7 +100,7 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
 
     For every LoRA linear layer with base weight W (``nn.Linear`` (out, in), groups along dim 1; transformers
     ``Conv1D`` (in, out), dim 0) and each adapter to merge, ΔW = ``layer.get_delta_weight(adapter)`` (shaped
-    like W, ``fan_in_fan_out`` handled by PEFT), and::
+    like W, ``fan_in_fan_out`` handled by PEFT), and:
 
         mask = (W ≠ 0)   (taken once, before any adapter is merged)
         W   ← where(mask, W + ΔW, 0)
@@ -189,7 +189,7 @@ def lora_nm_report(model: nn.Module, n: int = 2, m: int = 4, adapter_names: list
 
     ``{name: {"shape", "base_is_nm", "delta_kept"}}`` with ``delta_kept = ‖mask ⊙ ΔW‖² / ‖ΔW‖²``
     (mask = W ≠ 0, ΔW summed over the adapters; 1.0 when ΔW = 0): the fraction of the update's energy that
-    :func:`merge_lora_nm` stores. For a rank-r update spread evenly it is about n/m.
+    [`merge_lora_nm`][torchprox.llm.peft.merge_lora_nm] stores. For a rank-r update spread evenly it is about n/m.
 
     Examples:
         >>> import peft

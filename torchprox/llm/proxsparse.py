@@ -5,7 +5,7 @@ over calibration batches x,
 
     min_W  L(W; x) + Σ_matrices λ_W · R(W),      R(W) = Σ_groups e_{n+1}(|w_g|)   (zero iff N:M),
 
-with :class:`torchprox.ProxAdam`: an Adam step on the language-model loss L, then the exact prox of λ_W·R in
+with [`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam]: an Adam step on the language-model loss L, then the exact prox of λ_W·R in
 Adam's diagonal metric (``metric="adam"``, the default: argmin_w Σ_i (w_i − θ_i)² / (2 s_i) + λ_W R(w) with
 s_i = lr / (√v̂_i + ε), so the prox moves each weight in proportion to its own Adam step and weights with
 consistently large gradients resist it) and a constant λ; ``metric="identity"`` with ``lam=0.02`` is the
@@ -33,7 +33,7 @@ steps (λ_t = λ · min(1, (t+1) / (f · steps))), so the loss moves the weights
 groups; ``lam_ramp=0`` is the paper's constant λ.
 
 **Optional weight update** (``reconstruct=``, not part of the paper: the output is then no longer
-``W0 ⊙ mask``; see :mod:`torchprox.llm.reconstruct`). Once the learned mask is fixed, ``"obs"`` updates the
+``W0 ⊙ mask``; see [`torchprox.llm.reconstruct`][torchprox.llm.reconstruct]). Once the learned mask is fixed, ``"obs"`` updates the
 kept weights block by block with SparseGPT's OBS solver restricted to that mask, on the first
 ``reconstruct_blocks`` calibration blocks; ``"finetune"`` trains the kept weights on the LM loss for
 ``reconstruct_steps`` steps (lr ``reconstruct_lr``, linear decay) with the mask frozen. The mask-only result
@@ -55,18 +55,17 @@ import torch
 from torch import Tensor, nn
 
 from .._files import atomic_write, remove_stale_temporaries
-from ..optim import ProxAdam
-from ..optim.proxadam import LAM_SCALINGS, METRICS
-from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, remove_all,
-                     restore_dense)
-from ._lower import check_nm, nm_parametrizations
-from ._runtime import block_order, freeze, restore_requires_grad, train_lm
+from ..optim import LAM_SCALINGS, METRICS, ProxAdam
+from ..prox import check_nm
+from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
+                     remove_all, restore_dense)
+from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
 from .blocks import target_linears
 from .reconstruct import finetune_masked, obs_update
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProxSparseConfig", "learn_masks"]
+__all__ = ["ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS"]
 
 
 #: ``ProxSparseConfig.reconstruct``'s values: the optional weight update after the mask is fixed.
@@ -106,7 +105,7 @@ class ProxSparseConfig:
 
     Attributes:
         lam: λ of the N:M regularizer (normalised per matrix, see the module docstring); None (the default):
-            the metric's recipe value, :data:`DEFAULT_LAM` (0.001 with ``metric="adam"``, 0.02 with
+            the metric's recipe value, [`DEFAULT_LAM`][torchprox.llm.proxsparse.DEFAULT_LAM] (0.001 with ``metric="adam"``, 0.02 with
             ``"identity"``), resolved when the config is made.
         lr: peak Adam learning rate (normalised per matrix when ``lr_normalization="rms"``).
         steps: optimizer steps; each sees ``batch_size`` calibration blocks.
@@ -172,7 +171,7 @@ class ProxSparseConfig:
     def __post_init__(self) -> None:
         """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
         model is touched; the message names the field, its value and the accepted range. ``lam=None``
-        becomes the metric's :data:`DEFAULT_LAM`."""
+        becomes the metric's [`DEFAULT_LAM`][torchprox.llm.proxsparse.DEFAULT_LAM]."""
         if self.lam is None:
             if self.metric not in DEFAULT_LAM:
                 raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
@@ -230,14 +229,6 @@ def _lam_factor(cfg: ProxSparseConfig, step: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
 
 
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
-
-
 def nm_progress(model: nn.Module) -> dict[str, Any] | None:
     r"""How far the learnable (learning-state) N:M weights W of ``model`` are from being exactly N:M.
 
@@ -262,7 +253,7 @@ def nm_progress(model: nn.Module) -> dict[str, Any] | None:
         if p.state != "learning":
             continue
         w = plist.original.detach()
-        if _is_dtensor(w):
+        if is_dtensor(w):
             w = w.full_tensor()
         groups = w.numel() // p.m
         good = round(float(nm_fraction(w, p.n, p.m, p.dim)) * groups)
@@ -278,7 +269,7 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (:func:`torchprox._files.atomic_write`)."""
+    """``torch.save`` to ``path`` atomically ([`torchprox._files.atomic_write`][torchprox._files.atomic_write])."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -321,7 +312,7 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], shapes: list[torch
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
         CheckpointError: unreadable (truncated, corrupt, not a checkpoint) or written by a run whose
-            fingerprint (:func:`_fingerprint`) differs; the message names what differs.
+            fingerprint ([`_fingerprint`][torchprox.llm.proxsparse._fingerprint]) differs; the message names what differs.
     """
     if path is None or not path.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
@@ -424,8 +415,8 @@ def learn_masks(
         calib: ``LongTensor (B, seqlen)`` calibration blocks; step i uses ``batch_size`` of them, in a seeded
             order (cycled when there are fewer than ``steps × batch_size``).
         n, m: the pattern.
-        config: :class:`ProxSparseConfig` (defaults if None).
-        targets: PEFT-style targets (see :func:`torchprox.llm.blocks.target_linears`); default every linear
+        config: [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig] (defaults if None).
+        targets: PEFT-style targets (see [`torchprox.llm.blocks.target_linears`][torchprox.llm.blocks.target_linears]); default every linear
             layer inside the decoder blocks.
         checkpoint_dir: where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps (atomically;
             an existing one is replaced when ``resume`` is False). It holds a fingerprint of the run's inputs: a
@@ -434,17 +425,18 @@ def learn_masks(
         resume: continue from ``checkpoint_dir/checkpoint.pt``; the result equals an uninterrupted run. The
             checkpoint is read with ``weights_only=True`` and checked before the model is touched: a missing
             one raises FileNotFoundError; an unreadable one, or one whose fingerprint differs,
-            :class:`CheckpointError` (a ValueError) naming what differs.
+            `CheckpointError` (a ValueError) naming what differs.
         progress: a tqdm bar with the loss and the fraction of groups already N:M.
         offload_w0: keep the frozen W0 copies on CPU.
 
     Returns:
-        a report: ``{"config", "steps", "tokens", "seconds", "seconds_per_step", "loss" (per step),
-        "nm_fraction" (logged (step, fraction) pairs), "peak_rss_gb"}``. On return every target weight is
-        exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter is unchanged.
+        A report, a dict with the keys `config`, `steps`, `tokens`, `seconds`, `seconds_per_step`,
+            `loss` (per step), `nm_fraction` (logged (step, fraction) pairs) and `peak_rss_gb`. On return
+            every target weight is exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter
+            is unchanged.
 
     Raises:
-        ValueError / TypeError: bad ``n, m``, ``config``, ``calib`` (see :func:`check_calib`) or ``targets``
+        ValueError / TypeError: bad ``n, m``, ``config``, ``calib`` (see `check_calib`) or ``targets``
             (no match, or a size not a multiple of ``m``); raised before the model is touched.
         FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
             already reads, or non-finite learned weights at the end, one check), or the dense model's
@@ -570,7 +562,7 @@ class _Checkpoint:
 
 class _Run:
     """The learning state of a ProxSparse run on a model whose targets are learnable: one ProxAdam group per
-    target (:func:`_param_groups`), the lr schedule, the
+    target ([`_param_groups`][torchprox.llm.proxsparse._param_groups]), the lr schedule, the
     seeded block order, and what the run has logged (losses, N:M fractions)."""
 
     def __init__(self, model: nn.Module, cfg: ProxSparseConfig) -> None:
@@ -618,7 +610,7 @@ class _Run:
         return {"nm": f"{100 * self.fractions[-1][1]:.1f}%" if self.fractions else "-"}
 
     def train(self, calib: Tensor, ckpt: _Checkpoint, progress: bool) -> float:
-        """The remaining steps (see :func:`torchprox.llm._runtime.train_lm`); the learned weights are checked
+        """The remaining steps (see [`torchprox.llm._runtime.train_lm`][torchprox.llm._runtime.train_lm]); the learned weights are checked
         finite at the end. Returns the seconds taken."""
         cfg = self.cfg
         order = block_order(calib.shape[0], cfg.steps, cfg.batch_size, cfg.seed)

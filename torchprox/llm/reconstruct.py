@@ -3,9 +3,9 @@ r"""Optional weight update once an N:M mask is fixed (after ProxSparse, or for a
 The mask-only result (``W0 ⊙ mask``) is ProxSparse's output. These stages also change the kept weights, so
 their results are reported apart from it:
 
-- :func:`obs_update`: SparseGPT's OBS solver restricted to the given masks, block by block from the dense
+- [`obs_update`][torchprox.llm.reconstruct.obs_update]: SparseGPT's OBS solver restricted to the given masks, block by block from the dense
   weights (each layer: ``argmin_{W' ⊙ ¬mask = 0} ‖(W' − W0) X‖²`` by SparseGPT's column-by-column scheme).
-- :func:`finetune_masked`: a short fine-tune of the kept weights on the language-model loss with the mask
+- [`finetune_masked`][torchprox.llm.reconstruct.finetune_masked]: a short fine-tune of the kept weights on the language-model loss with the mask
   frozen: Adam on ``W`` with ``∇W ⊙ mask``, so pruned weights stay exactly 0 (their Adam moments stay 0).
 """
 from __future__ import annotations
@@ -43,13 +43,13 @@ def obs_update(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], n: int
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks.
         masks: ``{module or weight name: bool mask of the weight's shape}``, one per target.
-        kwargs: :func:`~torchprox.llm.baselines.sparsegpt_prune` options (``blocksize``, ``percdamp``, ...).
+        kwargs: [`sparsegpt_prune`][torchprox.llm.baselines.sparsegpt_prune] options (``blocksize``, ``percdamp``, ...).
     Returns:
         ``{name: fraction of groups exactly N:M}``.
 
     Per layer (weight W (out, in), inputs X (in, tokens) from the already-updated blocks before it):
     ``W ← argmin_{W' ⊙ ¬mask = 0} ‖(W' − W) X‖²`` by SparseGPT's column-by-column OBS scheme
-    (:func:`~torchprox.llm.baselines.sparsegpt_solve` with ``mask``).
+    ([`sparsegpt_solve`][torchprox.llm.baselines.sparsegpt_solve] with ``mask``).
 
     Examples:
         >>> import torch, transformers

@@ -1,6 +1,6 @@
 """2:4 weights as semi-structured sparse tensors on a CUDA GPU (a runtime conversion, not an export format).
 
-:func:`to_semi_structured`: on a CUDA GPU (compute capability >= 8.0, fp16/bf16), every 2:4 ``nn.Linear``
+[`to_semi_structured`][torchprox.llm.semi_structured.to_semi_structured]: on a CUDA GPU (compute capability >= 8.0, fp16/bf16), every 2:4 ``nn.Linear``
 weight becomes a ``torch.sparse.to_sparse_semi_structured`` tensor (cuSPARSELt/CUTLASS 2:4 kernels).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, An
 
     Args:
         model: a 2:4-sparse model on a CUDA GPU with compute capability >= 8.0, in fp16 or bf16, with plain
-            weights (:func:`torchprox.prune.remove_all` first).
+            weights ([`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all] first).
         n, m: must be 2 and 4 (the only pattern of the sparse tensor cores).
     Returns:
         ``{"converted": [qualified names], "skipped": {name: reason}}``.

@@ -7,35 +7,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ._lower import check_nm
-from .baselines import _report, magnitude_prune, sparsegpt_prune, wanda_prune
+from ..prox import check_nm, parse_pattern
+from .baselines import layer_report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
 
-__all__ = ["METHODS", "sparsify", "parse_pattern"]
+__all__ = ["METHODS", "sparsify"]
 
-#: The one-shot baselines, and every method :func:`sparsify` takes (the CLI's ``--method`` choices).
+#: The one-shot baselines, and every method [`sparsify`][torchprox.llm.sparsify.sparsify] takes (the CLI's ``--method`` choices).
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 METHODS = ("proxsparse", *BASELINES)
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"2:4"`` → ``(2, 4)``; ValueError for anything that is not ``n:m`` with ``0 < n < m``.
-
-    Examples:
-        >>> parse_pattern("2:4"), parse_pattern("1:8")
-        ((2, 4), (1, 8))
-        >>> parse_pattern("4:2")
-        Traceback (most recent call last):
-            ...
-        ValueError: an N:M pattern needs 0 < n < m (n kept of every m), got n=4, m=2
-    """
-    parts = pattern.split(":") if isinstance(pattern, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"pattern {pattern!r} is not of the form 'n:m' (e.g. '2:4': 2 kept of every 4)")
-    n, m = int(parts[0]), int(parts[1])
-    check_nm(n, m)
-    return n, m
 
 
 def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, method: str = "proxsparse", *,
@@ -43,8 +24,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
              checkpoint_dir=None, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Make the decoder linears of ``model`` exactly N:M, in place, with ``method``:
 
-    - ``"proxsparse"``: learn the mask end to end (:func:`torchprox.llm.proxsparse.learn_masks`, settings in
-      ``config`` or as keyword arguments of :class:`ProxSparseConfig`), then ``W0 ⊙ mask``;
+    - ``"proxsparse"``: learn the mask end to end ([`torchprox.llm.proxsparse.learn_masks`][torchprox.llm.proxsparse.learn_masks], settings in
+      ``config`` or as keyword arguments of [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]), then ``W0 ⊙ mask``;
     - ``"magnitude"``: top-n of |W|; ``"wanda"``: top-n of |W|·‖X_j‖₂ (sequential over blocks);
     - ``"sparsegpt"``: the OBS solver with its weight update (blocksize 128, dampening 0.01, sequential).
 
@@ -52,7 +33,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
         targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
         checkpoint_dir, resume: ``"proxsparse"`` only: checkpoints of the run and resuming from one (see
-            :func:`~torchprox.llm.proxsparse.learn_masks`); a ValueError with another method.
+            [`learn_masks`][torchprox.llm.proxsparse.learn_masks]); a ValueError with another method.
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:
@@ -62,7 +43,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never
     a return. Bad arguments (pattern, method, calib, ProxSparseConfig fields) are a ValueError before the
     model is touched; a diverging ``"proxsparse"`` run is a FloatingPointError with the model restored (see
-    :func:`~torchprox.llm.proxsparse.learn_masks`).
+    [`learn_masks`][torchprox.llm.proxsparse.learn_masks]).
 
     Examples:
         >>> import torch, transformers
@@ -100,7 +81,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         cfg = config or ProxSparseConfig(**kwargs)
         report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress,
                                   checkpoint_dir=checkpoint_dir, resume=resume))
-        report["layers"] = _report(target_linears(model, targets, m=m), n, m)
+        report["layers"] = layer_report(target_linears(model, targets, m=m), n, m)
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
     elif method == "wanda":

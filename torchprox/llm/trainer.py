@@ -1,6 +1,6 @@
 r"""Learning N:M masks with the Hugging Face ``transformers.Trainer``: no patching, one callback.
 
-:class:`torchprox.ProxAdam` is a ``torch.optim.Optimizer``, so the Trainer takes it as it is::
+[`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam] is a ``torch.optim.Optimizer``, so the Trainer takes it as it is:
 
     learnable_nm_model(model, n=2, m=4)                       # W0 frozen, W learnable (torchprox.prune)
     opt = ProxAdam(prox_param_groups(model, lam=...), lr=1e-4)
@@ -14,15 +14,15 @@ The Trainer wraps the optimizer (accelerate's ``AcceleratedOptimizer``) and call
 gradient-accumulation cycle (after gradient clipping), so the prox runs once per update, as in ProxSparse.
 With ``lam_scaling="lr"`` the scheduler also scales λ.
 
-:class:`NMMaskCallback` adds progress to the Trainer's logs and finishes the run:
+[`NMMaskCallback`][torchprox.llm.trainer.NMMaskCallback] adds progress to the Trainer's logs and finishes the run:
 
 - ``on_log``: ``nm_fraction`` (fraction of all N:M groups of the learnable weights W that already have at
   most n nonzeros, counted over all layers: Σ_layers #N:M groups / Σ_layers #groups) and
   ``nm_layers_done`` (layers whose W is entirely N:M) are added to the logs dict (seen by the callbacks after
   this one, e.g. the progress printer), to ``state.log_history`` and to the ``torchprox.llm.trainer`` logger.
-- ``on_train_end``: :func:`torchprox.prune.apply_learned_masks` (with the optimizer, so its Adam moments
-  for W are freed) and :func:`torchprox.prune.remove_all`: the model's target weights become plain
-  Parameters equal to ``W0 ⊙ mask``, ready for ``save_pretrained`` / :func:`torchprox.llm.export.save_sparse`.
+- ``on_train_end``: [`torchprox.prune.apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks] (with the optimizer, so its Adam moments
+  for W are freed) and [`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all]: the model's target weights become plain
+  Parameters equal to ``W0 ⊙ mask``, ready for ``save_pretrained`` / [`torchprox.llm.export.save_sparse`][torchprox.llm.export.save_sparse].
 
 FSDP (``fully_shard``) is not supported through the Trainer (it refuses ``optimizers=`` with FSDP); see
 ``docs/distributed.md`` for sharded training. Under DDP every rank applies the same masks.
@@ -35,9 +35,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from ..prune import apply_learned_masks, remove_all
-from ._lower import nm_parametrizations
-from .proxsparse import _is_dtensor, nm_progress
+from ..prune import apply_learned_masks, nm_parametrizations, remove_all
+from ._runtime import is_dtensor
+from .proxsparse import nm_progress
 
 __all__ = ["NMMaskCallback", "nm_progress"]
 
@@ -55,21 +55,21 @@ def _prox_covered(model: nn.Module, optimizer) -> tuple[int, int]:
 
 
 class NMMaskCallback(TrainerCallback):
-    r"""A ``transformers.TrainerCallback`` for learning N:M masks with :class:`torchprox.ProxAdam`.
+    r"""A ``transformers.TrainerCallback`` for learning N:M masks with [`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam].
 
-    Logs the fraction of N:M groups of the learnable weights (see :func:`nm_progress`) at every Trainer log
+    Logs the fraction of N:M groups of the learnable weights (see [`nm_progress`][torchprox.llm.proxsparse.nm_progress]) at every Trainer log
     and, at the end of training, applies the learned masks: ``weight = W0 ⊙ top-n-of-m(|W|)``, exactly N:M.
 
     Args:
         apply_at_end: apply the masks in ``on_train_end`` (False: leave the model learning, e.g. to resume).
-        remove: after applying, bake the weights into plain Parameters (:func:`torchprox.prune.remove_all`),
+        remove: after applying, bake the weights into plain Parameters ([`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all]),
             so that ``save_pretrained`` writes the usual keys and any runtime loads the checkpoint.
         check_optimizer: in ``on_train_begin``, raise ValueError if the optimizer passed as ``optimizers=``
             has no learnable N:M weight in a group with a prox and λ > 0, and warn when no optimizer was passed
             (the usual mistake: the Trainer then builds a plain AdamW and no mask is learned).
 
     After training, ``self.masks`` holds ``{qualified weight name: bool mask}`` and ``self.final`` the
-    :func:`nm_progress` of the learned W just before the masks were applied.
+    [`nm_progress`][torchprox.llm.proxsparse.nm_progress] of the learned W just before the masks were applied.
 
     Examples:
         Pass it with a ProxAdam to ``transformers.Trainer(..., optimizers=(opt, sched), callbacks=[cb])`` (see
@@ -139,7 +139,7 @@ class NMMaskCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self.apply_at_end or model is None:
             return
-        if any(_is_dtensor(plist.original) for *_, plist, _ in nm_parametrizations(model)):
+        if any(is_dtensor(plist.original) for *_, plist, _ in nm_parametrizations(model)):
             raise ValueError("NMMaskCallback: the learnable weights are sharded DTensors (FSDP2); gather the full "
                              "state dict and apply the masks on an unsharded model (see docs/distributed.md)")
         self.final = nm_progress(model)

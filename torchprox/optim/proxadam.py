@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 from torch.optim import AdamW
 
-from ..prox.registry import check_prox_call, get_prox
+from ..prox import check_prox_call, get_prox
 from ._sharded import local_shard
 
-__all__ = ["ProxAdam"]
+__all__ = ["ProxAdam", "METRICS", "LAM_SCALINGS"]
 
 METRICS = ("identity", "adam")
 LAM_SCALINGS = ("constant", "lr")

@@ -22,7 +22,7 @@ from . import _native, _triton
 from ._groups import check_float, check_lam, check_nm, check_step, compute_dtype, group_step, group_view
 from .registry import check_nm_args, register_prox
 
-__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask", "check_metric_pattern"]
+__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
 
 # Newton iterations for the (n+1)-support equation and coordinate-descent sweeps for larger supports.
 # Fixed counts: the work never depends on the data or on λ (no host sync, no data-dependent loop).

@@ -8,7 +8,7 @@ returns it), that twin on the parameter itself.
 
 An operator may be registered with a ``check(y, **kwargs)`` that raises ``ValueError`` when it cannot serve a
 tensor of ``y``'s shape with these keyword arguments (e.g. ``n >= m``, a size not a multiple of ``m``).
-:func:`check_prox_call` runs it after a generic check that the operator's signature takes the keywords, so an
+[`check_prox_call`][torchprox.prox.registry.check_prox_call] runs it after a generic check that the operator's signature takes the keywords, so an
 optimizer rejects a bad param group when the group is added, before any step.
 
 Examples:
@@ -29,6 +29,8 @@ import torch
 
 from ._groups import check_nm, group_view
 
+__all__ = ["register_prox", "get_prox", "available_prox", "check_prox_call"]
+
 ProxFn = Callable[..., "torch.Tensor"]
 CheckFn = Callable[..., None]
 
@@ -45,7 +47,7 @@ def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None =
 
     ``check`` (optional): ``check(y, **kwargs)`` raises ``ValueError`` when ``fn(y, lam, **kwargs)`` would fail
     for a tensor of ``y``'s shape and dtype (it must only read ``y``'s metadata, never its values). Without
-    one, :func:`check_prox_call` still checks that ``fn``'s signature takes the keyword arguments.
+    one, [`check_prox_call`][torchprox.prox.registry.check_prox_call] still checks that ``fn``'s signature takes the keyword arguments.
 
     Examples:
         >>> import torch
@@ -170,7 +172,7 @@ def _check_layout(y: "torch.Tensor", size: int, dim: int) -> None:
 def check_nm_args(y: "torch.Tensor", n: int = 2, m: int = 4, dim: int = -1, step=1.0, **_) -> None:
     """The check of the N:M operators (``"nm"``, ``"nm_projection"``): ``0 < n < m``, ``y``'s size along
     ``dim`` a multiple of ``m`` and, with a tensor ``step`` (a diagonal metric, for training), a pattern the
-    metric prox serves in reasonable time (:func:`torchprox.prox.nm.check_metric_pattern`)."""
+    metric prox serves in reasonable time ([`torchprox.prox.nm.check_metric_pattern`][torchprox.prox.nm.check_metric_pattern])."""
     check_nm(n, m)
     _check_layout(y, m, dim)
     if isinstance(step, torch.Tensor):

@@ -33,9 +33,10 @@ Examples:
     >>> is_nm(mlp[0].weight, 2, 4, dim=1) and is_nm(mlp[2].weight, 2, 4, dim=1)
     True
 """
+from ._layers import check_groupable, is_hf_conv1d, select_modules
 from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups, restore_dense
 from .oneshot import NMStructured, nm_structured
-from .parametrization import NMParametrization
+from .parametrization import NMParametrization, nm_parametrizations
 from .penalty import frozen_weight_penalty
 from .remove import is_pruned, remove, remove_all
 from .report import is_nm, nm_fraction, sparsity_report
@@ -44,4 +45,5 @@ __all__ = [
     "learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks", "frozen_weight_penalty",
     "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
     "sparsity_report", "NMParametrization", "restore_dense",
+    "nm_parametrizations", "select_modules", "check_groupable", "is_hf_conv1d",
 ]

@@ -23,6 +23,7 @@ def _hf_conv1d_cls():
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is a transformers ``Conv1D`` (GPT-2 style, weight (in, out)); never imports transformers."""
     cls = _hf_conv1d_cls()
     return cls is not None and isinstance(module, cls)
 

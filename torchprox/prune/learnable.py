@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..prox._groups import check_nm
+from ..prox import check_nm
 from ..prox.nm import nm_mask
 from ._layers import check_groupable, check_not_shared, describe, resolve_dim, select_modules
 from .parametrization import (NMParametrization, sync_state_on_load, get_nm_parametrization, nm_parametrizations,

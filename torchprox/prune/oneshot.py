@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from ..prox._groups import check_nm
+from ..prox import check_nm
 from ..prox.nm import nm_mask
 from ._layers import check_groupable, check_not_shared, describe, resolve_dim
 from .parametrization import get_nm_parametrization

@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..prox._groups import check_nm
+from ..prox import check_nm
 
-__all__ = ["NMParametrization", "nm_parametrizations", "get_nm_parametrization"]
+__all__ = ["NMParametrization", "nm_parametrizations"]
 
 LEARNING = "learning"
 MASKED = "masked"

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from ..prox._groups import check_nm, group_view
+from ..prox import check_nm, group_view
 from ._layers import default_dim, layer_kind
 from .oneshot import NMStructured
 from .parametrization import get_nm_parametrization
