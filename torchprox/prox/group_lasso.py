@@ -97,3 +97,6 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
         if isinstance(s, Tensor):  # a 0-d step: 0 leaves every group as it is
             w = torch.where(s == 0, g, w)
     return restore(w).to(y.dtype)
+
+
+prox_group_lasso.zero_step_still = True  # a zero step leaves its entry (group) unchanged (see registry)

@@ -40,3 +40,6 @@ def prox_l1_(y: Tensor, lam, step=1.0) -> Tensor:
         (True, tensor([-1.5000,  0.0000,  1.0000]))
     """
     return y.copy_(prox_l1(y, lam, step))
+
+
+prox_l1.zero_step_still = True  # a zero step leaves its entry (group) unchanged (see registry)

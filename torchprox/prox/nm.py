@@ -481,8 +481,9 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
     if fusable and not torch.compiler.is_compiling():  # (data_ptr is not traceable; compiled code copies)
         g, _ = group_view(y, m, dim, name="y")
         if g.data_ptr() == y.data_ptr() and g.is_contiguous():  # groups in memory order
-            if not isinstance(step, Tensor) and _native_scalar(g, lam, step, m):
-                _native.prox_nm_cpu_(g, _f64(lam * step), n, m)
+            scalar = step if not isinstance(step, Tensor) else step.to(y.dtype) if step.dim() == 0 else None
+            if scalar is not None and _native_scalar(g, lam, scalar, m):  # (a 0-d step as prox_nm takes it)
+                _native.prox_nm_cpu_(g, _f64(lam * scalar), n, m)
                 return y
             # A step laid out like y groups the same way (Adam's metric in ProxAdam: no output, no copy).
             like_y = isinstance(step, Tensor) and step.shape == y.shape and step.dtype == y.dtype
@@ -493,6 +494,7 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
 
 
 prox_nm.inplace = prox_nm_  # ProxAdam updates parameters with the in-place twin when there is one
+prox_nm.zero_step_still = True  # a zero step leaves its group unchanged (see registry)
 
 
 @register_prox("nm_projection", check=check_nm_args)
@@ -500,3 +502,6 @@ def _project_nm_prox(y: Tensor, lam=0.0, n: int = 2, m: int = 4, step=1.0, dim: 
     """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored; a zero step
     leaves its group unchanged, as for :func:`project_nm`)."""
     return project_nm(y, n, m, step, dim)
+
+
+_project_nm_prox.zero_step_still = True
