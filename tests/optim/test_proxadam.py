@@ -1444,6 +1444,9 @@ def test_any_one_element_tensor_lr_adamw_accepts(metric, lam_scaling, lr_shape):
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("prox,kwargs", [("nm", NM), ("l1", {})], ids=["nm", "l1"])
 def test_adam_metric_leaves_weights_that_never_had_a_gradient_as_adam_left_them(kernel, prox, kwargs):
+    """Where v = 0 the step is 0 and the prox leaves the weight as Adam left it: for N:M (groups of 4 along
+    dim 1, coupled) its whole group, for L1 the weight alone; every other weight is the prox of the AdamW step
+    with the hand-computed metric."""
     w0, _ = _init(7, (6, 8), torch.float64)
     dead0 = torch.randn(4, 8, dtype=torch.float64)
     w, dead = _leaves(w0, dead0)
@@ -1452,21 +1455,45 @@ def test_adam_metric_leaves_weights_that_never_had_a_gradient_as_adam_left_them(
     r_w, r_dead = _leaves(w0, dead0)
     ref = torch.optim.AdamW([r_w, r_dead], lr=0.1, weight_decay=0.01, fused=opt.defaults["fused"],
                             foreach=KERNELS[kernel].get("foreach"))
+    no_grad = torch.zeros(6, 8, dtype=torch.bool)
+    no_grad[1::2] = True  # rows 1, 3, 5 never get a gradient
+    no_grad[0, 2] = no_grad[2, 7] = True  # nor one weight of group 0 of row 0 and of group 1 of row 2
+    still = no_grad.view(6, 2, 4).any(-1, keepdim=True).expand(6, 2, 4).reshape(6, 8) if prox == "nm" else no_grad
     for k in range(3):
         _set_grads([w], 70 + k)
-        w.grad[1::2] = 0  # rows 1, 3, 5 never get a gradient
+        w.grad[no_grad] = 0
         dead.grad = torch.zeros_like(dead)  # a whole tensor without one (an expert that got no tokens)
         r_w.grad, r_dead.grad = w.grad.clone(), dead.grad.clone()
         opt.step()
         ref.step()
         assert torch.equal(dead.detach(), r_dead.detach()), k  # Adam's update only (weight decay), no prox
-        assert torch.equal(w.detach()[1::2], r_w.detach()[1::2]), k
+        assert torch.equal(w.detach()[still], r_w.detach()[still]), k  # (a group with one such weight too)
         step = _hand_step(ref, r_w, ref.param_groups[0])
         with torch.no_grad():
-            live = torchprox.prox.get_prox(prox)(r_w[0::2], 2.0, step=step[0::2], **kwargs)
-            r_w[0::2] = live
+            moved = torchprox.prox.get_prox(prox)(r_w.detach(), 2.0, step=step, **kwargs)  # (s = lr/eps there)
+            r_w[~still] = moved[~still]
         torch.testing.assert_close(w.detach(), r_w.detach(), rtol=1e-9, atol=1e-12)
-    assert (w.detach()[0::2] == 0).any() and not (w.detach()[1::2] == 0).any()
+    assert (w.detach()[~still] == 0).any() and not (w.detach()[still] == 0).any()
+    assert (moved[still] == 0).any()  # (the formula's step would have zeroed some of them)
+
+
+def test_adam_metric_discards_a_user_operators_result_where_the_step_is_zero(registered_prox):
+    """A registered operator without ``zero_step_still`` (this box projection ignores its step) gets the zero
+    steps too, and ProxAdam puts back what Adam left where s = 0; elsewhere the operator's result."""
+    name, calls = registered_prox
+    w0 = 0.5 * torch.ones(4, 8)
+    (w,) = _leaves(w0)
+    opt = ProxAdam([w], lr=0.01, prox=name, lam=1.0, prox_kwargs={"bound": 0.1}, metric="adam")
+    (r_w,) = _leaves(w0)
+    ref = torch.optim.AdamW([r_w], lr=0.01, weight_decay=0.0)
+    _set_grads([w], 3)
+    w.grad[1] = 0
+    r_w.grad = w.grad.clone()
+    opt.step()
+    ref.step()
+    assert bool((calls[-1]["step"][1] == 0).all()) and bool((calls[-1]["step"][0] > 0).all())
+    assert torch.equal(w.detach()[1], r_w.detach()[1]) and w.detach()[1].abs().min() > 0.1
+    assert torch.equal(w.detach()[0], r_w.detach()[0].clamp(-0.1, 0.1))
 
 
 @pytest.mark.parametrize("tensor_lr", [False, True], ids=["float_lr", "tensor_lr"])

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from torch import Tensor
 
 from torchprox.prox import (
     _native, nm_mask, project_nm, project_nm_, prox_group_lasso, prox_l1, prox_l1_, prox_nm, prox_nm_,
@@ -94,12 +95,12 @@ def test_lambda_tensor_of_several_elements_is_refused():
         prox_nm(torch.randn(4, 8), torch.tensor([0.1, 0.2]))
 
 
-@pytest.mark.parametrize("step", [-1.0, 0.0, NAN, INF, "neg", "nan", "zero", "inf"])
+@pytest.mark.parametrize("step", [-1.0, -0.0 - 1e-300, NAN, INF, "neg", "nan", "inf"])  # (0 is allowed: below)
 @pytest.mark.parametrize("op", ["nm", "nm_", "l1", "group_lasso", "project"])
 def test_bad_step_is_refused(path, op, step):
     y = torch.randn(4, 8)
     if isinstance(step, str):
-        bad = {"neg": -1.0, "nan": NAN, "zero": 0.0, "inf": INF}[step]
+        bad = {"neg": -1.0, "nan": NAN, "inf": INF}[step]
         step = torch.rand(4, 8) + 0.1
         step[2, 3] = bad
     fn = {
@@ -152,3 +153,97 @@ def test_metric_patterns_refused_at_once(n, m):
         prox_nm(y, 0.1, n, m, step=s)
     assert time.perf_counter() - start < 1.0
     prox_nm(y, 0.1, n, m, step=0.5)  # a scalar step serves every pattern
+
+
+# ------------------------------------------------------ zero steps: "not moved" (issue 21, item 14)
+
+
+def _zero_step_sample(m, dtype, seed):
+    """y (200 groups: full kernel blocks of either width and a partial one), steps over three decades, and a
+    copy of the steps with zeros: every third group of the first 64 holds one (a minority of a block), groups
+    64..127 all hold some (a whole block, as for an expert that got no tokens; 64..71 only zeros), and groups
+    in the last, partial block; y mixes scales (both regimes of the metric kernels) and has NaN in some
+    zero-step groups. Returns y, s, s0 and the bool mask of the groups holding a zero step."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(200, m, generator=gen, dtype=torch.float64)
+    y = (y * torch.exp2(torch.randint(-5, 4, (200, 1), generator=gen)).double()).to(dtype)
+    s = (10 ** (torch.rand(200, m, generator=gen, dtype=torch.float64) * 3 - 1.5)).to(dtype)
+    still = torch.zeros(200, dtype=torch.bool)
+    still[0:64:3] = True
+    still[64:128] = True
+    still[190::4] = True
+    s0 = s.clone()
+    cols = torch.randint(0, m, (200,), generator=gen)
+    s0[still, cols[still]] = 0.0
+    s0[64:72] = 0.0
+    y[100, 2] = NAN
+    y[101, 0] = -INF
+    return y, s, s0, still
+
+
+def _same(a, b):
+    return torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (3, 4), (2, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lam", [0.02, 0.5, 8.0])
+def test_prox_nm_zero_step_leaves_its_group_unchanged(path, n, m, dtype, lam):
+    """A group holding a zero step is returned unchanged, bit for bit; every other group is bit for bit what
+    it is without the zeros; out of place and in place (the fused kernels' in-place twin for m = 4)."""
+    y, s, s0, still = _zero_step_sample(m, dtype, seed=10 * n + m)
+    without = prox_nm(y, lam, n, m, step=s)
+    assert not torch.equal(without[still], y[still])  # (the prox moves those groups when their steps are > 0)
+    for fn in (prox_nm, prox_nm_):
+        out = fn(y.clone(), lam, n, m, step=s0)
+        assert _same(out[still], y[still]), fn.__name__
+        assert torch.equal(out[~still], without[~still]), fn.__name__
+        # another dim (the groups gathered) and a tensor lam: the same groups
+        out_t = fn(y.t().clone(), torch.tensor(lam, dtype=dtype), n, m, step=s0.t(), dim=0)
+        assert _same(out_t.t(), out), fn.__name__
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (4, 8), (1, 2), (3, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prox_nm_scalar_zero_step_is_the_identity(path, n, m, dtype):
+    gen = torch.Generator().manual_seed(m)
+    y = torch.randn(70, m, generator=gen, dtype=dtype) * torch.logspace(-30, 30, m, dtype=dtype)
+    y[3, 1] = torch.finfo(dtype).tiny / 8  # subnormal beside large values: solved as 0 by a λ > 0
+    y[5, :2] = torch.tensor([1.0, torch.finfo(dtype).tiny / 4], dtype=dtype)
+    y[7, 0] = NAN
+    for step in (0.0, torch.tensor(0.0, dtype=dtype), torch.zeros(70, m, dtype=dtype)):
+        for lam in (0.3, torch.tensor(0.3, dtype=dtype), torch.tensor(0.0, dtype=dtype)):
+            if isinstance(step, Tensor) and step.dim() and (m != 4 and m > 6):
+                continue  # (a tensor step for these m: not served, check_metric_pattern)
+            assert _same(prox_nm(y, lam, n, m, step=step), y), (step, lam)
+            assert _same(prox_nm_(y.clone(), lam, n, m, step=step), y), (step, lam)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_nm_zero_step_leaves_its_group_unchanged(path, dtype):
+    y, s, s0, still = _zero_step_sample(4, dtype, seed=3)
+    without = project_nm(y, 2, 4, step=s)
+    for out in (project_nm(y, 2, 4, step=s0), project_nm_(y.clone(), 2, 4, step=s0)):
+        assert _same(out[still], y[still]) and _same(out[~still], without[~still])
+    for step in (0.0, torch.tensor(0.0, dtype=dtype)):
+        assert _same(project_nm(y, 2, 4, step=step), y) and _same(project_nm_(y.clone(), 2, 4, step=step), y)
+    assert torch.equal(project_nm(y, 2, 4, step=torch.tensor(0.5)), project_nm(y, 2, 4))  # (a scalar > 0: |y|)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_and_group_lasso_zero_step(dtype):
+    """l1 is separable: s_i = 0 gives w_i = y_i and nothing else changes. Group lasso couples its groups: a
+    group holding a zero step is returned unchanged, the others as without it. A scalar step 0: identity."""
+    y, s, s0, still = _zero_step_sample(4, dtype, seed=4)
+    y = y.nan_to_num(posinf=3.0, neginf=-3.0)
+    zero = s0 == 0
+    for lam in (0.05, 2.0):
+        for out in (prox_l1(y, lam, step=s0), prox_l1_(y.clone(), lam, step=s0)):
+            assert torch.equal(out[zero], y[zero]) and torch.equal(out[~zero], prox_l1(y, lam, step=s)[~zero])
+        out, without = prox_group_lasso(y, lam, step=s0, group_size=4), prox_group_lasso(y, lam, step=s, group_size=4)
+        assert torch.equal(out[still], y[still]) and torch.equal(out[~still], without[~still])
+        assert not torch.equal(without[still], y[still])
+        for step in (0.0, torch.tensor(0.0, dtype=dtype)):
+            assert torch.equal(prox_l1(y, lam, step=step), y)
+            assert torch.equal(prox_group_lasso(y, lam, step=step), y)
+            assert torch.equal(prox_group_lasso(y, lam, step=step, group_size=4), y)

@@ -323,7 +323,7 @@ def test_bad_lambda_step_dtype():
     with pytest.raises(ValueError, match="lam"):
         prox_nm(y, float("nan"))
     with pytest.raises(ValueError, match="step"):
-        prox_nm(y, 0.1, step=0.0)
+        prox_nm(y, 0.1, step=-1e-3)  # (0 is allowed: "not moved", tests/prox/test_hostile_input.py)
     with pytest.raises(ValueError, match="step"):
         prox_nm(y, 0.1, step=torch.ones(3, 8))
     with pytest.raises(TypeError, match="floating"):

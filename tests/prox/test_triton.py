@@ -364,3 +364,33 @@ def test_sorting_network_sorts(m):
             if v[q] > v[p]:
                 v[p], v[q] = v[q], v[p]
         assert v == sorted(v, reverse=True)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_step_leaves_its_group_unchanged(device, monkeypatch, n, dtype):
+    """A group holding a zero step (one s_i = 0, or lam·s = 0 for the scalar kernel) is stored as loaded, bit
+    for bit, and every other group is bit for bit what it is without the zeros (issue 21, item 14)."""
+    block = 64 if device == "cuda" else 16
+    if device == "cpu":
+        monkeypatch.setattr(_triton, "_config", lambda *args: (block, 1))
+    y, s = metric_sample(4 * block, dtype, seed=30 + n)
+    y[: 2 * block : 2] *= 20  # outside the convex regime at lam 0.5: the general solver, listed or not
+    still = torch.zeros(4 * block, dtype=torch.bool)
+    still[: block : 3] = True  # a minority of a block
+    still[2 * block : 3 * block] = True  # a whole block (an expert that got no tokens)
+    s0 = s.clone()
+    s0[still, torch.arange(4 * block)[still] % 4] = 0.0
+    y[2 * block + 1, 1] = float("nan")
+    for lam in (0.05, 0.5, 5.0):
+        without = _triton.prox_nm_metric_triton(y.to(device), s.to(device), lam, n).cpu()
+        out = _triton.prox_nm_metric_triton(y.to(device), s0.to(device), lam, n).cpu()
+        assert torch.equal(out[still].nan_to_num(), y[still].nan_to_num()) and torch.equal(out.isnan(), y.isnan())
+        assert torch.equal(out[~still], without[~still])
+        assert not torch.equal(without[still].nan_to_num(), y[still].nan_to_num())
+        assert torch.equal(prox_nm(y.to(device), lam, n, 4, step=s0.to(device)).cpu()[still].nan_to_num(),
+                           y[still].nan_to_num())  # (prox_nm: whichever kernel serves the device)
+    for lam in (0.0, torch.tensor(0.0, dtype=dtype, device=device)):  # lam·s = 0: every group as loaded
+        for w in (_triton.prox_nm_metric_triton(y.to(device), s.to(device), lam, n),
+                  prox_nm_triton(y.to(device), lam, n, 4)):
+            assert torch.equal(w.cpu().nan_to_num(), y.nan_to_num()) and torch.equal(w.cpu().isnan(), y.isnan())

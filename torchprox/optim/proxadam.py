@@ -305,13 +305,15 @@ class ProxAdam(AdamW):
         self._apply_prox()
         return loss
 
-    def _metric_step(self, group: dict, p: Tensor):
-        """Adam's diagonal metric for ``p``: ``lr / (sqrt(v̂) + eps)``, ``v̂ = v / (1 − β2^t)``.
+    def _metric_step(self, group: dict, p: Tensor, lr=None):
+        """Adam's diagonal metric for ``p``: ``lr / (sqrt(v̂) + eps)``, ``v̂ = v / (1 − β2^t)``, and 0 where
+        ``v = 0`` (the prox leaves those weights, for N:M their groups, as Adam left them; see the class doc).
 
         Read from the state AdamW's step just wrote (``step`` is t, ``exp_avg_sq`` or, with amsgrad,
         ``max_exp_avg_sq`` is v), with tensor ops only: ``step`` is a tensor (on CPU, or on the param's
         device when capturable/fused) and is never turned into a Python number. The denominator is formed
-        as torch's Adam forms it, ``sqrt(v) / sqrt(1 − β2^t) + eps``.
+        as torch's Adam forms it, ``sqrt(v) / sqrt(1 − β2^t) + eps``; ``lr`` is the group's (a number or a 0-d
+        tensor, 0 when the step is skipped; default: the group's).
         """
         state = self.state[p]
         step_t = state["step"]
@@ -320,24 +322,15 @@ class ProxAdam(AdamW):
         # CPU step: compute the bias correction in float64 (as torch's loop path does in Python floats).
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
         bias_correction2_sqrt = (1 - beta2**t).sqrt()
-        lr = _scalar(group["lr"])
+        lr = _scalar(group["lr"]) if lr is None else lr
         if self.defaults["differentiable"]:
-            return lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+            return (lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])) * v.sign()
         # The same values in place (a float lr divides as torch's `lr / denom` does, a reciprocal then a
-        # product): one new tensor instead of four, which matters at a step per weight of the model.
+        # product; the sign of v, 0 or 1, zeroes the step where v = 0 exactly): two new tensors instead of
+        # five, which matters at a step per weight of the model.
         denom = v.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
-        return torch.div(lr, denom, out=denom) if isinstance(lr, Tensor) else denom.reciprocal_().mul_(lr)
-
-    def _kept_by_metric(self, group: dict, p: Tensor) -> Tensor:
-        """With ``metric="adam"``, where the prox must leave ``p`` as Adam left it (a bool tensor like ``p``'s
-        local shard): where ``v = 0`` (v̂ = 0: the weight has never had a nonzero gradient, e.g. an expert
-        that received no tokens; there ``s`` would be ``lr / eps``, an unbounded prox step) and, for a
-        tensor lr, everywhere when ``lr = 0`` (``s = 0``: the prox with a zero step is the identity)."""
-        state = self.state[p]
-        v = local_shard(state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"])
-        keep = v == 0
-        lr = _scalar(group["lr"])
-        return keep.logical_or_(lr.to(keep.device) == 0) if isinstance(lr, Tensor) else keep
+        s = torch.div(lr, denom, out=denom) if isinstance(lr, Tensor) else denom.reciprocal_().mul_(lr)
+        return s.mul_(v.sign())
 
     def _apply_prox(self) -> None:
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps
@@ -355,28 +348,28 @@ class ProxAdam(AdamW):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    s = self._metric_step(group, p) if adam_metric else 1.0
-                    keep = self._kept_by_metric(group, p) if adam_metric else None
-                    if found_inf is not None:  # the fused kernel skipped this step: skip the prox too
-                        skipped = found_inf.to(p.device) > 0
-                        keep = skipped if keep is None else keep.logical_or_(skipped)
+                    # A step 0 leaves the weight (an N:M group) as Adam left it: where v = 0 (metric="adam"),
+                    # and everywhere when the fused kernel skipped this step (found_inf: s times 1 - found_inf,
+                    # a 0-d product, no pass over the weights).
+                    go = None if found_inf is None else 1 - found_inf.to(p.device)  # 0-d: 0 when skipped
+                    if adam_metric:
+                        s = self._metric_step(group, p, lr if go is None else go * lr)
+                    else:
+                        s = 1.0 if go is None else go
                     p = local_shard(p, kwargs)  # a DTensor (FSDP2): the prox runs on this rank's shard
                     # differentiable: the prox reads a clone, so the in-place update of p below does not
                     # overwrite what autograd saved for the prox's backward. Otherwise a detached alias: the
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says
                     # requires_grad under no_grad), so kernels without autograd, e.g. the fused CPU N:M
                     # kernel, serve it.
-                    if inplace is not None and not differentiable and keep is None:
+                    if inplace is not None and not differentiable:
                         inplace(p.detach(), lam_eff, step=s, **kwargs)  # e.g. the fused kernel, no temporary
                         continue
-                    y = p.clone() if differentiable else p.detach()
-                    new = fn(y, lam_eff, step=s, **kwargs)
-                    if keep is None:
+                    new = fn(p.clone() if differentiable else p.detach(), lam_eff, step=s, **kwargs)
+                    if getattr(fn, "zero_step_still", False) or not isinstance(s, Tensor):
                         p.copy_(new)
-                    elif differentiable:
-                        p.copy_(torch.where(keep, p, new))
-                    else:  # one pass, written straight into p
-                        torch.where(keep, p.detach(), new, out=p.detach())
+                    else:  # an operator not known to leave zero steps still: its result discarded there
+                        p.copy_(torch.where(s == 0, p, new))
 
 
 ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a proximal step on each param group.
@@ -414,13 +407,13 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
                 \:\: \textbf{else} \: \lambda_t \leftarrow \lambda                               \\
             &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}:
                 \: s_t \leftarrow \gamma / \big(\sqrt{\widehat{v_t}} + \epsilon \big)
+                \cdot \mathrm{sign}(\widehat{v_t})
                 \text{ (elementwise)} \:\: \textbf{else} \: s_t \leftarrow 1                     \\
             &\hspace{5mm}\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
                 = \mathrm{argmin}_w \: \tfrac{1}{2} \textstyle\sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
                 + \lambda_t R(w)                                                                 \\
-            &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}: \:
-                \theta_{t,i} \text{ keeps its value from before the prox wherever }
-                \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0                                   \\
+            &\hspace{5mm}\text{where } s_{t,i} = 0 \text{ (} \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0
+                \text{): the prox leaves } \theta_{t,i} \text{ (for N:M its group) as Adam left it}   \\
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
             &\bf{return} \:  \theta_t                                                     \\[-1.ex]
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
@@ -444,11 +437,14 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
     Weights without a gradient (``metric="adam"``): where ``v̂ = 0`` the weight has never had a nonzero
     gradient (an MoE expert that received no tokens, an input feature that is always zero; also a gradient so
     small, or so long ago, that ``v`` underflowed), and the formula's step ``s = lr / eps`` (1e5·lr) would be
-    an unbounded prox step that zeroes it at once. There the prox's result is discarded: the weight stays
-    as the Adam step left it (the operator still runs on the whole tensor, and its other weights take its
-    result; a ``torch.where`` after it puts those entries back, with ``metric="adam"`` only: the out-of-place
-    operator and one elementwise pass instead of the in-place operator). Likewise ``lr = 0`` gives ``s = 0``,
-    whose prox is the identity: nothing moves. With ``metric="identity"`` and ``lam_scaling="constant"``, in
+    an unbounded prox step that zeroes it at once. There the step is 0 instead (``s`` times ``sign(v)``, in the
+    same pass), and a zero step means "not moved" in every built-in operator: a group holding a weight with
+    ``v = 0`` is left as Adam left it (group-wise for N:M, whose groups are coupled: the other weights of that
+    group stay too; elementwise for L1), still with the in-place operator (the fused kernel) and no extra
+    pass. Likewise ``lr = 0`` gives ``s = 0``: nothing moves. (A user-registered operator without
+    ``zero_step_still`` gets the same zero steps, and its result is discarded where ``s = 0``.) When
+    GradScaler's fused step skips the update (``found_inf``), the step is multiplied by ``1 − found_inf`` (a
+    0-d product), so the prox is skipped too, without a host sync. With ``metric="identity"`` and ``lam_scaling="constant"``, in
     contrast, ``lr = 0`` (e.g. the first step of a warm-up from 0) does *not* stop the prox: ``s = 1`` and
     ``λ_t = λ`` whatever the lr, as the formula says; use ``lam_scaling="lr"`` to let the schedule act on λ.
 
@@ -482,8 +478,8 @@ ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a pro
             bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
             ``fn(p, lam_eff, step=s, **prox_kwargs)``.
         metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
-            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; weights with ``v̂ = 0`` are left as
-            Adam left them, see above) (default: ``"identity"``).
+            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; a weight with ``v̂ = 0`` gets ``s = 0``:
+            it, and for N:M its group, is left as Adam left it, see above) (default: ``"identity"``).
         lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
             lr) (default: ``"constant"``).
         foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`

@@ -81,8 +81,9 @@ def check_values(t: Tensor, name: str, positive: bool) -> None:
 
 def check_step(step, y: Tensor):
     """A step as the operators take it: a Python number or 0-d tensor (one step for every entry), or a tensor
-    broadcastable to ``y`` (a diagonal metric), finite and > 0 everywhere; returned as given (a number as a
-    float). ``ValueError`` names the step's value or shape otherwise."""
+    broadcastable to ``y`` (a diagonal metric), finite and >= 0 everywhere (a zero entry means "not moved by
+    the prox", see each operator); returned as given (a number as a float). ``ValueError`` names the step's
+    value or shape otherwise."""
     if isinstance(step, Tensor):
         if step.dim() > 0:
             try:
@@ -94,13 +95,13 @@ def check_step(step, y: Tensor):
                     f"step of shape {tuple(step.shape)} does not match y of shape {tuple(y.shape)}; "
                     "pass a scalar or a tensor shaped like y"
                 )
-        check_values(step, "step", positive=True)
+        check_values(step, "step", positive=False)
         return step
     if isinstance(step, bool) or not isinstance(step, numbers.Real):
         raise TypeError(f"step must be a number or a tensor, got {type(step).__name__}")
     step = float(step)
-    if not (step > 0 and step != float("inf")):
-        raise ValueError(f"step must be a finite number > 0, got {step}")
+    if not (step >= 0 and step != float("inf")):
+        raise ValueError(f"step must be a finite number >= 0, got {step}")
     return step
 
 

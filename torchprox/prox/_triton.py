@@ -22,8 +22,8 @@ tensor. One program handles ``BLOCK`` groups, vectorized across groups (every pe
    ``nm.py::_solve_product``, larger top-k supports by exact coordinate descent from two starts (only for the
    groups whose top k can hold a local minimizer: the CPU kernel's test), the best objective kept with a
    strict ``<`` (sparser wins ties);
-6. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry
-   becomes NaN.
+6. write the result, rounded once to the input dtype, with the signs of ``y``; a group with a non-finite entry,
+   or with a zero step (λ·s = 0, or a zero s_i of the diagonal metric), is stored unchanged, as loaded.
 
 The diagonal-metric prox (``prox_nm_metric_triton``, m = 4: argmin_w ½ Σ (w − y)²/s + λ e_{n+1}(|w|), ProxAdam's
 ``metric="adam"``) is generated from the same pieces: the convex case with λ s_i in row i, else the CPU
@@ -273,8 +273,15 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False, fast_newton: boo
         if metric:
             e(f"s{j} = tl.load(s_ptr + base + {j}, mask=valid, other=1.0).to({T})")
     e("fin = " + " & ".join(f"(b{j} <= {fmax})" for j in range(m)))
+    # A zero step (lam s = 0, or a zero s_i in the group) leaves the group unchanged, as a non-finite one: solved
+    # as zeros with unit steps (in the convex case, at once) and stored as loaded.
+    e(f"fin = fin & ((tl.full([BLOCK], 0.0, {T}) + lam) != 0.0)")
+    if metric:
+        e("fin = fin & " + " & ".join(f"(s{j} != 0.0)" for j in range(m)))
     for j in range(m):
         e(f"b{j} = tl.where(fin, b{j}, 0.0)")
+        if metric:
+            e(f"s{j} = tl.where(fin, s{j}, 1.0)")
     e("amax = b0")
     for j in range(1, m):
         e(f"amax = tl.maximum(amax, b{j})")
@@ -347,6 +354,7 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False, fast_newton: boo
         es = _emit_esym(e, [f"b{j}" for j in range(m) if j != i], n - 1, f"cv{i}_")
         e(f"qc = {lam_of(i)} * {es}" if i == 0 else f"qc = tl.maximum(qc, {lam_of(i)} * {es})")
     e(f"qc = {float(m - n)} * qc + b0 * 0.0")  # (a vector per group also when n = 1: e_0 = 1)
+    e("qc = tl.where(fin, qc, 0.0)")  # (a group stored as loaded: the convex case, x = b = 0 at once)
     e("if FROM_LIST:")
     e("    need = valid")
     e("else:")
@@ -477,7 +485,8 @@ def _generate(n: int, m: int, fp64: bool, metric: bool = False, fast_newton: boo
 
 def _emit_store(e: _Src, xs: list[str], m: int, fp64: bool, mask: str) -> None:
     """Emit the store of the groups ``mask`` with values ``xs`` (position j of the group at i_j >> 1, sign
-    i_j & 1); a non-finite group (a NaN or an infinity anywhere) is stored unchanged, as loaded."""
+    i_j & 1); a non-finite group (a NaN or an infinity anywhere), or one with a zero step, is stored
+    unchanged, as loaded."""
     T, IT, _ = _types(fp64)
     for j in range(m):
         e(f"w = {xs[j]} * up1 * up2")

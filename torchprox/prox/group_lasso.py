@@ -52,6 +52,9 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
     ``ρ₀ = max(0, ‖y_g‖ − κ max s)``, climbs monotonically to it without overshooting; φ is nearly linear
     (exactly linear for one nonzero), so a fixed number of iterations reaches machine precision.
 
+    Zero steps (``step >= 0``): a zero step means "not moved": a group holding a zero ``s_i`` is returned
+    unchanged, bit for bit, and a scalar step 0 returns ``y``.
+
     Args:
         group_size: consecutive entries per group along ``dim``; ``None`` = the whole dim (rows/columns).
 
@@ -69,6 +72,8 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
         return y.clone()
     dtype = compute_dtype(y.dtype)
     s = group_step(step, y, size, dim, dtype)
+    if isinstance(s, float) and s == 0:
+        return y.clone()
     g = g.to(dtype)
     kappa = lam * math.sqrt(size)
     if isinstance(s, Tensor) and s.dim() > 0:
@@ -84,8 +89,14 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
             dphi = phi / ss * (q2 / d).sum(-1, keepdim=True)
             rho = torch.where(active, (rho - (phi - 1) / dphi.clamp_min(torch.finfo(dtype).tiny)).clamp_min(rho), rho)
         w = torch.where(active, g * (rho / (rho + s * kappa)), torch.zeros_like(g))  # (g·rho underflows for subnormal g)
+        w = torch.where((s == 0).any(-1, keepdim=True), g, w)
     else:
         norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
         shrink = (1 - kappa * s / norm.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
         w = g * shrink
+        if isinstance(s, Tensor):  # a 0-d step: 0 leaves every group as it is
+            w = torch.where(s == 0, g, w)
     return restore(w).to(y.dtype)
+
+
+prox_group_lasso.zero_step_still = True  # a zero step leaves its entry (group) unchanged (see registry)

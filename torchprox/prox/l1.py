@@ -14,9 +14,10 @@ __all__ = ["prox_l1", "prox_l1_"]
 def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
     r"""Soft thresholding: ``argmin_w ½ Σ (w − y)² / s + lam · Σ |w|``, entry by entry.
 
-    Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a positive scalar or a
-    positive tensor broadcastable to ``y`` (a diagonal metric); ``lam`` and ``step`` are validated as for
-    :func:`~torchprox.prox.prox_nm` (finite, ``lam >= 0``, ``step > 0``).
+    Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a scalar or a tensor
+    broadcastable to ``y`` (a diagonal metric); ``lam`` and ``step`` are validated as for
+    :func:`~torchprox.prox.prox_nm` (finite, ``lam >= 0``, ``step >= 0``). A zero step means "not moved":
+    ``s_i = 0`` gives ``w_i = y_i`` bit for bit (the formula itself), so a scalar step 0 returns ``y``.
 
     Examples:
         >>> import torch
@@ -39,3 +40,6 @@ def prox_l1_(y: Tensor, lam, step=1.0) -> Tensor:
         (True, tensor([-1.5000,  0.0000,  1.0000]))
     """
     return y.copy_(prox_l1(y, lam, step))
+
+
+prox_l1.zero_step_still = True  # a zero step leaves its entry (group) unchanged (see registry)

@@ -106,7 +106,8 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
     None or a scalar) bit for bit and zeroes the rest; ties keep the lower index. Non-finite values are ranked
     as by :func:`nm_mask` (an infinity above every finite value, a NaN below every number), so the result is
     N:M whatever ``y`` holds: a NaN survives only in a group with fewer than ``n`` non-NaN values. ``step``,
-    when a tensor, must be finite and > 0 (broadcastable to ``y``).
+    when a tensor, must be finite and >= 0 (broadcastable to ``y``); a group holding a zero step is returned
+    unchanged (a zero step means "not moved"), and a scalar step 0 returns ``y`` unchanged.
 
     Examples:
         >>> import torch
@@ -119,16 +120,28 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
     check_float(y, "y")
     if step is not None:
         step = check_step(step, y)
+    if isinstance(step, float) and step == 0:
+        return y.clone()
     if isinstance(step, Tensor) and step.dim() > 0:
         s = step.expand(y.shape) if step.shape != y.shape else step
         scores = y.to(compute_dtype(y.dtype)).square() / s.to(compute_dtype(y.dtype))
-    else:
-        if m == 4 and y.dtype in (torch.float32, torch.float64):  # the fused CPU kernel: one pass
-            g, restore = group_view(y, m, dim, name="y")
-            if _native.usable(g, m):
-                return restore(_native.project_nm4_cpu(g, n))
-        scores = y.abs()
-    return y.masked_fill(~nm_mask(scores, n, m, dim), 0)  # (not y * mask: a dropped inf or NaN gives NaN)
+        return y.masked_fill(~(nm_mask(scores, n, m, dim) | _still(s, m, dim)), 0)
+    if m == 4 and y.dtype in (torch.float32, torch.float64):  # the fused CPU kernel: one pass
+        g, restore = group_view(y, m, dim, name="y")
+        if _native.usable(g, m):
+            out = restore(_native.project_nm4_cpu(g, n))
+            return torch.where(step == 0, y, out) if isinstance(step, Tensor) else out
+    drop = ~nm_mask(y.abs(), n, m, dim)
+    if isinstance(step, Tensor):  # a 0-d step: 0 keeps everything
+        drop &= step != 0
+    return y.masked_fill(drop, 0)  # (not y * mask: a dropped inf or NaN gives NaN)
+
+
+def _still(step: Tensor, m: int, dim: int) -> Tensor:
+    """Where the prox leaves ``y`` as it is for a step tensor shaped like ``y``: a bool tensor of that shape,
+    True in every group of ``m`` along ``dim`` that holds a zero step."""
+    g, restore = group_view(step, m, dim, name="step")
+    return restore((g == 0).any(-1, keepdim=True).expand(g.shape))
 
 
 def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> Tensor:
@@ -144,8 +157,13 @@ def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> 
     check_float(y, "y")
     if step is not None:
         step = check_step(step, y)
-    scores = y.square() / step if isinstance(step, Tensor) and step.dim() else y.abs()
-    return y.masked_fill_(~nm_mask(scores, n, m, dim), 0)
+    metric = isinstance(step, Tensor) and step.dim() > 0
+    drop = ~nm_mask(y.square() / step if metric else y.abs(), n, m, dim)
+    if metric:
+        drop &= ~_still(step.expand(y.shape), m, dim)
+    elif step is not None:
+        drop &= step != 0  # a scalar step 0 keeps everything
+    return y.masked_fill_(drop, 0)
 
 
 def _solve_product(b: Sequence[Tensor], lam) -> list[Tensor]:
@@ -304,8 +322,12 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
 
     Non-finite input: a group holding a NaN or an infinity is returned unchanged (its finite entries are not
     turned into NaN, and the other groups are unaffected), in every path (fused CPU kernel, Triton, plain
-    torch). ``lam`` and ``step`` must be finite, ``lam >= 0`` and ``step > 0``: numbers and CPU tensors are
+    torch). ``lam`` and ``step`` must be finite, ``lam >= 0`` and ``step >= 0``: numbers and CPU tensors are
     checked at once (``ValueError``), tensors on an accelerator without a host sync (``torch._assert_async``).
+
+    Zero steps: ``s_i = 0`` means "not moved by the prox"; the groups are coupled, so a group holding a zero
+    step is returned unchanged, bit for bit, and the other groups are exactly as without it, in every path; a
+    scalar step 0 (as ``lam = 0``) returns ``y`` unchanged.
 
     Patterns served: with a scalar step every ``0 < n < m`` (the fused CPU kernel up to m = 32, Triton up to
     m = 8, plain torch beyond). With a tensor step (a diagonal metric) m = 4 is served by the fused kernels,
@@ -315,7 +337,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     Args:
         y: float tensor; its size along ``dim`` must be a multiple of ``m``.
         lam: λ ≥ 0 (float or 0-d tensor).
-        step: ``s``: a positive scalar (plain prox) or a positive tensor shaped like ``y`` (diagonal metric).
+        step: ``s``: a scalar >= 0 (plain prox) or a tensor >= 0 shaped like ``y`` (diagonal metric).
     Returns:
         a tensor like ``y``. bfloat16/float16 inputs are computed in float32 and rounded once at the end.
 
@@ -332,6 +354,8 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     dtype = compute_dtype(y.dtype)
     g, restore = group_view(y, m, dim, name="y")
     s = group_step(step, y, m, dim, dtype)
+    if isinstance(s, float) and s == 0:
+        return y.clone()
     g = g.to(dtype)
     metric = isinstance(s, Tensor) and s.dim() > 0
     metric_kernel = metric and m == 4 and n < 4  # the fused kernels' diagonal-metric prox covers m = 4
@@ -345,9 +369,15 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         return restore(_triton.prox_nm_metric_triton(g, s, lam, n).to(y.dtype))
     if metric:
         check_metric_pattern(n, m)
-    # A group holding a NaN or an infinity is returned as it is (solved as zeros, then put back).
-    finite = torch.isfinite(g).all(-1, keepdim=True)
-    gf = torch.where(finite, g, 0)
+    # A group holding a NaN or an infinity, or a zero step, is returned as it is (solved as zeros with unit
+    # steps, then put back); lam s = 0 leaves every group as it is.
+    moved = torch.isfinite(g).all(-1, keepdim=True)
+    if metric:
+        moved = moved & (s != 0).all(-1, keepdim=True)
+        s = torch.where(moved, s, 1)
+    else:
+        moved = moved & (lam * s != 0)
+    gf = torch.where(moved, g, 0)
     # Homogeneity, prox_λ(c·y) = c·prox_{c^(n-1)·λ}(y): solve every group scaled to max |y| ∈ [0.5, 1) by an
     # exact power of two, so huge and tiny inputs neither overflow nor underflow and kept values stay exact.
     scale = torch.ldexp(torch.ones_like(gf[:, :1]), torch.frexp(gf.abs().amax(-1, keepdim=True))[1])
@@ -359,7 +389,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
         order = torch.sort(a, dim=-1, descending=True, stable=True)
         xs = _prox_sorted(order.values, lam_g * s, n)
         x = torch.empty_like(xs).scatter_(-1, order.indices, xs)
-    return restore(torch.where(finite, torch.copysign(x * scale, g), g).to(y.dtype))
+    return restore(torch.where(moved, torch.copysign(x * scale, g), g).to(y.dtype))
 
 
 def _metric_work(n: int, m: int) -> int:
@@ -451,8 +481,9 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
     if fusable and not torch.compiler.is_compiling():  # (data_ptr is not traceable; compiled code copies)
         g, _ = group_view(y, m, dim, name="y")
         if g.data_ptr() == y.data_ptr() and g.is_contiguous():  # groups in memory order
-            if not isinstance(step, Tensor) and _native_scalar(g, lam, step, m):
-                _native.prox_nm_cpu_(g, _f64(lam * step), n, m)
+            scalar = step if not isinstance(step, Tensor) else step.to(y.dtype) if step.dim() == 0 else None
+            if scalar is not None and _native_scalar(g, lam, scalar, m):  # (a 0-d step as prox_nm takes it)
+                _native.prox_nm_cpu_(g, _f64(lam * scalar), n, m)
                 return y
             # A step laid out like y groups the same way (Adam's metric in ProxAdam: no output, no copy).
             like_y = isinstance(step, Tensor) and step.shape == y.shape and step.dtype == y.dtype
@@ -463,9 +494,14 @@ def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) ->
 
 
 prox_nm.inplace = prox_nm_  # ProxAdam updates parameters with the in-place twin when there is one
+prox_nm.zero_step_still = True  # a zero step leaves its group unchanged (see registry)
 
 
 @register_prox("nm_projection", check=check_nm_args)
 def _project_nm_prox(y: Tensor, lam=0.0, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
-    """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored)."""
-    return project_nm(y, n, m, step if isinstance(step, Tensor) and step.dim() else None, dim)
+    """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored; a zero step
+    leaves its group unchanged, as for :func:`project_nm`)."""
+    return project_nm(y, n, m, step, dim)
+
+
+_project_nm_prox.zero_step_still = True

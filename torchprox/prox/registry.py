@@ -2,7 +2,10 @@
 
 Every registered operator has the signature ``fn(y, lam, *, step=1.0, **kwargs) -> Tensor`` and returns
 ``argmin_w ½ Σ (w − y)² / step + lam · R(w)`` (out of place). ``step`` is a Python/0-d scalar or a tensor
-shaped like ``y`` (a diagonal metric). ProxAdam calls ``get_prox(name)(p, lam, step=..., **prox_kwargs)``, or,
+shaped like ``y`` (a diagonal metric), finite and >= 0: a step entry 0 means "not moved" (the entry, or for a
+penalty that couples a group the whole group, is returned unchanged); an operator that guarantees this carries
+``zero_step_still = True`` (every built-in does), and ProxAdam, which passes zero steps where a weight must
+stay as Adam left it, discards another operator's result at those entries itself. ProxAdam calls ``get_prox(name)(p, lam, step=..., **prox_kwargs)``, or,
 when the operator carries an in-place twin as its ``inplace`` attribute (same signature, updates ``y`` and
 returns it), that twin on the parameter itself.
 

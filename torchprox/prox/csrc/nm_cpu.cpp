@@ -720,7 +720,7 @@ __attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam
   V yv[kVecs], b[kVecs], x[kVecs], tol[kVecs], q[kVecs], lam_s[kVecs];
   I active[kVecs], ok_v[kVecs];
   for (int v = 0; v < kVecs; ++v) {
-    I ok = I{} - 1;
+    I ok = I{} - 1, still = I{};
     std::memcpy(&yv[v], y + 16 * v, sizeof(V));
     b[v] = (V)((I)yv[v] & ~sign);
     lam_s[v] = zero + lam;
@@ -728,6 +728,7 @@ __attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam
       V sv;
       std::memcpy(&sv, step + 16 * v, sizeof(V));
       ok &= (sv > zero) & (sv <= std::numeric_limits<T>::max());  // a positive, finite step (NaN fails)
+      still = sv == zero;
       lam_s[v] = lam * sv;
     }
     // q = lam (m - n) max_i e_{n-1}(b minus i): the row sums of the Hessian's off-diagonal part, bounded on
@@ -747,6 +748,9 @@ __attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam
     x[v] = b[v];
     ok_v[v] = ok & TP_ROT(ok, 1) & TP_ROT(ok, 2) & TP_ROT(ok, 3);  // per group, in all its lanes
     active[v] = ok_v[v];
+    // A group with a zero step is not moved (x stays b: written back as y, bit for bit): it qualifies here,
+    // inactive, instead of going to the general solver.
+    ok_v[v] |= still | TP_ROT(still, 1) | TP_ROT(still, 2) | TP_ROT(still, 3);
   }
   // Returns how many groups qualify. Unless all do, which ones is written to qualify, and unless at least
   // min_count do, nothing else: the caller's path serves the block. Otherwise the qualifying groups are solved
@@ -914,6 +918,12 @@ void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam
   if (general.count > 0) flush(general);
 }
 
+// out = y (nothing to do when out is y itself).
+template <typename T>
+void copy_groups(const T* y, T* out, int64_t count) {
+  if (out != y) std::memcpy(out, y, count * sizeof(T));
+}
+
 template <typename T, int NT, int MT>
 void prox_nm_loop(const T* y, T* out, int64_t groups, int n, int m, T lam, int threads) {
   const int64_t blocks = (groups + kLanes<T> - 1) / kLanes<T>;
@@ -944,6 +954,7 @@ template <typename T>
 void prox_nm(const T* y, T* out, int64_t groups, int n, int m, double lam_d, int threads) {
   // A lambda beyond the largest T acts like the largest T (the scaled path saturates the same way).
   const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
+  if (lam_d == 0) return copy_groups(y, out, groups * m);  // lam s = 0: the identity, bit for bit
   if (n == 2 && m == 4) return prox_nm_loop<T, 2, 4>(y, out, groups, n, m, lam, threads);
   if (n == 1 && m == 4) return prox_nm_loop<T, 1, 4>(y, out, groups, n, m, lam, threads);
   if (n == 3 && m == 4) return prox_nm_loop<T, 3, 4>(y, out, groups, n, m, lam, threads);
@@ -977,7 +988,9 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   for (int i = 0; i < m; ++i) LANES {
     amax[l] = a[i][l] > amax[l] ? a[i][l] : amax[l];
     finite[l] = a[i][l] <= std::numeric_limits<T>::max() ? finite[l] : T(0);
+    finite[l] = s[i][l] != 0 ? finite[l] : T(0);  // a group with a zero step is not moved either
   }
+  for (int i = 0; i < m; ++i) LANES s[i][l] = finite[l] != 0 ? s[i][l] : T(1);  // (no 0/0 in unused lanes)
   lane_scales(amax, finite, N, lam, up1, up2, dn1, dn2, lam_g);
   for (int i = 0; i < m; ++i) LANES a[i][l] = finite[l] != 0 ? a[i][l] * dn1[l] * dn2[l] : T(0);
   T best[m][kLanes<T>], best_f[kLanes<T>], x[m][kLanes<T>], f[kLanes<T>];
@@ -1103,7 +1116,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
     }
     objective();
   }
-  for (int l = 0; l < lanes; ++l) {  // a non-finite group is written back unchanged
+  for (int l = 0; l < lanes; ++l) {  // a non-finite group, or one with a zero step, is written back unchanged
     for (int i = 0; i < m; ++i) {
       const T yi = y[l * m + i];
       const T w = best[i][l] == a[i][l] && a[i][l] != 0 ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
@@ -1125,6 +1138,7 @@ void prox_nm_metric_loop(const T* y, const T* step, T* out, int64_t groups, T la
 template <typename T>
 void prox_nm_metric(const T* y, const T* step, T* out, int64_t groups, int n, double lam_d, int threads) {
   const T lam = lam_d < double(std::numeric_limits<T>::max()) ? T(lam_d) : std::numeric_limits<T>::max();
+  if (lam_d == 0) return copy_groups(y, out, groups * 4);  // lam = 0: the identity, bit for bit
   if (n == 1) return prox_nm_metric_loop<T, 1>(y, step, out, groups, lam, threads);
   if (n == 2) return prox_nm_metric_loop<T, 2>(y, step, out, groups, lam, threads);
   prox_nm_metric_loop<T, 3>(y, step, out, groups, lam, threads);
