@@ -307,7 +307,8 @@ class ProxAdam(AdamW):
 
     def _metric_step(self, group: dict, p: Tensor, lr=None):
         """Adam's diagonal metric for ``p``: ``lr / (sqrt(v̂) + eps)``, ``v̂ = v / (1 − β2^t)``, and 0 where
-        ``v = 0`` (the prox leaves those weights, for N:M their groups, as Adam left them; see the class doc).
+        ``v = 0`` (the prox leaves those weights, for N:M their groups, as Adam left them; see the class doc)
+        or v is NaN (a non-finite gradient: the prox does not act on what diverged; the loss shows it).
 
         Read from the state AdamW's step just wrote (``step`` is t, ``exp_avg_sq`` or, with amsgrad,
         ``max_exp_avg_sq`` is v), with tensor ops only: ``step`` is a tensor (on CPU, or on the param's
@@ -323,14 +324,16 @@ class ProxAdam(AdamW):
         t = step_t.to(torch.float64) if step_t.device.type == "cpu" else step_t
         bias_correction2_sqrt = (1 - beta2**t).sqrt()
         lr = _scalar(group["lr"]) if lr is None else lr
+        moved = v.gt(0)  # False where v = 0 and where v is NaN (non-finite gradients): s = 0 there
+        zero = v.new_zeros(())
         if self.defaults["differentiable"]:
-            return (lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"])) * v.sign()
+            return torch.where(moved, lr / (v.sqrt() / bias_correction2_sqrt).add_(group["eps"]), zero)
         # The same values in place (a float lr divides as torch's `lr / denom` does, a reciprocal then a
-        # product; the sign of v, 0 or 1, zeroes the step where v = 0 exactly): two new tensors instead of
-        # five, which matters at a step per weight of the model.
+        # product), then 0 where v is not > 0: two new tensors instead of five, which matters at a step per
+        # weight of the model.
         denom = v.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
         s = torch.div(lr, denom, out=denom) if isinstance(lr, Tensor) else denom.reciprocal_().mul_(lr)
-        return s.mul_(v.sign())
+        return torch.where(moved, s, zero, out=s)
 
     def _apply_prox(self) -> None:
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler for fused steps
