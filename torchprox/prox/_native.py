@@ -33,7 +33,8 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("csrc") / "nm_cpu.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "nm_cpu.cpp"  # the one translation unit; it includes the headers of csrc/
 # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC may not turn the
 # lane loops' selects (x = c ? a * b : 0) into vector blends where the CPU has no masked vector operations
 # (AVX2): such a build ran 1.43x the instructions without it on 4:8 at lam 0.25, 1.28x on 2:4. The same bits,
@@ -148,11 +149,17 @@ def _compile(cmd: list[str]) -> None:
             raise subprocess.CalledProcessError(code, cmd, stderr=err.read().decode(errors="replace"))
 
 
+def _source_bytes() -> bytes:
+    """Every file of ``csrc/`` (the translation unit and its headers), each with its name: the cache key's
+    source part, so that a change to any header rebuilds the kernel."""
+    files = sorted(p for p in _CSRC.iterdir() if p.suffix in (".cpp", ".h"))
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in files)
+
+
 def _build(cxx: str, force: bool = False) -> Path:
     """The cached library for this source, compiler and CPU: built (atomically, the sha256 sidecar written only
     after a complete build) unless it exists; with ``force`` rebuilt whatever exists."""
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cxx, *_FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
+    key = hashlib.sha256(_source_bytes() + " ".join([cxx, *_FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
     target = cache_dir() / f"nm_cpu-{key}.so"
     if target.exists() and not force:
         return target
