@@ -25,10 +25,7 @@ __attribute__((noinline)) bool convex_unscaled(const T (*b)[kLanes<T>], const T*
   if (count(convex) != kLanes<T>) return false;
   for (int i = 0; i < m; ++i) LANES x[i][l] = b[i][l];
   coordinate_descent(x, b, m, n, lam_l, tol);
-  LANES for (int i = 0; i < m; ++i) {  // lanes outer: m interleaved stores the compiler vectorizes as a group
-    const T yi = y[l * m + i];
-    out[l * m + i] = x[i][l] == b[i][l] ? yi : std::copysign(x[i][l], yi);
-  }
+  write_block<T>(y, out, m, kLanes<T>, x, b, nullptr, nullptr, nullptr);
   return true;
 }
 
@@ -84,21 +81,7 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     if (count(convex) == kLanes<T>) {
       for (int i = 0; i < m; ++i) LANES best[i][l] = cand[i][l];
       coordinate_descent(best, cand, m, n, lam_g, tol_g);
-      // Unchanged values, and non-finite groups, are written back from y itself, bit for bit.
-      if (lanes == kLanes<T>) {  // a full block: strided loads and stores the compiler vectorizes
-        for (int i = 0; i < m; ++i) LANES {
-          const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
-          out[l * m + i] = finite[l] != 0 ? w : yi;
-        }
-        return;
-      }
-      for (int l = 0; l < lanes; ++l)
-        for (int i = 0; i < m; ++i) {
-          const T yi = y[l * m + i];
-          const T w = best[i][l] == cand[i][l] && cand[i][l] != 0 ? yi : std::copysign(best[i][l] * scale[l] * half_up[l], yi);
-          out[l * m + i] = finite[l] != 0 ? w : yi;
-        }
+      write_block<T>(y, out, m, lanes, best, cand, scale, half_up, finite);
       return;
     }
   }

@@ -120,20 +120,46 @@ template <typename T> struct Range;
 template <> struct Range<float> { static constexpr int bits = 100; };
 template <> struct Range<double> { static constexpr int bits = 900; };
 
-// Lane l's group back to its row (y, out: the group's m values): the candidate best, sorted as b (idx[i] is the
-// position of b[i] in the group), rescaled by scale * half_up, with the signs of y. A value the prox leaves
-// unchanged is written back from y itself, bit for bit (scaling a subnormal down and up again would round it),
-// unless its scaled value underflowed to 0 (a tiny value in a group of huge ones): the solver saw a 0 there and
-// its 0 is written, never the tiny y (which the solver did not weigh: e.g. a fifth nonzero in a 4:8 group);
-// a non-finite group (a NaN or an infinity anywhere) is written back unchanged.
+// The write-back of a solved group, one rule for every path. The value written for an entry whose input is yi
+// (b = its |yi| as the solver saw it, scaled; x = the solver's result there): x rescaled by up1 * up2 (two
+// factors, so that the product never overflows) with the sign of yi. A value the prox leaves unchanged is
+// written back from yi itself, bit for bit (scaling a subnormal down and up again would round it), unless its
+// scaled value underflowed to 0 (a tiny value in a group of huge ones): the solver saw a 0 there and its 0 is
+// written, never the tiny yi (which the solver did not weigh: e.g. a fifth nonzero in a 4:8 group). A group
+// that is not `finite` (a NaN or an infinity anywhere) is written back unchanged.
+template <typename T>
+INLINE T written(T yi, T x, T b, T up1, T up2, bool finite) {
+  const T w = x == b && b != 0 ? yi : std::copysign(x * up1 * up2, yi);
+  return finite ? w : yi;
+}
+
+// Lane l's group back to its row (y, out: the group's m values), by `written`: the candidate best, sorted as b
+// (idx[i] is the position of b[i] in the group).
 template <typename T>
 INLINE void write_group(const T* y, T* out, int m, int l, const T (*best)[kLanes<T>], const T (*b)[kLanes<T>],
                         const int (*idx)[kLanes<T>], T scale, T half_up, bool finite) {
   for (int i = 0; i < m; ++i) {
     const int j = idx[i][l];
-    const T w = best[i][l] == b[i][l] && b[i][l] != 0 ? y[j] : std::copysign(best[i][l] * scale * half_up, y[j]);
-    out[j] = finite ? w : y[j];
+    out[j] = written(y[j], best[i][l], b[i][l], scale, half_up, finite);
   }
+}
+
+// The groups of lanes 0..lanes back to their rows y[l * m..], out[l * m..], by `written`: x and b in group
+// order (unsorted). up1, up2 null: unscaled; finite null: every group finite.
+template <typename T>
+INLINE void write_block(const T* y, T* out, int m, int lanes, const T (*x)[kLanes<T>], const T (*b)[kLanes<T>],
+                        const T* up1, const T* up2, const T* finite) {
+  if (lanes == kLanes<T>) {
+    LANES for (int i = 0; i < m; ++i) {  // lanes outer: m interleaved stores the compiler vectorizes as a group
+      out[l * m + i] = written(y[l * m + i], x[i][l], b[i][l], up1 ? up1[l] : T(1), up2 ? up2[l] : T(1),
+                               finite ? finite[l] != 0 : true);
+    }
+    return;
+  }
+  for (int l = 0; l < lanes; ++l)
+    for (int i = 0; i < m; ++i)
+      out[l * m + i] = written(y[l * m + i], x[i][l], b[i][l], up1 ? up1[l] : T(1), up2 ? up2[l] : T(1),
+                               finite ? finite[l] != 0 : true);
 }
 
 template <typename T> struct Vec16;

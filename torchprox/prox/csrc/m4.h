@@ -87,7 +87,7 @@ __attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam
     }
     if (!any_lane(any)) break;
   }
-  for (int v = 0; v < kVecs; ++v) {
+  for (int v = 0; v < kVecs; ++v) {  // `written` (lanes.h) in vectors: unscaled, every group finite
     const V w = (V)(((I)x[v] & ~sign) | ((I)yv[v] & sign));
     const V o = x[v] == b[v] ? yv[v] : w;
     std::memcpy(out + 16 * v, &o, sizeof(V));

@@ -157,13 +157,7 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
     }
     objective();
   }
-  for (int l = 0; l < lanes; ++l) {  // a non-finite group is written back unchanged
-    for (int i = 0; i < m; ++i) {
-      const T yi = y[l * m + i];
-      const T w = best[i][l] == a[i][l] && a[i][l] != 0 ? yi : std::copysign(best[i][l] * up1[l] * up2[l], yi);
-      out[l * m + i] = finite[l] != 0 ? w : yi;
-    }
-  }
+  write_block<T>(y, out, m, lanes, best, a, up1, up2, finite);  // (a non-finite group: unchanged)
 }
 
 // The diagonal-metric prox for m = 4: convex_m4 where a group qualifies, the general solver above for the others.
