@@ -36,21 +36,8 @@ INLINE void newton_support(const T (*beta)[kLanes<T>], int k1, const T* bk, cons
       prod[l] = other ? prod[l] * uj : prod[l];
       dlog[l] = other ? dlog[l] + inc : dlog[l];
     }
-    // The Newton update. The same operations in two forms, for the code GCC makes of them: with LowLast (the
-    // scalar-step path) it vectorizes the lane loop itself, and float64 runs faster so than in explicit vectors;
-    // otherwise (the metric path) it does not if-convert the lane loop, so the update is in vectors of 16 lanes.
-    if constexpr (LowLast) {
-      LANES {
-        const T psi = lam[l] * prod[l] + z[l] - bk[l];
-        const T dpsi = 1 + lam[l] * prod[l] * dlog[l];
-        T zn = dpsi > 0 ? z[l] - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
-        zn = zn < 0 ? T(0) : (zn > bk[l] ? bk[l] : zn);
-        const T moving = std::fabs(zn - z[l]) > tol[l] ? T(1) : T(0);
-        z[l] = active[l] != 0 ? zn : z[l];
-        active[l] *= moving;
-      }
-    } else for (int h = 0; h < kLanes<T>; h += 16) {
-      using V = typename Vec16<T>::V;
+    for (int h = 0; h < kLanes<T>; h += 16) {  // the Newton update, in explicit vectors of 16 lanes: GCC does not
+      using V = typename Vec16<T>::V;          // if-convert this loop over lanes by itself
       V zv, bkv, lv, pv, dlv, tv, av;
       std::memcpy(&zv, z + h, sizeof(V));
       std::memcpy(&bkv, bk + h, sizeof(V));
