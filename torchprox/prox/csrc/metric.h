@@ -3,7 +3,6 @@
 #pragma once
 #include "lanes.h"
 #include "m4.h"
-#include "newton.h"
 
 namespace {
 
@@ -20,6 +19,7 @@ namespace {
 template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
+  const T tiny = std::numeric_limits<T>::min();
   T a[m][kLanes<T>], s[m][kLanes<T>], amax[kLanes<T>], finite[kLanes<T>], lam_g[kLanes<T>];
   T up1[kLanes<T>], up2[kLanes<T>];
   T dn1[kLanes<T>], dn2[kLanes<T>];
@@ -80,11 +80,52 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
         LANES bk[l] = beta[j][l] <= bk[l] ? beta[j][l] : bk[l];
         LANES bmax[l] = beta[j][l] > bmax[l] ? beta[j][l] : bmax[l];
       }
-      T u[K1][kLanes<T>], tol[kLanes<T>];
-      LANES tol[l] = Iters<T>::tol * bmax[l];
-      newton_support<T, false>(beta, K1, bk, low, lam_p, tol, u);
+      T gap[K1][kLanes<T>], z[kLanes<T>], active[kLanes<T>];  // gap of the smallest itself: unused (masked below)
       for (int j = 0; j < K1; ++j) LANES {
-        const T xi = u[j][l] * c[j][l];
+        const T g = beta[j][l] * beta[j][l] - bk[l] * bk[l];
+        gap[j][l] = g > 0 ? g : T(0);
+      }
+      LANES { z[l] = bk[l]; active[l] = 1; }
+      for (int it = 0; it < Iters<T>::newton; ++it) {
+        T d[kLanes<T>], prod[kLanes<T>], dlog[kLanes<T>];
+        LANES { d[l] = 2 * z[l] - bk[l]; prod[l] = 1; dlog[l] = 0; }
+        for (int j = 0; j < K1; ++j) LANES {
+          const T rj = std::sqrt(d[l] * d[l] + gap[j][l]);
+          const T uj = (beta[j][l] + rj) * T(0.5);
+          const T den = rj * uj;
+          const T inc = d[l] / (den > tiny ? den : tiny);  // (unconditional: divisions are not if-converted)
+          const bool other = low[l] != T(j);
+          prod[l] = other ? prod[l] * uj : prod[l];
+          dlog[l] = other ? dlog[l] + inc : dlog[l];
+        }
+        for (int h = 0; h < kLanes<T>; h += 16) {  // the Newton update, in explicit vectors of 16 lanes: GCC does not
+          using V = typename Vec16<T>::V;       // if-convert this loop over lanes by itself
+          V zv, bkv, lpv, pv, dlv, bmv, av;
+          std::memcpy(&zv, z + h, sizeof(V));
+          std::memcpy(&bkv, bk + h, sizeof(V));
+          std::memcpy(&lpv, lam_p + h, sizeof(V));
+          std::memcpy(&pv, prod + h, sizeof(V));
+          std::memcpy(&dlv, dlog + h, sizeof(V));
+          std::memcpy(&bmv, bmax + h, sizeof(V));
+          std::memcpy(&av, active + h, sizeof(V));
+          const V zero = V{}, tinyv = V{} + tiny;
+          const V psi = lpv * pv + zv - bkv;
+          const V dpsi = 1 + lpv * pv * dlv;
+          V zn = dpsi > zero ? zv - psi / (dpsi > tinyv ? dpsi : tinyv) : zero;
+          zn = zn < zero ? zero : (zn > bkv ? bkv : zn);
+          const V dz = zn - zv;
+          const V step = dz < zero ? -dz : dz;
+          zv = av != zero ? zn : zv;
+          av = step > Iters<T>::tol * bmv ? av : zero;
+          std::memcpy(z + h, &zv, sizeof(V));
+          std::memcpy(active + h, &av, sizeof(V));
+        }
+        if (count(active) == 0) break;
+      }
+      for (int j = 0; j < K1; ++j) LANES {
+        const T d = 2 * z[l] - bk[l];
+        const T u = low[l] == T(j) ? z[l] : (beta[j][l] + std::sqrt(d * d + gap[j][l])) * T(0.5);
+        const T xi = u * c[j][l];
         x[on[j]][l] = xi < a[on[j]][l] ? xi : a[on[j]][l];
       }
     } else {  // coordinate descent from a on the support
