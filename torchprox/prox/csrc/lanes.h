@@ -24,10 +24,21 @@ constexpr int kMaxM = 32;
 template <typename T>
 constexpr int kLanes = 128 / sizeof(T);
 
+// Caps on Newton iterations and coordinate-descent sweeps, and the step below which an iterate counts as
+// converged (values are scaled into [0, 1)): nm.py's _KERNEL_ITERATIONS, passed by _native.py as -D defines.
+#if !defined(TP_NEWTON_F32) || !defined(TP_SWEEPS_F32) || !defined(TP_TOL_F32) || !defined(TP_NEWTON_F64) || \
+    !defined(TP_SWEEPS_F64) || !defined(TP_TOL_F64)
+#error "build with torchprox/prox/_native.py: it defines the iteration caps and tolerances (nm._KERNEL_ITERATIONS)"
+#endif
 template <typename T> struct Iters;
-// Caps, and the step below which an iterate counts as converged (values are scaled into [0, 1)).
-template <> struct Iters<float> { static constexpr int newton = 40, sweeps = 60; static constexpr float tol = 1e-6f; };
-template <> struct Iters<double> { static constexpr int newton = 80, sweeps = 200; static constexpr double tol = 1e-12; };
+template <> struct Iters<float> {
+  static constexpr int newton = TP_NEWTON_F32, sweeps = TP_SWEEPS_F32;
+  static constexpr float tol = TP_TOL_F32;
+};
+template <> struct Iters<double> {
+  static constexpr int newton = TP_NEWTON_F64, sweeps = TP_SWEEPS_F64;
+  static constexpr double tol = TP_TOL_F64;
+};
 
 #define LANES _Pragma("omp simd") for (int l = 0; l < kLanes<T>; ++l)
 // The lane helpers are always inlined, so that their loops see the caller's compile-time n and m.
