@@ -1,6 +1,6 @@
 """The fused CPU kernels of ``csrc/nm_cpu.cpp``, built once with the system C++ compiler and cached.
 
-The first call compiles the kernel (about 25 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
+The first call compiles the kernel (about 30 s: every (n, m, dtype)
 specialisation of the m = 4 vector paths, the general block solver and its descent engine) into
 ``$TORCHPROX_CACHE/kernels/`` (default ``~/.cache/torchprox/kernels``), named by a hash of the source and the
 compiler command, written atomically with a sidecar holding its sha256 (written only after a complete build).
