@@ -1,6 +1,6 @@
 """The fused CPU kernels of ``csrc/nm_cpu.cpp``, built once with the system C++ compiler and cached.
 
-The first call compiles the kernel (about 25 s with g++ 12 -O3 -fopenmp on a 2.8 GHz Xeon: every (n, m, dtype)
+The first call compiles the kernel (about 30 s: every (n, m, dtype)
 specialisation of the m = 4 vector paths, the general block solver and its descent engine) into
 ``$TORCHPROX_CACHE/kernels/`` (default ``~/.cache/torchprox/kernels``), named by a hash of the source and the
 compiler command, written atomically with a sidecar holding its sha256 (written only after a complete build).
@@ -33,12 +33,26 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("csrc") / "nm_cpu.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "nm_cpu.cpp"  # the one translation unit; it includes the headers of csrc/
 # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC may not turn the
 # lane loops' selects (x = c ? a * b : 0) into vector blends where the CPU has no masked vector operations
 # (AVX2): such a build ran 1.43x the instructions without it on 4:8 at lam 0.25, 1.28x on 2:4. The same bits,
 # but for the 3:4 diagonal-metric kernel: 1-2 ulp apart in ~1% of groups (docs/benchmarks.md).
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+
+
+def _defines() -> list[str]:
+    """The iteration caps and tolerance of nm._KERNEL_ITERATIONS as -D defines (TP_NEWTON_F32, TP_TOL_F64, ...;
+    the tolerances as exact hexadecimal literals of the value in its dtype): the one definition both kernels use."""
+    from .nm import _KERNEL_ITERATIONS  # (nm imports this module)
+
+    out = []
+    for dtype, suffix in ((torch.float32, "F32"), (torch.float64, "F64")):
+        it = _KERNEL_ITERATIONS[dtype]
+        tol = torch.tensor(it["tol"], dtype=dtype).item().hex()  # (exact in dtype)
+        out += [f"-DTP_NEWTON_{suffix}={it['newton']}", f"-DTP_SWEEPS_{suffix}={it['sweeps']}", f"-DTP_TOL_{suffix}={tol}"]
+    return out
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
 
@@ -148,11 +162,18 @@ def _compile(cmd: list[str]) -> None:
             raise subprocess.CalledProcessError(code, cmd, stderr=err.read().decode(errors="replace"))
 
 
+def _source_bytes() -> bytes:
+    """Every file of ``csrc/`` (the translation unit and its headers), each with its name: the cache key's
+    source part, so that a change to any header rebuilds the kernel."""
+    files = sorted(p for p in _CSRC.iterdir() if p.suffix in (".cpp", ".h"))
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in files)
+
+
 def _build(cxx: str, force: bool = False) -> Path:
     """The cached library for this source, compiler and CPU: built (atomically, the sha256 sidecar written only
     after a complete build) unless it exists; with ``force`` rebuilt whatever exists."""
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cxx, *_FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
+    flags = [*_FLAGS, *_defines()]
+    key = hashlib.sha256(_source_bytes() + " ".join([cxx, *flags]).encode() + _cpu_id()).hexdigest()[:16]
     target = cache_dir() / f"nm_cpu-{key}.so"
     if target.exists() and not force:
         return target
@@ -161,7 +182,7 @@ def _build(cxx: str, force: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=target.parent))
     try:
         out = tmp / target.name
-        _compile([cxx, *_FLAGS, str(_SOURCE), "-o", str(out)])
+        _compile([cxx, *flags, str(_SOURCE), "-o", str(out)])
         digest = tmp / _digest_path(target).name
         digest.write_text(_sha256(out) + "\n")
         os.replace(out, target)  # atomic: concurrent builders each write a whole file

@@ -24,8 +24,16 @@ from .registry import check_nm_args, register_prox
 
 __all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
 
-# Newton iterations for the (n+1)-support equation and coordinate-descent sweeps for larger supports.
-# Fixed counts: the work never depends on the data or on λ (no host sync, no data-dependent loop).
+# The fused kernels' iterations (C++ in csrc/, Triton in _triton.py; both read this table: _native passes it to
+# the compiler as -D defines): at most `newton` Newton iterations for an (n+1)-support and `sweeps`
+# coordinate-descent sweeps for a larger one; a group's iterate has converged once a step moves it by at most
+# `tol` (on values scaled into [0, 1)).
+_KERNEL_ITERATIONS = {
+    torch.float32: {"newton": 40, "sweeps": 60, "tol": 1e-6},
+    torch.float64: {"newton": 80, "sweeps": 200, "tol": 1e-12},
+}
+# The plain-torch path's Newton iterations and coordinate-descent sweeps: fixed counts, with no convergence
+# test, so that its work never depends on the data or on λ (no host sync, no data-dependent loop).
 _NEWTON_ITERS = {torch.float32: 24, torch.float64: 48}
 _CD_SWEEPS = {torch.float32: 24, torch.float64: 48}
 
