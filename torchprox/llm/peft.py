@@ -111,7 +111,8 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
 
     Args:
         model: a ``peft.PeftModel`` (or ``LoraModel``) whose LoRA targets wrap N:M-sparse linears.
-        n, m: the pattern to keep (default 2:4).
+        n: nonzeros kept per group (default 2).
+        m: the group size (default 4).
         adapter_names: the adapters to merge (default: the active ones). Others are dropped.
         require_nm: a LoRA target whose base weight is not N:M (or not a linear layer) is a ValueError; with
             False it is merged densely (``W + ΔW``, as PEFT does), with a warning.

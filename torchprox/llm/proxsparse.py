@@ -114,15 +114,16 @@ class ProxSparseConfig:
         grad_clip: max global gradient norm (``None``: no clipping).
         lam_normalization: ``"rms"`` or ``"none"``.
         lr_normalization: ``"rms"`` or ``"none"``.
-        metric, lam_scaling: ProxAdam's options: ``"adam"`` (the default) or ``"identity"`` (the paper);
-            ``"constant"`` λ (the paper) or ``"lr"``.
+        metric: ProxAdam's metric: ``"adam"`` (the default) or ``"identity"`` (the paper).
+        lam_scaling: ProxAdam's λ scaling: ``"constant"`` λ (the default, the paper) or ``"lr"``.
         mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
             blocks, computed once on the dense model) or ``"weight"`` (top-n of |W|, the paper).
         lam_ramp: fraction of the steps over which λ rises linearly from 0 (0: constant λ, as the paper).
         reconstruct: ``None`` (mask only: every weight is ``W0 ⊙ mask``), ``"obs"`` or ``"finetune"`` (then
             update the kept weights; see the module docstring).
         reconstruct_blocks: calibration blocks used by ``"obs"``.
-        reconstruct_steps, reconstruct_lr: the masked fine-tune's steps (of ``batch_size`` blocks) and peak lr.
+        reconstruct_steps: the masked fine-tune's steps (of ``batch_size`` blocks).
+        reconstruct_lr: the masked fine-tune's peak lr.
         frozen_lam: weight of the paper's "frozen weight" regularizer, added to the loss as
             ``frozen_lam · mean_ij (W_ij (W_ij − W0_ij) / W0_ij)²`` over all target weights (zero when every
             weight is either 0 or its original value; 0 disables it). It keeps the trained network close to
@@ -414,7 +415,8 @@ def learn_masks(
         model: a Hugging Face causal LM (its weights are the W0 that the mask is applied to).
         calib: ``LongTensor (B, seqlen)`` calibration blocks; step i uses ``batch_size`` of them, in a seeded
             order (cycled when there are fewer than ``steps × batch_size``).
-        n, m: the pattern.
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size (consecutive weights along the layer's input dimension).
         config: [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig] (defaults if None).
         targets: PEFT-style targets (see [`torchprox.llm.blocks.target_linears`][torchprox.llm.blocks.target_linears]); default every linear
             layer inside the decoder blocks.

@@ -57,7 +57,8 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, An
     Args:
         model: a 2:4-sparse model on a CUDA GPU with compute capability >= 8.0, in fp16 or bf16, with plain
             weights ([`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all] first).
-        n, m: must be 2 and 4 (the only pattern of the sparse tensor cores).
+        n: must be 2 (the only pattern of the sparse tensor cores is 2:4).
+        m: must be 4.
     Returns:
         ``{"converted": [qualified names], "skipped": {name: reason}}``.
     Raises:

@@ -32,8 +32,9 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
         targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
-        checkpoint_dir, resume: ``"proxsparse"`` only: checkpoints of the run and resuming from one (see
+        checkpoint_dir: ``"proxsparse"`` only: where the run's checkpoints are written (see
             [`learn_masks`][torchprox.llm.proxsparse.learn_masks]); a ValueError with another method.
+        resume: ``"proxsparse"`` only: continue from the checkpoint in ``checkpoint_dir``.
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:

@@ -1,8 +1,8 @@
 r"""ProxAdam: torch's Adam/AdamW step followed by a proximal step on each parameter group.
 
-The Adam part is *not* re-derived: :class:`ProxAdam` subclasses :class:`torch.optim.AdamW` and runs its
+The Adam part is *not* re-derived: [`ProxAdam`][torchprox.optim.proxadam.ProxAdam] subclasses `torch.optim.AdamW` and runs its
 ``step`` (single-tensor, ``foreach`` or ``fused`` kernels, exactly as torch picks them), then applies each
-group's proximal operator, found by name in :mod:`torchprox.prox`'s registry, to the group's parameters.
+group's proximal operator, found by name in [`torchprox.prox`][torchprox.prox]'s registry, to the group's parameters.
 """
 from __future__ import annotations
 
@@ -201,6 +201,133 @@ def _scalar(lr: Any) -> Any:
 
 
 class ProxAdam(AdamW):
+    r"""Implements ProxAdam: an Adam/AdamW step followed by a proximal step on each param group.
+
+    \[
+    \begin{array}{l}
+         \textbf{input}      : \gamma \text{ (lr)}, \: \beta_1, \beta_2 \text{ (betas)},
+             \: \theta_0 \text{ (params)}, \: f(\theta) \text{ (objective)},
+             \: \epsilon \text{ (epsilon)}                                                    \\
+         \quad\quad \lambda_{wd} \text{ (weight decay)}, \: \lambda \text{ (lam)},
+             \: R \text{ (prox)}, \: \textit{metric}, \: \textit{lam_scaling},
+             \: \textit{amsgrad}, \: \textit{maximize}                                        \\
+         \textbf{initialize} : m_0 \leftarrow 0 \text{ (first moment)}, v_0 \leftarrow 0
+             \text{ (second moment)}, \: v_0^{max}\leftarrow 0                          \\
+         \textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do}                         \\
+         \quad\textbf{if} \: \textit{maximize}:                                       \\
+         \quad\quad g_t           \leftarrow   -\nabla_{\theta} f_t (\theta_{t-1})         \\
+         \quad\textbf{else}                                                           \\
+         \quad\quad g_t           \leftarrow   \nabla_{\theta} f_t (\theta_{t-1})          \\
+         \quad \theta_t \leftarrow \theta_{t-1} - \gamma \lambda_{wd} \theta_{t-1}    \\
+         \quad m_t           \leftarrow   \beta_1 m_{t-1} + (1 - \beta_1) g_t          \\
+         \quad v_t           \leftarrow   \beta_2 v_{t-1} + (1-\beta_2) g^2_t          \\
+         \quad\widehat{m_t} \leftarrow   m_t/\big(1-\beta_1^t \big)                   \\
+         \quad\textbf{if} \: amsgrad                                                  \\
+         \quad\quad v_t^{max} \leftarrow \mathrm{max}(v_{t-1}^{max},v_t)                  \\
+         \quad\quad\widehat{v_t} \leftarrow v_t^{max}/\big(1-\beta_2^t \big)              \\
+         \quad\textbf{else}                                                           \\
+         \quad\quad\widehat{v_t} \leftarrow   v_t/\big(1-\beta_2^t \big)                  \\
+         \quad\theta_t \leftarrow \theta_t - \gamma \widehat{m_t}/
+             \big(\sqrt{\widehat{v_t}} + \epsilon \big)                                       \\
+         \quad\textbf{if} \: \textit{lam_scaling} = \text{lr}:
+             \: \lambda_t \leftarrow \lambda \gamma_t
+             \:\: \textbf{else} \: \lambda_t \leftarrow \lambda                               \\
+         \quad\textbf{if} \: \textit{metric} = \text{adam}:
+             \: s_t \leftarrow \gamma / \big(\sqrt{\widehat{v_t}} + \epsilon \big)
+             \cdot \mathbb{1}[\widehat{v_t} > 0]
+             \text{ (elementwise)} \:\: \textbf{else} \: s_t \leftarrow 1                     \\
+         \quad\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
+             = \mathrm{argmin}_w \: \tfrac{1}{2} \sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
+             + \lambda_t R(w)                                                                 \\
+         \quad\text{where } s_{t,i} = 0 \text{ (} \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0
+             \text{): the prox leaves } \theta_{t,i} \text{ (for N:M its group) as Adam left it}   \\
+         \textbf{return} \:  \theta_t                                                     \\
+    \end{array}
+    \]
+
+    Everything above the two last lines is `torch.optim.AdamW`'s step: ProxAdam subclasses AdamW and
+    runs its ``step`` unchanged (same single-tensor / ``foreach`` / ``fused`` kernels), then applies the prox
+    in place, under ``no_grad``, to every parameter of the group that has a gradient. With ``prox=None`` or
+    ``lam=0`` a group's update is bit for bit AdamW's with the same ``foreach``/``fused`` arguments.
+
+    Kernel choice: explicit ``foreach``/``fused`` arguments are passed to AdamW as given. When both are None
+    (and not ``differentiable``), ProxAdam picks ``fused=True`` if some group has a prox to apply and every
+    parameter is a plain CPU or CUDA floating-point tensor: torch's fused Adam kernel (the same math; torch
+    keeps the for-loop default on CPU for compatibility), so that Adam plus the fused prox kernel costs about
+    one default AdamW step. Without any prox it keeps AdamW's default, so ``ProxAdam(params)`` is
+    ``AdamW(params, weight_decay=0)`` bit for bit. ``metric="identity"`` with ``lam_scaling="constant"``
+    is ProxSparse's update (a plain prox with a constant λ after each Adam step). ``metric="adam"`` measures
+    the prox in Adam's own diagonal metric, so the prox shrinks each weight in proportion to its Adam step
+    size; ``lam_scaling="lr"`` lets LR schedulers (warm-up, decay) act on λ too.
+
+    Weights without a gradient (``metric="adam"``): where ``v̂ = 0`` the weight has never had a nonzero
+    gradient (an MoE expert that received no tokens, an input feature that is always zero; also a gradient so
+    small, or so long ago, that ``v`` underflowed), and the formula's step ``s = lr / eps`` (1e5·lr) would be
+    an unbounded prox step that zeroes it at once. There the step is 0 instead (also where ``v`` is NaN, after a non-finite gradient:
+    one ``torch.where`` into ``s``), and a zero step means "not moved" in every built-in operator: a group holding a weight with
+    ``v = 0`` is left as Adam left it (group-wise for N:M, whose groups are coupled: the other weights of that
+    group stay too; elementwise for L1), still with the in-place operator (the fused kernel) and no extra
+    pass. Likewise ``lr = 0`` gives ``s = 0``: nothing moves. (A user-registered operator without
+    ``zero_step_still`` gets the same zero steps, and its result is discarded where ``s = 0``.) When
+    GradScaler's fused step skips the update (``found_inf``), the step is multiplied by ``1 − found_inf`` (a
+    0-d product), so the prox is skipped too, without a host sync. With ``metric="identity"`` and ``lam_scaling="constant"``, in
+    contrast, ``lr = 0`` (e.g. the first step of a warm-up from 0) does *not* stop the prox: ``s = 1`` and
+    ``λ_t = λ`` whatever the lr, as the formula says; use ``lam_scaling="lr"`` to let the schedule act on λ.
+
+    Validation: every group is checked when it is added (constructor, ``add_param_group``) and when a
+    ``state_dict`` is loaded, before anything changes, so that a step never stops half done: the prox name,
+    ``lam``, ``metric``, ``lam_scaling``, that ``prox_kwargs`` fit the operator's signature, that each
+    parameter of a group with a prox is real floating-point and passes the operator's own check (registered
+    with [`torchprox.prox.register_prox`][torchprox.prox.registry.register_prox]'s ``check``; e.g. ``"nm"``: ``0 < n < m`` and the group dim's
+    size a multiple of ``m``), and that a loaded Adam state has each parameter's shape. Errors in AdamW's own
+    arguments are AdamW's, with the same types and messages.
+
+    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor (of
+    one element, any shape, as for AdamW), and Adam's ``step`` count is read as a tensor when forming the
+    metric.
+
+    Args:
+        params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
+            parameter groups. A group dict may override any of the arguments below, including ``prox``,
+            ``lam``, ``prox_kwargs``, ``metric`` and ``lam_scaling``.
+        lr (float, Tensor, optional): learning rate γ (default: 1e-3).
+        betas (tuple[float | Tensor, float | Tensor], optional): β1, β2 (default: (0.9, 0.999)).
+        eps (float, optional): ε added to the denominator (default: 1e-8).
+        weight_decay (float, optional): decoupled (AdamW) weight decay λ_wd (default: 0, unlike AdamW's 1e-2).
+        prox (str, optional): the name of a proximal operator registered with
+            [`torchprox.prox.register_prox`][torchprox.prox.registry.register_prox] (built-ins: ``"nm"``, ``"nm_projection"``, …), or None for
+            no prox. A callable is rejected: register it and pass its name, so that the optimizer's
+            ``state_dict`` holds only plain data and loads with ``torch.load(..., weights_only=True)``.
+        lam (float, optional): λ ≥ 0, the regularization strength (default: 0, no prox). ``lam=0`` skips
+            the prox (also for operators such as ``"nm_projection"`` that ignore λ).
+        prox_kwargs (dict, optional): extra keyword arguments for the prox, plain ``str → int/float/str/
+            bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
+            ``fn(p, lam_eff, step=s, **prox_kwargs)``.
+        metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
+            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; a weight with ``v̂ = 0`` gets ``s = 0``:
+            it, and for N:M its group, is left as Adam left it, see above) (default: ``"identity"``).
+        lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
+            lr) (default: ``"constant"``).
+        foreach (bool, optional): as for `torch.optim.AdamW`; with ``foreach=fused=None`` a ProxAdam with a
+            prox picks the fused kernel (above).
+        fused (bool, optional): as for `torch.optim.AdamW` (see ``foreach``).
+        maximize (bool, optional): as for `torch.optim.AdamW`.
+        capturable (bool, optional): as for `torch.optim.AdamW`.
+        differentiable (bool, optional): as for `torch.optim.AdamW`.
+        amsgrad (bool, optional): as for `torch.optim.AdamW` (the metric then uses ``max_exp_avg_sq``).
+
+    Examples:
+        >>> import torch
+        >>> from torchprox import ProxAdam
+        >>> model = torch.nn.Linear(16, 8)
+        >>> opt = ProxAdam([
+        ...     {"params": [model.weight], "prox": "nm", "lam": 0.1, "prox_kwargs": {"n": 2, "m": 4, "dim": 1}},
+        ...     {"params": [model.bias]},
+        ... ], lr=1e-3)
+        >>> model(torch.randn(4, 16)).square().mean().backward()
+        >>> opt.step()
+    """
+
     def __init__(
         self,
         params,
@@ -373,130 +500,3 @@ class ProxAdam(AdamW):
                         p.copy_(new)
                     else:  # an operator not known to leave zero steps still: its result discarded there
                         p.copy_(torch.where(s == 0, p, new))
-
-
-ProxAdam.__doc__ = r"""Implements ProxAdam: an Adam/AdamW step followed by a proximal step on each param group.
-
-    .. math::
-       \begin{aligned}
-            &\rule{110mm}{0.4pt}                                                                 \\
-            &\textbf{input}      : \gamma \text{ (lr)}, \: \beta_1, \beta_2 \text{ (betas)},
-                \: \theta_0 \text{ (params)}, \: f(\theta) \text{ (objective)},
-                \: \epsilon \text{ (epsilon)}                                                    \\
-            &\hspace{13mm} \lambda_{wd} \text{ (weight decay)}, \: \lambda \text{ (lam)},
-                \: R \text{ (prox)}, \: \textit{metric}, \: \textit{lam\_scaling},
-                \: \textit{amsgrad}, \: \textit{maximize}                                        \\
-            &\textbf{initialize} : m_0 \leftarrow 0 \text{ (first moment)}, v_0 \leftarrow 0
-                \text{ (second moment)}, \: v_0^{max}\leftarrow 0                          \\[-1.ex]
-            &\rule{110mm}{0.4pt}                                                                 \\
-            &\textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do}                         \\
-            &\hspace{5mm}\textbf{if} \: \textit{maximize}:                                       \\
-            &\hspace{10mm}g_t           \leftarrow   -\nabla_{\theta} f_t (\theta_{t-1})         \\
-            &\hspace{5mm}\textbf{else}                                                           \\
-            &\hspace{10mm}g_t           \leftarrow   \nabla_{\theta} f_t (\theta_{t-1})          \\
-            &\hspace{5mm} \theta_t \leftarrow \theta_{t-1} - \gamma \lambda_{wd} \theta_{t-1}    \\
-            &\hspace{5mm}m_t           \leftarrow   \beta_1 m_{t-1} + (1 - \beta_1) g_t          \\
-            &\hspace{5mm}v_t           \leftarrow   \beta_2 v_{t-1} + (1-\beta_2) g^2_t          \\
-            &\hspace{5mm}\widehat{m_t} \leftarrow   m_t/\big(1-\beta_1^t \big)                   \\
-            &\hspace{5mm}\textbf{if} \: amsgrad                                                  \\
-            &\hspace{10mm} v_t^{max} \leftarrow \mathrm{max}(v_{t-1}^{max},v_t)                  \\
-            &\hspace{10mm}\widehat{v_t} \leftarrow v_t^{max}/\big(1-\beta_2^t \big)              \\
-            &\hspace{5mm}\textbf{else}                                                           \\
-            &\hspace{10mm}\widehat{v_t} \leftarrow   v_t/\big(1-\beta_2^t \big)                  \\
-            &\hspace{5mm}\theta_t \leftarrow \theta_t - \gamma \widehat{m_t}/
-                \big(\sqrt{\widehat{v_t}} + \epsilon \big)                                       \\
-            &\hspace{5mm}\textbf{if} \: \textit{lam\_scaling} = \text{lr}:
-                \: \lambda_t \leftarrow \lambda \gamma_t
-                \:\: \textbf{else} \: \lambda_t \leftarrow \lambda                               \\
-            &\hspace{5mm}\textbf{if} \: \textit{metric} = \text{adam}:
-                \: s_t \leftarrow \gamma / \big(\sqrt{\widehat{v_t}} + \epsilon \big)
-                \cdot \mathrm{sign}(\widehat{v_t})
-                \text{ (elementwise)} \:\: \textbf{else} \: s_t \leftarrow 1                     \\
-            &\hspace{5mm}\theta_t \leftarrow \mathrm{prox}^{s_t}_{\lambda_t R}(\theta_t)
-                = \mathrm{argmin}_w \: \tfrac{1}{2} \textstyle\sum_i (w_i - \theta_{t,i})^2 / s_{t,i}
-                + \lambda_t R(w)                                                                 \\
-            &\hspace{5mm}\text{where } s_{t,i} = 0 \text{ (} \widehat{v_t}_{,i} = 0 \text{ or } \gamma_t = 0
-                \text{): the prox leaves } \theta_{t,i} \text{ (for N:M its group) as Adam left it}   \\
-            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
-            &\bf{return} \:  \theta_t                                                     \\[-1.ex]
-            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
-       \end{aligned}
-
-    Everything above the two last lines is :class:`torch.optim.AdamW`'s step: ProxAdam subclasses AdamW and
-    runs its ``step`` unchanged (same single-tensor / ``foreach`` / ``fused`` kernels), then applies the prox
-    in place, under ``no_grad``, to every parameter of the group that has a gradient. With ``prox=None`` or
-    ``lam=0`` a group's update is bit for bit AdamW's with the same ``foreach``/``fused`` arguments.
-
-    Kernel choice: explicit ``foreach``/``fused`` arguments are passed to AdamW as given. When both are None
-    (and not ``differentiable``), ProxAdam picks ``fused=True`` if some group has a prox to apply and every
-    parameter is a plain CPU or CUDA floating-point tensor: torch's fused Adam kernel (the same math; torch
-    keeps the for-loop default on CPU for compatibility), so that Adam plus the fused prox kernel costs about
-    one default AdamW step. Without any prox it keeps AdamW's default, so ``ProxAdam(params)`` is
-    ``AdamW(params, weight_decay=0)`` bit for bit. ``metric="identity"`` with ``lam_scaling="constant"``
-    is ProxSparse's update (a plain prox with a constant λ after each Adam step). ``metric="adam"`` measures
-    the prox in Adam's own diagonal metric, so the prox shrinks each weight in proportion to its Adam step
-    size; ``lam_scaling="lr"`` lets LR schedulers (warm-up, decay) act on λ too.
-
-    Weights without a gradient (``metric="adam"``): where ``v̂ = 0`` the weight has never had a nonzero
-    gradient (an MoE expert that received no tokens, an input feature that is always zero; also a gradient so
-    small, or so long ago, that ``v`` underflowed), and the formula's step ``s = lr / eps`` (1e5·lr) would be
-    an unbounded prox step that zeroes it at once. There the step is 0 instead (``s`` times ``sign(v)``, in the
-    same pass), and a zero step means "not moved" in every built-in operator: a group holding a weight with
-    ``v = 0`` is left as Adam left it (group-wise for N:M, whose groups are coupled: the other weights of that
-    group stay too; elementwise for L1), still with the in-place operator (the fused kernel) and no extra
-    pass. Likewise ``lr = 0`` gives ``s = 0``: nothing moves. (A user-registered operator without
-    ``zero_step_still`` gets the same zero steps, and its result is discarded where ``s = 0``.) When
-    GradScaler's fused step skips the update (``found_inf``), the step is multiplied by ``1 − found_inf`` (a
-    0-d product), so the prox is skipped too, without a host sync. With ``metric="identity"`` and ``lam_scaling="constant"``, in
-    contrast, ``lr = 0`` (e.g. the first step of a warm-up from 0) does *not* stop the prox: ``s = 1`` and
-    ``λ_t = λ`` whatever the lr, as the formula says; use ``lam_scaling="lr"`` to let the schedule act on λ.
-
-    Validation: every group is checked when it is added (constructor, ``add_param_group``) and when a
-    ``state_dict`` is loaded, before anything changes, so that a step never stops half done: the prox name,
-    ``lam``, ``metric``, ``lam_scaling``, that ``prox_kwargs`` fit the operator's signature, that each
-    parameter of a group with a prox is real floating-point and passes the operator's own check (registered
-    with :func:`torchprox.prox.register_prox`'s ``check``; e.g. ``"nm"``: ``0 < n < m`` and the group dim's
-    size a multiple of ``m``), and that a loaded Adam state has each parameter's shape. Errors in AdamW's own
-    arguments are AdamW's, with the same types and messages.
-
-    The step performs no ``.item()`` or other host synchronisation of its own: ``lr`` may be a tensor (of
-    one element, any shape, as for AdamW), and Adam's ``step`` count is read as a tensor when forming the
-    metric.
-
-    Args:
-        params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
-            parameter groups. A group dict may override any of the arguments below, including ``prox``,
-            ``lam``, ``prox_kwargs``, ``metric`` and ``lam_scaling``.
-        lr (float, Tensor, optional): learning rate γ (default: 1e-3).
-        betas (tuple[float | Tensor, float | Tensor], optional): β1, β2 (default: (0.9, 0.999)).
-        eps (float, optional): ε added to the denominator (default: 1e-8).
-        weight_decay (float, optional): decoupled (AdamW) weight decay λ_wd (default: 0, unlike AdamW's 1e-2).
-        prox (str, optional): the name of a proximal operator registered with
-            :func:`torchprox.prox.register_prox` (built-ins: ``"nm"``, ``"nm_projection"``, …), or None for
-            no prox. A callable is rejected: register it and pass its name, so that the optimizer's
-            ``state_dict`` holds only plain data and loads with ``torch.load(..., weights_only=True)``.
-        lam (float, optional): λ ≥ 0, the regularization strength (default: 0, no prox). ``lam=0`` skips
-            the prox (also for operators such as ``"nm_projection"`` that ignore λ).
-        prox_kwargs (dict, optional): extra keyword arguments for the prox, plain ``str → int/float/str/
-            bool`` (e.g. ``{"n": 2, "m": 4, "dim": 1}``). The operator is called as
-            ``fn(p, lam_eff, step=s, **prox_kwargs)``.
-        metric (str, optional): ``"identity"`` (step ``s = 1``) or ``"adam"`` (``s = lr / (sqrt(v̂) + eps)``
-            elementwise; with amsgrad ``v̂`` uses ``max_exp_avg_sq``; a weight with ``v̂ = 0`` gets ``s = 0``:
-            it, and for N:M its group, is left as Adam left it, see above) (default: ``"identity"``).
-        lam_scaling (str, optional): ``"constant"`` (λ_t = λ) or ``"lr"`` (λ_t = λ · the group's current
-            lr) (default: ``"constant"``).
-        foreach, maximize, capturable, differentiable, fused, amsgrad: as for :class:`torch.optim.AdamW`
-            (they select and configure torch's Adam kernels; the prox is applied per parameter either way),
-            except that with ``foreach=fused=None`` a ProxAdam with a prox picks the fused kernel (above).
-
-    Examples:
-        >>> import torch
-        >>> from torchprox import ProxAdam
-        >>> model = torch.nn.Linear(16, 8)
-        >>> opt = ProxAdam([
-        ...     {"params": [model.weight], "prox": "nm", "lam": 0.1, "prox_kwargs": {"n": 2, "m": 4, "dim": 1}},
-        ...     {"params": [model.bias]},
-        ... ], lr=1e-3)
-        >>> model(torch.randn(4, 16)).square().mean().backward()
-        >>> opt.step()
-    """

@@ -107,7 +107,7 @@ def check_step(step, y: Tensor):
 
 def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
     """A scalar step stays a Python float or 0-d tensor; a tensor step is grouped like ``y`` (both validated by
-    :func:`check_step`)."""
+    [`check_step`][torchprox.prox._groups.check_step])."""
     step = check_step(step, y)
     if isinstance(step, Tensor) and step.dim() > 0:
         if step.shape != y.shape:
@@ -119,7 +119,7 @@ def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
 
 
 def check_lam(lam):
-    """λ as given when a tensor (one element, checked by :func:`check_values`: no host sync on an
+    """λ as given when a tensor (one element, checked by [`check_values`][torchprox.prox._groups.check_values]: no host sync on an
     accelerator); a Python λ must be a finite number >= 0 (returned as a float)."""
     if isinstance(lam, Tensor):
         if lam.numel() != 1:

@@ -8,7 +8,7 @@ Later processes load the cached library at once, after checking it against that 
 truncated library would kill the process) and checking that it has every symbol the operators call; a
 library failing either check is rebuilt, with a one-line warning. The compiler runs under a watchdog that
 kills it if the building process dies, and the temporary build folders of dead processes are removed. Without a compiler
-(or with ``TORCHPROX_NATIVE=0``) :func:`library` returns None and the operators use their plain-torch path,
+(or with ``TORCHPROX_NATIVE=0``) [`library`][torchprox.prox._native.library] returns None and the operators use their plain-torch path,
 which computes the same minimizer.
 
 The kernels are exposed to torch as custom ops (``torch.ops.torchprox.prox_nm_cpu``, its in-place twin
@@ -116,7 +116,7 @@ def _digest_path(target: Path) -> Path:
 
 
 def _check_digest(target: Path) -> None:
-    """Raise :class:`CorruptKernel` unless ``target``'s sha256 equals its sidecar's (checked before dlopen:
+    """Raise [`CorruptKernel`][torchprox.prox._native.CorruptKernel] unless ``target``'s sha256 equals its sidecar's (checked before dlopen:
     loading a truncated library can kill the process with SIGBUS)."""
     try:
         expected = _digest_path(target).read_text().strip()
@@ -148,7 +148,7 @@ def _alive(pid: int) -> bool:
 
 
 def _compile(cmd: list[str]) -> None:
-    """Run the compiler ``cmd`` under :data:`_WATCHDOG`; raise CalledProcessError (with its stderr) on failure."""
+    """Run the compiler ``cmd`` under [`_WATCHDOG`][torchprox.prox._native._WATCHDOG]; raise CalledProcessError (with its stderr) on failure."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *cmd], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
@@ -194,8 +194,8 @@ def _build(cxx: str, force: bool = False) -> Path:
 
 
 def _load(target: Path) -> ctypes.CDLL:
-    """dlopen ``target`` after its content check, with every symbol of :data:`_SYMBOLS` typed; a library
-    lacking one is closed again and :class:`CorruptKernel` raised."""
+    """dlopen ``target`` after its content check, with every symbol of [`_SYMBOLS`][torchprox.prox._native._SYMBOLS] typed; a library
+    lacking one is closed again and [`CorruptKernel`][torchprox.prox._native.CorruptKernel] raised."""
     _check_digest(target)
     lib = ctypes.CDLL(str(target))
     missing = [name for name in _SYMBOLS if not hasattr(lib, name)]
@@ -284,7 +284,7 @@ def prox_nm_cpu(groups: Tensor, lam: Tensor, n: int, m: int) -> Tensor:
 
 @torch.library.custom_op("torchprox::prox_nm_cpu_", mutates_args=("groups",), device_types="cpu")
 def prox_nm_cpu_(groups: Tensor, lam: Tensor, n: int, m: int) -> None:
-    """In-place :func:`prox_nm_cpu` on a contiguous ``groups`` (G, m)."""
+    """In-place [`prox_nm_cpu`][torchprox.prox._native.prox_nm_cpu] on a contiguous ``groups`` (G, m)."""
     _prox_into(groups, groups, lam, n, m)
 
 
@@ -311,7 +311,7 @@ def _(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> Tensor:
 
 @torch.library.custom_op("torchprox::prox_nm_metric_cpu_", mutates_args=("groups",), device_types="cpu")
 def prox_nm_metric_cpu_(groups: Tensor, step: Tensor, lam: Tensor, n: int) -> None:
-    """In-place :func:`prox_nm_metric_cpu` on a contiguous ``groups`` (G, 4): no output tensor, no copy."""
+    """In-place [`prox_nm_metric_cpu`][torchprox.prox._native.prox_nm_metric_cpu] on a contiguous ``groups`` (G, 4): no output tensor, no copy."""
     _metric_into(groups, step.contiguous(), groups, lam, n)
 
 

@@ -1,4 +1,4 @@
-r"""The fused GPU kernel for :func:`torchprox.prox.prox_nm` with a scalar step, written in Triton.
+r"""The fused GPU kernel for [`torchprox.prox.prox_nm`][torchprox.prox.nm.prox_nm] with a scalar step, written in Triton.
 
 It computes, group by group, the same exact minimizer as the fused CPU kernel (``csrc/nm_cpu.cpp``) and the
 plain-torch path (``nm.py``): ``argmin_w ½ Σ (w − y)² + lam · e_{n+1}(|w|)`` for every row of a ``(G, m)``
@@ -43,7 +43,7 @@ about 3 s, 4:8 in about 15 s); larger m is left to the plain-torch path, since a
 takes minutes to compile and spills registers.
 
 CPU testing: with ``TRITON_INTERPRET=1`` or ``TORCHPROX_TRITON_INTERPRET=1`` the kernel runs in Triton's
-interpreter and :func:`usable` accepts CPU tensors too (slow: tests only). The interpreter accepts more than the
+interpreter and [`usable`][torchprox.prox._triton.usable] accepts CPU tensors too (slow: tests only). The interpreter accepts more than the
 compiler does, so ``tests/prox/test_triton_compile.py`` also compiles every launched variant ahead of time to
 cubins for sm_80 and sm_90 (Triton's pipeline and its bundled ``ptxas``; no GPU needed) and checks that none
 spills registers (Triton 3.9, sm_90, float32: 2:4 42 registers, its metric kernel 80, 4:8 72).
@@ -677,7 +677,7 @@ def prox_nm_triton(groups: Tensor, lam, n: int, m: int) -> Tensor:
 def prox_nm_metric_triton(groups: Tensor, step: Tensor, lam, n: int) -> Tensor:
     r"""argmin_w ½ Σ (w − y)²/s + lam e_{n+1}(|w|) for every row y of ``groups`` (G, 4) with the positive
     steps s of ``step`` (G, 4) (a diagonal metric, e.g. Adam's), out of place; the other arguments as for
-    :func:`prox_nm_triton` (``0 < n < 4``)."""
+    [`prox_nm_triton`][torchprox.prox._triton.prox_nm_triton] (``0 < n < 4``)."""
     if not (isinstance(n, int) and 0 < n < 4):
         raise ValueError(f"prox_nm_metric_triton needs an integer 0 < n < 4, got n={n!r}")
     if not isinstance(step, Tensor) or step.shape != groups.shape or step.device != groups.device:

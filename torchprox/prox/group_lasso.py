@@ -56,7 +56,11 @@ def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, di
     unchanged, bit for bit, and a scalar step 0 returns ``y``.
 
     Args:
+        y: float tensor (at least 1-d).
+        lam: λ ≥ 0 (float or one-element tensor).
+        step: ``s``: a scalar >= 0 or a tensor >= 0 shaped like ``y`` (a diagonal metric).
         group_size: consecutive entries per group along ``dim``; ``None`` = the whole dim (rows/columns).
+        dim: the dimension the groups run along (default: the last).
 
     Examples:
         >>> import torch

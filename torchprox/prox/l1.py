@@ -16,8 +16,13 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
 
     Closed form: ``w = sign(y) · max(|y| − lam · s, 0)``. ``step`` (``s``) is a scalar or a tensor
     broadcastable to ``y`` (a diagonal metric); ``lam`` and ``step`` are validated as for
-    :func:`~torchprox.prox.prox_nm` (finite, ``lam >= 0``, ``step >= 0``). A zero step means "not moved":
+    [`prox_nm`][torchprox.prox.nm.prox_nm] (finite, ``lam >= 0``, ``step >= 0``). A zero step means "not moved":
     ``s_i = 0`` gives ``w_i = y_i`` bit for bit (the formula itself), so a scalar step 0 returns ``y``.
+
+    Args:
+        y: float tensor.
+        lam: λ ≥ 0 (float or one-element tensor).
+        step: ``s``: a scalar >= 0 or a tensor >= 0 broadcastable to ``y``.
 
     Examples:
         >>> import torch
@@ -31,7 +36,7 @@ def prox_l1(y: Tensor, lam, step=1.0) -> Tensor:
 
 
 def prox_l1_(y: Tensor, lam, step=1.0) -> Tensor:
-    """In-place :func:`prox_l1`: ``y ← sign(y) · max(|y| − lam · step, 0)``; returns ``y``.
+    """In-place [`prox_l1`][torchprox.prox.l1.prox_l1]: ``y ← sign(y) · max(|y| − lam · step, 0)``; returns ``y``.
 
     Examples:
         >>> import torch

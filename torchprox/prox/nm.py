@@ -54,6 +54,9 @@ def nm_penalty(w: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
 
     Args:
         w: any float tensor whose size along ``dim`` is a multiple of ``m``.
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size: ``m`` consecutive entries along ``dim``.
+        dim: the dimension the groups run along (default: the last; for ``nn.Linear.weight``, 1).
     Returns:
         a 0-d tensor (float64 for float64 input, else float32 cast back to ``w.dtype``).
 
@@ -88,6 +91,14 @@ def nm_mask(scores: Tensor, n: int = 2, m: int = 4, dim: int = -1) -> Tensor:
     is kept only when its group has fewer than ``n`` numbers (then the NaNs of lower index); +inf ranks above
     every finite score. The fused CPU kernel and the plain-torch path give the same mask.
 
+    Args:
+        scores: float tensor; its size along ``dim`` must be a multiple of ``m``.
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size: ``m`` consecutive entries along ``dim``.
+        dim: the dimension the groups run along (default: the last; for ``nn.Linear.weight``, 1).
+    Returns:
+        a bool tensor shaped like ``scores``.
+
     Examples:
         >>> import torch
         >>> nm_mask(torch.tensor([[3.0, 1.0, 3.0, 2.0], [1.0, 1.0, 1.0, 1.0]]))
@@ -112,10 +123,17 @@ def project_nm(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> T
 
     The solution keeps, in each group, the ``n`` entries with the largest ``y² / s`` (``|y|`` when ``step`` is
     None or a scalar) bit for bit and zeroes the rest; ties keep the lower index. Non-finite values are ranked
-    as by :func:`nm_mask` (an infinity above every finite value, a NaN below every number), so the result is
+    as by [`nm_mask`][torchprox.prox.nm.nm_mask] (an infinity above every finite value, a NaN below every number), so the result is
     N:M whatever ``y`` holds: a NaN survives only in a group with fewer than ``n`` non-NaN values. ``step``,
     when a tensor, must be finite and >= 0 (broadcastable to ``y``); a group holding a zero step is returned
     unchanged (a zero step means "not moved"), and a scalar step 0 returns ``y`` unchanged.
+
+    Args:
+        y: float tensor; its size along ``dim`` must be a multiple of ``m``.
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size: ``m`` consecutive entries along ``dim``.
+        dim: the dimension the groups run along (default: the last; for ``nn.Linear.weight``, 1).
+        step: None or a scalar (rank by ``|y|``), or a tensor >= 0 (rank by ``y² / s``).
 
     Examples:
         >>> import torch
@@ -153,7 +171,7 @@ def _still(step: Tensor, m: int, dim: int) -> Tensor:
 
 
 def project_nm_(y: Tensor, n: int = 2, m: int = 4, step=None, dim: int = -1) -> Tensor:
-    """In-place :func:`project_nm`: ``y`` is overwritten with its N:M projection and returned.
+    """In-place [`project_nm`][torchprox.prox.nm.project_nm]: ``y`` is overwritten with its N:M projection and returned.
 
     Examples:
         >>> import torch
@@ -301,7 +319,7 @@ def _prox_metric(a: Tensor, s: Tensor, lam, n: int) -> Tensor:
 
 @register_prox("nm", check=check_nm_args)
 def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
-    r"""Proximal operator of ``lam · R`` (see :func:`nm_penalty`): for every group of ``m`` along ``dim``,
+    r"""Proximal operator of ``lam · R`` (see [`nm_penalty`][torchprox.prox.nm.nm_penalty]): for every group of ``m`` along ``dim``,
 
         prox(y) = argmin_w ½ Σ_i (w_i − y_i)² / s_i + lam · e_{n+1}(|w|),
 
@@ -340,11 +358,14 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     Patterns served: with a scalar step every ``0 < n < m`` (the fused CPU kernel up to m = 32, Triton up to
     m = 8, plain torch beyond). With a tensor step (a diagonal metric) m = 4 is served by the fused kernels,
     other m by the plain-torch enumeration of supports, only where that is cheap (see
-    :func:`check_metric_pattern`); other patterns raise ``ValueError`` instead of running for hours.
+    [`check_metric_pattern`][torchprox.prox.nm.check_metric_pattern]); other patterns raise ``ValueError`` instead of running for hours.
 
     Args:
         y: float tensor; its size along ``dim`` must be a multiple of ``m``.
         lam: λ ≥ 0 (float or 0-d tensor).
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size: ``m`` consecutive entries along ``dim``.
+        dim: the dimension the groups run along (default: the last; for ``nn.Linear.weight``, 1).
         step: ``s``: a scalar >= 0 (plain prox) or a tensor >= 0 shaped like ``y`` (diagonal metric).
     Returns:
         a tensor like ``y``. bfloat16/float16 inputs are computed in float32 and rounded once at the end.
@@ -401,7 +422,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
 
 
 def _metric_work(n: int, m: int) -> int:
-    """Operations per group and iteration of :func:`_prox_metric` for n:m: a Newton step (about 8n
+    """Operations per group and iteration of [`_prox_metric`][torchprox.prox.nm._prox_metric] for n:m: a Newton step (about 8n
     operations) on each of the C(m, n+1) supports of size n+1, and a coordinate-descent sweep (k coordinates,
     each an e_n of k − 1 values: k (k − 1) n operations) on each of the C(m, k) supports of size k > n + 1."""
     work = math.comb(m, n + 1) * 8 * n
@@ -423,7 +444,7 @@ def check_metric_pattern(n: int, m: int, *, training: bool = False) -> None:
 
     m = 4 is served by the fused kernels (CPU and Triton, a few ns a weight). Any other m goes to the plain-torch
     solver, which enumerates every support of size > n (the minimizer's support under a diagonal metric need not
-    be a top-k set): its work grows like 2^m (:func:`_metric_work`). :func:`prox_nm` serves it up to the work of
+    be a top-k set): its work grows like 2^m ([`_metric_work`][torchprox.prox.nm._metric_work]). [`prox_nm`][torchprox.prox.nm.prox_nm] serves it up to the work of
     the costliest m = 8 pattern (3:8: every m <= 8 and e.g. 8:9, 14:16; 4:8 takes about 0.2 ms a group).
     ``training=True`` (what ProxAdam checks when a group is added, before any work: every step takes the prox
     of whole models) serves up to the costliest m = 6 pattern (2:6, about 15 µs a group): every m <= 6 and
@@ -465,14 +486,14 @@ def _native_scalar(g: Tensor, lam, s, m: int) -> bool:
 
 def _native_metric(g: Tensor, lam, s: Tensor, n: int, m: int) -> bool:
     """Whether the fused CPU kernel's diagonal-metric prox serves this call: m = 4, n < 4, a CPU step tensor
-    (read detached), and what :func:`_native_scalar` asks of the groups and λ."""
+    (read detached), and what [`_native_scalar`][torchprox.prox.nm._native_scalar] asks of the groups and λ."""
     return m == 4 and n < 4 and s.device.type == "cpu" and _native_scalar(g, lam, 1.0, m)
 
 
 def prox_nm_(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
-    """In-place :func:`prox_nm` (the fused CPU kernels write into ``y`` directly when its groups are a
+    """In-place [`prox_nm`][torchprox.prox.nm.prox_nm] (the fused CPU kernels write into ``y`` directly when its groups are a
     contiguous view of it, with a scalar step or, for m = 4, a contiguous step tensor shaped and typed like
-    ``y``: no temporary). Same math and shapes as :func:`prox_nm`; returns ``y``.
+    ``y``: no temporary). Same math and shapes as [`prox_nm`][torchprox.prox.nm.prox_nm]; returns ``y``.
 
     Examples:
         >>> import torch
@@ -508,7 +529,7 @@ prox_nm.zero_step_still = True  # a zero step leaves its group unchanged (see re
 @register_prox("nm_projection", check=check_nm_args)
 def _project_nm_prox(y: Tensor, lam=0.0, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored; a zero step
-    leaves its group unchanged, as for :func:`project_nm`)."""
+    leaves its group unchanged, as for [`project_nm`][torchprox.prox.nm.project_nm])."""
     return project_nm(y, n, m, step, dim)
 
 

@@ -80,7 +80,8 @@ def learnable_nm(module: nn.Module, name: str = "weight", n: int = 2, m: int = 4
     Args:
         module: the layer.
         name: the parameter to parametrize.
-        n, m: keep at most ``n`` of every ``m`` (``0 < n < m``).
+        n: keep at most ``n`` of every ``m`` (``0 < n < m``).
+        m: the group size (consecutive weights along the group dim).
         dim: the group dim; None picks the layer's reduction dim (ValueError for unknown layer types).
         offload_w0: keep W0 on the CPU (device moves of the model leave it there) to save accelerator memory.
     Returns:
@@ -186,8 +187,10 @@ def prox_param_groups(model: nn.Module, lam: float, n: int | None = None, m: int
     Args:
         model: a model prepared with [`learnable_nm`][torchprox.prune.learnable.learnable_nm] / [`learnable_nm_model`][torchprox.prune.learnable.learnable_nm_model].
         lam: λ of the N:M regularizer.
-        n, m: None uses each layer's own pattern (set by ``learnable_nm``); if given they must match it.
-        metric, lam_scaling: ProxAdam's group options (see [`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam]).
+        n: None uses each layer's own pattern (set by ``learnable_nm``); if given it must match it.
+        m: likewise.
+        metric: ProxAdam's group option (see [`torchprox.ProxAdam`][torchprox.optim.proxadam.ProxAdam]).
+        lam_scaling: ProxAdam's group option (likewise).
         include_rest: add the plain group.
         rest: extra keys for the plain group (e.g. ``{"lr": 1e-5}``).
         **extra: extra keys for the N:M groups (e.g. ``lr=1e-4, weight_decay=0.0``).

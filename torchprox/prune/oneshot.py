@@ -31,7 +31,8 @@ class NMStructured(torch_prune.BasePruningMethod):
     entries, flattened, destroying the N:M layout; ``"structured"`` would drop whole channels first).
 
     Args:
-        n, m: the pattern (``0 < n < m``).
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size.
         dim: the group dim (the reduction dim: 1 for ``nn.Linear``/convs, 0 for transformers ``Conv1D``).
 
     Examples:
@@ -67,8 +68,11 @@ class NMStructured(torch_prune.BasePruningMethod):
         r"""Prune ``module.<name>`` to N:M along ``dim`` (torch's pruning reparametrization).
 
         Args:
-            module, name: the tensor to prune.
-            n, m, dim: as for the constructor.
+            module: the module holding the tensor to prune.
+            name: the tensor's parameter name.
+            n: as for the constructor.
+            m: as for the constructor.
+            dim: as for the constructor.
             importance_scores: a tensor shaped like the parameter; ``|scores|`` ranks the entries (default:
                 the parameter itself, i.e. magnitude pruning).
 

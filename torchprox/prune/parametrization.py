@@ -54,7 +54,8 @@ class NMParametrization(nn.Module):
 
     Args:
         w0: the original weight W0 (already a detached copy; stored as the persistent buffer ``w0``).
-        n, m: the N:M pattern (``0 < n < m``).
+        n: nonzeros kept per group (``0 < n < m``).
+        m: the group size.
         dim: the group dim of the weight (groups of ``m`` consecutive entries along it).
         offload_w0: keep ``w0`` on the CPU through device moves.
         orig_requires_grad: the weight's ``requires_grad`` before registration, restored by ``remove``
