@@ -108,23 +108,31 @@ def table_summary(rows) -> str:
     return _table(header, body) + "\n\n" + note
 
 
+def _by_corpus(cells: list[tuple[str, dict]]) -> str:
+    """A table with one row per (label, {corpus: cell}) and one column per corpus: narrow enough for any page."""
+    return _table(["method", *CORPORA.values()], [[name, *(row[c] for c in CORPORA)] for name, row in cells])
+
+
 def table_mask_only(rows) -> str:
-    header = ["corpus", "dense", "magnitude", "Wanda", "SparseGPT (updates weights)", "ProxSparse default",
-              "paper's recipe, \\|W\\| mask", "paper's recipe, activation mask"]
-    body = [[name] + [_value(_baseline(rows, c, m)) for m in ("dense", "magnitude", "wanda", "sparsegpt")]
-            + [f"**{_value(_row(rows, DEFAULT, c))}**", _value(_row(rows, PAPER, c)), _value(_row(rows, PAPER_ACT, c))]
-            for c, name in CORPORA.items()]
-    return _table(header, body)
+    cells = [(label(m), {c: _value(_baseline(rows, c, m)) for c in CORPORA})
+             for m in ("dense", "magnitude", "wanda", "sparsegpt")]
+    cells += [("**ProxSparse default** (Adam metric, λ 0.001, activation-aware mask)",
+               {c: f"**{_value(_row(rows, DEFAULT, c))}**" for c in CORPORA}),
+              ("ProxSparse, paper's recipe (identity metric, λ 0.02, \\|W\\| mask)",
+               {c: _value(_row(rows, PAPER, c)) for c in CORPORA}),
+              ("ProxSparse, paper's recipe, activation-aware mask", {c: _value(_row(rows, PAPER_ACT, c)) for c in CORPORA})]
+    return _by_corpus(cells)
 
 
 def table_updates(rows) -> str:
-    header = ["corpus", "SparseGPT", "default mask + OBS", "default mask + fine-tune", "paper's mask + OBS",
-              "paper's mask + fine-tune"]
-    body = [[name, _value(_baseline(rows, c, "sparsegpt")),
-             _value(_row(rows, DEFAULT_OBS, c), "perplexity_reconstructed"), _value(_row(rows, DEFAULT_FT, c)),
-             _value(_row(rows, PAPER, c), "perplexity_reconstructed"), _value(_row(rows, PAPER_FT, c))]
-            for c, name in CORPORA.items()]
-    return _table(header, body)
+    cells = [("SparseGPT (its own update)", {c: _value(_baseline(rows, c, "sparsegpt")) for c in CORPORA}),
+             ("default mask + OBS update", {c: _value(_row(rows, DEFAULT_OBS, c), "perplexity_reconstructed")
+                                            for c in CORPORA}),
+             ("default mask + masked fine-tune", {c: _value(_row(rows, DEFAULT_FT, c)) for c in CORPORA}),
+             ("paper's mask + OBS update", {c: _value(_row(rows, PAPER, c), "perplexity_reconstructed")
+                                            for c in CORPORA}),
+             ("paper's mask + masked fine-tune", {c: _value(_row(rows, PAPER_FT, c)) for c in CORPORA})]
+    return _by_corpus(cells)
 
 
 def _settings(row: dict) -> str:
