@@ -21,7 +21,7 @@ _MATH = re.compile(
     r'<(?P<tag>span|div) class="arithmatex">\s*(?:\\\((?P<inline>.*?)\\\)|\\\[(?P<block>.*?)\\\])\s*</(?P=tag)>',
     re.S,
 )
-_UNKNOWN = re.compile(r">\s*\\[A-Za-z]+")  # a command latex2mathml passed through as text
+_UNKNOWN = re.compile(r">[^<]*(\\[^<]*|&amp;|&(?!#)[^<]*)<")  # LaTeX (a command, an & alignment) left as text
 # latex2mathml spaces | and \| as binary operators (| w |); as delimiters they take no space of their own
 _BARS = re.compile(r'<mo( fence="false")? stretchy="false">(&#x0007C;|&#x02016;)</mo>|<mo>(&#x0007C;)</mo>')
 
@@ -32,7 +32,7 @@ def to_mathml(latex: str, display: bool) -> str:
     mathml = _BARS.sub(lambda m: f'<mo lspace="0" rspace="0">{m.group(2) or m.group(3)}</mo>', mathml)
     bad = _UNKNOWN.search(mathml)
     if bad:
-        raise ValueError(f"unsupported LaTeX command {bad.group(0)[1:].strip()!r} in {latex.strip()!r}")
+        raise ValueError(f"unsupported LaTeX {bad.group(0)[1:-1].strip()!r} in {latex.strip()!r}")
     return mathml
 
 
