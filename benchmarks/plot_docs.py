@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plot_recipes import load_rows, plot as plot_time  # noqa: E402
 
 COLORS = {"dense": "black", "magnitude": "grey", "wanda": "tab:orange", "sparsegpt": "tab:red",
-          "proxsparse": "tab:blue"}
+          "proxsparse": "tab:blue", "masks": "tab:blue"}
 
 
 def _save(fig, out: Path) -> None:
@@ -36,37 +36,47 @@ def _save(fig, out: Path) -> None:
 
 
 def plot_perplexity(rows: list[dict], out: Path, data: str = "builtin") -> None:
+    """One bar per run, named by ``results_tables.LABELS``: plain bars keep the original weights, hatched bars
+    are a learned mask followed by an update of the kept weights (the legend says so)."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from results_tables import label
 
     latest = {r["name"]: r for r in rows  # the latest row per recipe name (rows without a perplexity: stopped runs)
-              if r.get("data", "builtin") == data and r.get("perplexity") is not None}
-    bars = []
+              if r.get("data", "builtin") == data and r.get("perplexity") is not None
+              and r["name"] != "paper-normlam0.02-120x512"}  # the paper's recipe once (its rerun is the +obs row)
+    bars = []  # (label, family, perplexity, updates the kept weights)
     for name, r in latest.items():
         if r["method"] == "masks":  # a saved learned mask, then a weight update of the kept weights
-            bars.append((f"{name}", "proxsparse+" + r["update"], r["perplexity"]))
-        elif "perplexity_reconstructed" in r:
-            bars.append((f"{name.removesuffix('+obs')}, mask only", r["method"], r["perplexity"]))
-            bars.append((f"{name.removesuffix('+obs')} + OBS update", "proxsparse+obs", r["perplexity_reconstructed"]))
+            bars.append((label(name), "proxsparse", r["perplexity"], True))
         else:
-            bars.append((name, r["method"], r["perplexity"]))
+            bars.append((label(name), r["method"], r["perplexity"], r["method"] == "sparsegpt"))
+            if "perplexity_reconstructed" in r:
+                bars.append((f"{label(name)} + OBS update", "proxsparse", r["perplexity_reconstructed"], True))
     bars.sort(key=lambda b: b[2])
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(bars) + 1.4))
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(bars) + 1.8))
     ys = range(len(bars))
-    patches = ax.barh(ys, [b[2] for b in bars], color=[COLORS.get(b[1], "tab:blue") for b in bars])
+    patches = ax.barh(ys, [b[2] for b in bars], color=[COLORS.get(b[1], "tab:blue") for b in bars],
+                      edgecolor="white")
     for patch, b in zip(patches, bars):
-        if "OBS" in b[0] or b[1].startswith("proxsparse+"):  # learned mask + an update of the kept weights
+        if b[3]:
             patch.set_hatch("//")
-            patch.set_facecolor("tab:blue")
-            patch.set_edgecolor("tab:red")
-    ax.set_yticks(list(ys), [f"{b[0]} ({b[1]})" if b[0] != b[1] else b[0] for b in bars], fontsize=8)
+            patch.set_edgecolor("white")
+    ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=8)
     for y, b in zip(ys, bars):
         ax.text(b[2] * 1.05, y, f"{b[2]:.1f}", va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(right=max(b[2] for b in bars) * 4)
     ax.invert_yaxis()
     ax.set_xlabel("held-out perplexity (16,384 tokens, lower is better; log scale)")
+    legend = [Patch(color=COLORS[k], label=v) for k, v in
+              (("proxsparse", "ProxSparse (learned mask)"), ("sparsegpt", "SparseGPT"), ("wanda", "Wanda"),
+               ("magnitude", "magnitude"), ("dense", "dense"))]
+    legend.append(Patch(facecolor="lightgrey", hatch="//", edgecolor="white", label="updates the kept weights"))
+    ax.legend(handles=legend, fontsize=8, loc="upper right")
     corpus = {"builtin": "Wikipedia", "news": "news (Lee corpus)"}.get(data, data)
-    fig.suptitle(f"2:4 on SmolLM2-135M (embedded default), held-out {corpus}: perplexity per method", fontsize=11)
+    fig.suptitle(f"2:4 on SmolLM2-135M (embedded default), held-out {corpus}: perplexity per run", fontsize=11)
     fig.tight_layout()
     _save(fig, out)
 
@@ -106,18 +116,23 @@ def _fresh(_model, config):
 def plot_nm_fraction(data: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, log in data["curves"].items():
-        ax.plot([p[0] for p in log], [100 * p[1] for p in log], "-", marker=".", label=label)
+    from results_tables import label
+
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    cmap = plt.get_cmap("tab20")
+    for i, (name, log) in enumerate(data["curves"].items()):
+        corpus = ", news" if name.startswith("news-") else ""
+        ax.plot([p[0] for p in log], [100 * p[1] for p in log], ("-", "--", ":")[i % 3], color=cmap(i % 20),
+                marker="osD^vP*Xh<>p"[i % 12], ms=4, label=f"{label(name)}{corpus}")
     ax.set_xlabel("learning step")
     ax.set_ylabel("groups already 2:4 in W (%)")
     ax.set_ylim(0, 101)
-    title = "Fraction of groups N:M during ProxSparse learning"
+    title = "Fraction of groups N:M during ProxSparse learning (SmolLM2-135M, 2:4)"
     if data["source"] == "tiny":
-        title += "\n(tiny model built from a config: no recipe row logs it yet)"
+        title = "Fraction of groups N:M during ProxSparse learning\n(tiny model built from a config)"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     _save(fig, out)
 

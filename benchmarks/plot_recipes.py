@@ -2,9 +2,10 @@
 
     python benchmarks/plot_recipes.py [--rows benchmarks/results/recipes.jsonl] [--out benchmarks/results/recipes.png]
 
-ProxSparse runs are points (mask only: filled; with the OBS update on the learned mask: hollow, at the time of
-learning plus the update; a saved mask with a masked fine-tune: hollow squares); the one-shot baselines are
-horizontal lines at their latest row. One corpus per plot (``--data``). Log scale.
+ProxSparse runs are points, each with its own colour and marker, named as in ``results_tables.LABELS``: filled
+for the mask alone, hollow for the learned mask followed by an update of the kept weights (OBS or a masked
+fine-tune), at the learning time plus the update's. The one-shot baselines are dashed lines. One corpus per plot
+(``--data``); log scale; the legend sits outside the axes.
 Needs matplotlib (``pip install torchprox[bench]``).
 """
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -20,6 +24,17 @@ def load_rows(path: Path) -> list[dict]:
 
 
 BASELINES = ("dense", "magnitude", "wanda", "sparsegpt")
+BASELINE_STYLE = {"dense": "black", "magnitude": "grey", "wanda": "tab:orange", "sparsegpt": "tab:red"}
+# ProxSparse runs: every point its own colour and marker, so no two runs look alike
+MARKERS = "osD^vP*Xh<>p"
+
+
+def _minutes(r: dict) -> float:
+    """Learning time, one definition everywhere: the row's wall time of the whole learning call (plus the
+    update's time for a learned mask followed by an update of the kept weights)."""
+    if r["method"] == "masks":
+        return (r["learn_seconds"] + r["update_seconds"]) / 60
+    return r["seconds"] / 60
 
 
 def plot(rows: list[dict], out: Path, data: str = "builtin") -> None:
@@ -28,33 +43,40 @@ def plot(rows: list[dict], out: Path, data: str = "builtin") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("data", "builtin") == data and r.get("perplexity") is not None]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    from results_tables import label
+
+    rows = [r for r in rows if r.get("data", "builtin") == data and r.get("perplexity") is not None
+            and r["name"] != "paper-normlam0.02-120x512"]  # the paper's recipe once (its rerun is the +obs row)
+    fig, ax = plt.subplots(figsize=(12.5, 5.2))
     baselines = {r["method"]: r for r in rows if r["method"] in BASELINES}  # the latest row per method
-    colors = {"dense": "black", "magnitude": "grey", "wanda": "tab:orange", "sparsegpt": "tab:red"}
     for method, r in baselines.items():
-        ax.axhline(r["perplexity"], color=colors.get(method, "grey"), ls="--", lw=1,
-                   label=f"{method} {r['perplexity']:.1f}")
-    for i, r in enumerate(r for r in rows if r["method"] == "proxsparse"):
-        color = f"C{i % 10}"
-        minutes = r["seconds"] / 60
-        ax.plot(minutes, r["perplexity"], "o", color=color, label=f"{r['name']} {r['perplexity']:.1f}")
-        if "perplexity_reconstructed" in r:
-            ax.plot(minutes + r["reconstruct_seconds"] / 60, r["perplexity_reconstructed"], "o", mfc="none",
-                    color=color, label=f"{r['name']} + OBS update {r['perplexity_reconstructed']:.1f}")
-    for r in (r for r in rows if r["method"] == "masks"):  # a saved mask, then a weight update
-        minutes = (r.get("learn_seconds", 0) + r["update_seconds"]) / 60
-        ax.plot(minutes, r["perplexity"], "s", mfc="none", color="tab:green",
-                label=f"{r['name']} {r['perplexity']:.1f}")
+        ax.axhline(r["perplexity"], color=BASELINE_STYLE[method], ls="--", lw=1,
+                   label=f"{label(r['name'])}: {r['perplexity']:.1f} (one-shot)")
+    points = []
+    for r in rows:
+        if r["method"] == "proxsparse":
+            points.append((_minutes(r), r["perplexity"], f"{label(r['name'])}, mask only", True))
+            if "perplexity_reconstructed" in r:
+                points.append((_minutes(r) + r["reconstruct_seconds"] / 60, r["perplexity_reconstructed"],
+                               f"{label(r['name'])} + OBS update", False))
+        elif r["method"] == "masks":
+            points.append((_minutes(r), r["perplexity"], label(r["name"]), False))
+    cmap = plt.get_cmap("tab20")
+    for i, (x, y, text, mask_only) in enumerate(sorted(points, key=lambda p: p[1])):
+        color = cmap(i % 20)
+        ax.plot(x, y, MARKERS[i % len(MARKERS)], ms=8, color=color, mfc=color if mask_only else "white", mew=1.6,
+                label=f"{text}: {y:.1f}")
     ax.set_yscale("log")
-    ax.set_xlabel("learning time (minutes, 2 CPU threads unless the row says otherwise)")
-    ax.set_ylabel("held-out perplexity (16,384 tokens)")
+    ax.set_xlabel("learning time, minutes (the whole learning call; + the update for hollow markers)")
+    ax.set_ylabel("held-out perplexity (16,384 tokens, log scale)")
     corpus = {"builtin": "Wikipedia", "news": "news (Lee corpus)"}.get(data, data)
-    ax.set_title(f"2:4 on the embedded default (SmolLM2-135M), held-out {corpus}")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(f"2:4 on SmolLM2-135M, held-out {corpus}\nfilled: mask only; hollow: the mask, then an update of the kept "
+                 "weights", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=110)
     os.replace(tmp, out)  # atomic
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -19,18 +21,70 @@ pytestmark = pytest.mark.skipif(
            "pip install -e '.[docs]' or run scripts/setup.sh")
 
 
-def test_mkdocs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once with ``mkdocs build --strict`` (warnings are errors)."""
+    out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
-    site = tmp_path / "site"
+    return out
+
+
+API_PAGES = ["api/prox", "api/optim", "api/prune", "api/llm", "api/llm-ecosystem"]
+
+
+def _visible_text(html: str) -> str:
+    """The page's prose as a reader sees it: no code blocks, inline code, MathML, scripts or tags."""
+    for tag in ("script", "style", "pre", "code", "math"):
+        html = re.sub(rf"<{tag}\b.*?</{tag}>", " ", html, flags=re.S)
+    return unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+def test_mkdocs_build_strict(site):
     for page in ["index.html", "concepts/index.html", "benchmarks/index.html", "api/prox/index.html",
                  "api/optim/index.html", "api/prune/index.html", "api/llm/index.html",
                  "api/llm-ecosystem/index.html", "tutorials/custom-prox/index.html"]:
         assert (site / page).is_file(), page
     api = (site / "api" / "prox" / "index.html").read_text()
     assert "prox_nm" in api and "register_prox" in api  # the reference is generated from the docstrings
+
+
+@pytest.mark.parametrize("page", API_PAGES)
+def test_api_pages_render_their_markup(site, page):
+    """No reST role, literal-block ``::`` or LaTeX left raw on an API page."""
+    text = _visible_text((site / page / "index.html").read_text())
+    roles = re.findall(r":(?:func|class|mod|meth|attr|data|obj|exc):\s*`?[\w.~]+", text)
+    assert not roles, f"{page}: raw reST roles {roles[:5]}"
+    literal = re.findall(r"\w+::(?:\s|$)", text)
+    assert not literal, f"{page}: raw '::' after {literal[:5]}"
+    assert "``" not in text, f"{page}: raw double backticks"
+
+
+@pytest.mark.parametrize("page", [p.relative_to(ROOT / "docs").with_suffix("").as_posix()
+                                  for p in sorted((ROOT / "docs").rglob("*.md"))])
+def test_math_is_rendered_at_build_time(site, page):
+    """Every formula is MathML in the built page (drawn offline, no CDN): no \\( or \\[ left for a script."""
+    html_path = site / ("index.html" if page == "index" else f"{page}/index.html")
+    text = _visible_text(html_path.read_text())
+    assert "\\(" not in text and "\\[" not in text, f"{page}: unrendered LaTeX"
+    assert "cdn." not in html_path.read_text(), f"{page}: loads something from a CDN"
+
+
+def test_proxadam_page_documents_its_arguments(site):
+    """The central class's page shows the algorithm and every argument, not only a signature."""
+    text = _visible_text((site / "api" / "optim" / "index.html").read_text())
+    for arg in ("prox", "lam", "prox_kwargs", "metric", "lam_scaling", "foreach"):
+        assert re.search(rf"\b{arg}\b", text), f"ProxAdam's page does not document {arg}"
+    assert "identity" in text and "lr" in text
+
+
+def test_results_tables_match_their_rows():
+    """Every generated table in README and the docs equals what benchmarks/results/recipes.jsonl gives."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "results_tables.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_docs_images_are_committed():

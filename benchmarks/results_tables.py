@@ -1,0 +1,214 @@
+"""The results tables of README.md and the docs, generated from ``benchmarks/results/recipes.jsonl``.
+
+    python benchmarks/results_tables.py            # rewrite every table in place
+    python benchmarks/results_tables.py --check    # exit 1 if a table differs from the rows (tests run this)
+
+A table lives in a Markdown file between ``<!-- results-table: NAME -->`` and ``<!-- /results-table -->``; its
+text is made here from the rows, so a figure cannot disagree with its measurement. ``LABELS`` gives each row
+its human name (the plots use them too). Times: a learning run's time is its row's ``seconds``, the wall time of
+the whole learning call (the steps, the activation pass and the mask extraction), on 2 CPU threads unless the
+row's note says otherwise; an update's is its ``update_seconds`` / ``reconstruct_seconds``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+FILES = ["README.md", "docs/benchmarks.md", "docs/choosing-lambda.md"]
+
+# The canonical rows: (corpus, what) -> row name. One place decides which run a figure comes from.
+DEFAULT = {"builtin": "default-vectorized-metric-kernel-100x512", "news": "news-adam-metric-normlam0.001-100x512"}
+PAPER = {"builtin": "paper-normlam0.02-120x512+obs", "news": "news-paper-normlam0.02-100x512+obs"}
+PAPER_ACT = {"builtin": "act-extract-normlam0.02-120x512", "news": "news-act-extract-normlam0.02-100x512"}
+DEFAULT_OBS = {"builtin": "adam-metric-normlam0.001-100x512+obs"}
+DEFAULT_FT = {"builtin": "adam-masks+finetune40-lr2e-4"}
+PAPER_FT = {"builtin": "paper-masks+finetune40-lr2e-4", "news": "news-paper-masks+finetune40-lr2e-4"}
+CORPORA = {"builtin": "Wikipedia (built-in)", "news": "news (Lee corpus)"}
+
+LABELS = {
+    "dense": "dense",
+    "magnitude": "magnitude",
+    "wanda": "Wanda",
+    "sparsegpt": "SparseGPT (updates the kept weights)",
+    "default-vectorized-metric-kernel-100x512": "ProxSparse default: Adam metric, λ 0.001, activation-aware mask",
+    "adam-metric-normlam0.001-100x512": "ProxSparse default, an earlier build of the metric kernel",
+    "adam-metric-abslam0.005-100x512": "default, absolute λ 0.005 (lam_normalization=\"none\")",
+    "adam-metric-normlam0.001-normlr0.005-100x512": "default, normalised lr 5e-3 (lr_normalization=\"rms\")",
+    "twin4-adam-metric-normlam0.001-100x512": "default on a function-identical twin (weights ×4 / ÷4)",
+    "paper-normlam0.02-120x512": "paper's recipe: identity metric, λ 0.02, |W| mask (first run)",
+    "paper-normlam0.02-120x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
+    "act-extract-normlam0.02-120x512": "paper's recipe, activation-aware mask",
+    "ramp0.5-normlam0.02-120x512": "paper's recipe, λ ramped up over the first half",
+    "batch2-normlam0.02-60x2x512": "paper's recipe, 60 steps × 2 blocks (activation mask)",
+    "adam-metric-normlam0.001-100x512+obs": "ProxSparse default, an earlier build of the metric kernel (rerun)",
+    "adam-masks+finetune40-lr2e-4": "default mask + masked fine-tune",
+    "paper-masks+finetune40-lr2e-4": "paper's mask + masked fine-tune",
+    "news-adam-metric-normlam0.001-100x512": "ProxSparse default: Adam metric, λ 0.001, activation-aware mask",
+    "news-paper-normlam0.02-100x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
+    "news-act-extract-normlam0.02-100x512": "paper's recipe, activation-aware mask",
+    "news-paper-masks+finetune40-lr2e-4": "paper's mask + masked fine-tune",
+}
+
+
+def load_rows(path: Path = ROWS) -> dict[str, dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["name"]: r for r in rows}
+
+
+def label(name: str) -> str:
+    """The human name of a row (a news baseline shares its Wikipedia twin's)."""
+    return LABELS.get(name) or LABELS.get(name.removeprefix("news-"), name)
+
+
+def ppl(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _row(rows, names: dict, corpus: str) -> dict | None:
+    return rows.get(names.get(corpus, "")) if names.get(corpus) else None
+
+
+def _baseline(rows, corpus: str, method: str) -> dict:
+    return rows[method if corpus == "builtin" else f"news-{method}"]
+
+
+def _value(row: dict | None, field: str = "perplexity") -> str:
+    return ppl(row.get(field)) if row else "–"
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def table_summary(rows) -> str:
+    """README: per corpus, dense / the baselines / the default mask / its fine-tune / the paper's recipe."""
+    header = ["corpus", "dense", "magnitude", "Wanda", "SparseGPT (updates weights)",
+              "ProxSparse default, mask only", "+ masked fine-tune", "ProxSparse, paper's recipe"]
+    body = []
+    for corpus, name in CORPORA.items():
+        default, ft = _row(rows, DEFAULT, corpus), _row(rows, DEFAULT_FT, corpus)
+        body.append([name] + [_value(_baseline(rows, corpus, m)) for m in ("dense", "magnitude", "wanda", "sparsegpt")]
+                    + [f"**{_value(default)}**", _value(ft), _value(_row(rows, PAPER, corpus))])
+    d, ft, paper = rows[DEFAULT["builtin"]], rows[DEFAULT_FT["builtin"]], rows[PAPER["builtin"]]
+    note = (f"ProxSparse default: {_settings(d)}, {minutes(d['seconds'])} of learning, peak {d['peak_rss_gb']:.1f} GB; "
+            f"masked fine-tune: {_settings(ft)}, + {minutes(ft['update_seconds'])}; paper's recipe: {_settings(paper)}, "
+            f"{minutes(paper['seconds'])}. Baselines: {_settings(rows['sparsegpt'])}.")
+    return _table(header, body) + "\n\n" + note
+
+
+def _by_corpus(cells: list[tuple[str, dict]]) -> str:
+    """A table with one row per (label, {corpus: cell}) and one column per corpus: narrow enough for any page."""
+    return _table(["method", *CORPORA.values()], [[name, *(row[c] for c in CORPORA)] for name, row in cells])
+
+
+def table_mask_only(rows) -> str:
+    cells = [(label(m), {c: _value(_baseline(rows, c, m)) for c in CORPORA})
+             for m in ("dense", "magnitude", "wanda", "sparsegpt")]
+    cells += [("**ProxSparse default** (Adam metric, λ 0.001, activation-aware mask)",
+               {c: f"**{_value(_row(rows, DEFAULT, c))}**" for c in CORPORA}),
+              ("ProxSparse, paper's recipe (identity metric, λ 0.02, \\|W\\| mask)",
+               {c: _value(_row(rows, PAPER, c)) for c in CORPORA}),
+              ("ProxSparse, paper's recipe, activation-aware mask", {c: _value(_row(rows, PAPER_ACT, c)) for c in CORPORA})]
+    return _by_corpus(cells)
+
+
+def table_updates(rows) -> str:
+    cells = [("SparseGPT (its own update)", {c: _value(_baseline(rows, c, "sparsegpt")) for c in CORPORA}),
+             ("default mask + OBS update", {c: _value(_row(rows, DEFAULT_OBS, c), "perplexity_reconstructed")
+                                            for c in CORPORA}),
+             ("default mask + masked fine-tune", {c: _value(_row(rows, DEFAULT_FT, c)) for c in CORPORA}),
+             ("paper's mask + OBS update", {c: _value(_row(rows, PAPER, c), "perplexity_reconstructed")
+                                            for c in CORPORA}),
+             ("paper's mask + masked fine-tune", {c: _value(_row(rows, PAPER_FT, c)) for c in CORPORA})]
+    return _by_corpus(cells)
+
+
+def _settings(row: dict) -> str:
+    cfg = row.get("config", {})
+    if row["method"] == "proxsparse":
+        steps, bs, seqlen = cfg.get("steps"), cfg.get("batch_size", 1), row.get("seqlen", 512)
+        blocks = f"{steps} steps × {bs}×{seqlen}" if bs != 1 else f"{steps} steps × {seqlen}"
+        return f"{blocks} tokens, {row['seconds_per_step']:.1f} s/step"
+    if row["method"] == "masks":
+        return f"{row['ft_steps']} steps × 512 tokens on the learned mask"
+    if row.get("calib_blocks") and row["method"] != "magnitude":
+        return f"{row['calib_blocks']}×512 calibration tokens"
+    return ""
+
+
+def table_runs(rows, corpus: str) -> str:
+    """Every run on one corpus: perplexity, time, settings, peak memory."""
+    header = ["run", "perplexity", "time", "settings", "peak RSS"]
+    body = []
+    order = sorted(rows.items(), key=lambda kv: (kv[1]["method"] not in ("dense", "magnitude", "wanda", "sparsegpt"),
+                                                  kv[1].get("perplexity") or 0))
+    for name, r in order:
+        if r.get("data", "builtin") != corpus or r.get("perplexity") is None or name in ("paper-normlam0.02-120x512",):
+            continue
+        if r["method"] == "masks":
+            time = f"+ {minutes(r['update_seconds'])}"
+        else:
+            time = minutes(r["seconds"])
+        bold = name in (DEFAULT.get(corpus), DEFAULT_FT.get(corpus))
+        cell = f"**{ppl(r['perplexity'])}**" if bold else ppl(r["perplexity"])
+        body.append([label(name), cell, time, _settings(r), f"{r['peak_rss_gb']:.1f} GB"])
+        if "perplexity_reconstructed" in r:
+            body.append([f"{label(name)} + OBS update", ppl(r["perplexity_reconstructed"]),
+                         f"+ {minutes(r['reconstruct_seconds'])}", "64×512 calibration tokens", ""])
+    return _table(header, [[c.replace("|W|", "\\|W\\|") for c in row] for row in body])
+
+
+TABLES = {
+    "summary": table_summary,
+    "mask-only": table_mask_only,
+    "updates": table_updates,
+    "runs-builtin": lambda rows: table_runs(rows, "builtin"),
+    "runs-news": lambda rows: table_runs(rows, "news"),
+}
+_BLOCK = re.compile(r"(<!-- results-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
+
+
+def render(text: str, rows) -> str:
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in TABLES:
+            raise KeyError(f"unknown results table {name!r} (known: {', '.join(TABLES)})")
+        return f"{match.group(1)}{TABLES[name](rows)}\n{match.group(4)}"
+
+    return _BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a table is not what the rows give")
+    args = parser.parse_args(argv)
+    rows, stale = load_rows(), []
+    for rel in FILES:
+        path = ROOT / rel
+        text = path.read_text()
+        new = render(text, rows)
+        if new != text:
+            stale.append(rel)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"results tables out of date in {', '.join(stale)}: run python benchmarks/results_tables.py",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
