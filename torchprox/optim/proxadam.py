@@ -2,7 +2,7 @@ r"""ProxAdam: torch's Adam/AdamW step followed by a proximal step on each parame
 
 The Adam part is *not* re-derived: [`ProxAdam`][torchprox.optim.proxadam.ProxAdam] subclasses `torch.optim.AdamW` and runs its
 ``step`` (single-tensor, ``foreach`` or ``fused`` kernels, exactly as torch picks them), then applies each
-group's proximal operator, found by name in [`torchprox.prox`][torchprox.prox]'s registry, to the group's parameters.
+group's proximal operator, found by name in `torchprox.prox`'s registry, to the group's parameters.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from . import _native, _triton
 from ._groups import check_float, check_lam, check_nm, check_step, compute_dtype, group_step, group_view
 from .registry import check_nm_args, register_prox
 
-__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask"]
+__all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask", "check_metric_pattern"]
 
 # The fused kernels' iterations (C++ in csrc/, Triton in _triton.py; both read this table: _native passes it to
 # the compiler as -D defines): at most `newton` Newton iterations for an (n+1)-support and `sweeps`
@@ -358,7 +358,7 @@ def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> 
     Patterns served: with a scalar step every ``0 < n < m`` (the fused CPU kernel up to m = 32, Triton up to
     m = 8, plain torch beyond). With a tensor step (a diagonal metric) m = 4 is served by the fused kernels,
     other m by the plain-torch enumeration of supports, only where that is cheap (see
-    [`check_metric_pattern`][torchprox.prox.nm.check_metric_pattern]); other patterns raise ``ValueError`` instead of running for hours.
+    `check_metric_pattern`); other patterns raise ``ValueError`` instead of running for hours.
 
     Args:
         y: float tensor; its size along ``dim`` must be a multiple of ``m``.
@@ -444,7 +444,7 @@ def check_metric_pattern(n: int, m: int, *, training: bool = False) -> None:
 
     m = 4 is served by the fused kernels (CPU and Triton, a few ns a weight). Any other m goes to the plain-torch
     solver, which enumerates every support of size > n (the minimizer's support under a diagonal metric need not
-    be a top-k set): its work grows like 2^m ([`_metric_work`][torchprox.prox.nm._metric_work]). [`prox_nm`][torchprox.prox.nm.prox_nm] serves it up to the work of
+    be a top-k set): its work grows like 2^m (`_metric_work`). [`prox_nm`][torchprox.prox.nm.prox_nm] serves it up to the work of
     the costliest m = 8 pattern (3:8: every m <= 8 and e.g. 8:9, 14:16; 4:8 takes about 0.2 ms a group).
     ``training=True`` (what ProxAdam checks when a group is added, before any work: every step takes the prox
     of whole models) serves up to the costliest m = 6 pattern (2:6, about 15 µs a group): every m <= 6 and

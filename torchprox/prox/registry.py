@@ -175,7 +175,7 @@ def _check_layout(y: "torch.Tensor", size: int, dim: int) -> None:
 def check_nm_args(y: "torch.Tensor", n: int = 2, m: int = 4, dim: int = -1, step=1.0, **_) -> None:
     """The check of the N:M operators (``"nm"``, ``"nm_projection"``): ``0 < n < m``, ``y``'s size along
     ``dim`` a multiple of ``m`` and, with a tensor ``step`` (a diagonal metric, for training), a pattern the
-    metric prox serves in reasonable time ([`torchprox.prox.nm.check_metric_pattern`][torchprox.prox.nm.check_metric_pattern])."""
+    metric prox serves in reasonable time (`torchprox.prox.nm.check_metric_pattern`)."""
     check_nm(n, m)
     _check_layout(y, m, dim)
     if isinstance(step, torch.Tensor):
