@@ -121,3 +121,32 @@ def test_require_nm_false_merges_dense_targets_densely():
     assert is_nm(layer.q_proj.weight, 2, 4, dim=1)
     assert not is_nm(layer.v_proj.weight, 2, 4, dim=1)
     torch.testing.assert_close(layer.v_proj.weight, want_v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_merge_equals_peft_merge_then_remask(dtype):
+    """merge_lora_nm == PEFT's own merge_and_unload followed by re-masking to the base weights' zeros, bit for
+    bit: on a kept position both compute W + ΔW (one IEEE add per adapter, same operands, same order), on a
+    pruned one both store 0. Two adapters with nonzero B, merged together, in float32 and bfloat16."""
+    model = tiny_llama().to(dtype)
+    sparsify(model, None, 2, 4, method="magnitude")
+    lora = dict(lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, init_lora_weights=False)
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, **lora))
+    pm.add_adapter("other", peft.LoraConfig(r=2, **lora))
+    both = ["default", "other"]
+    ours = merge_lora_nm(copy.deepcopy(pm), adapter_names=both)
+
+    pm = copy.deepcopy(pm)
+    keep = {name: layer.get_base_layer().weight != 0 for name, layer in pm.get_base_model().named_modules()
+            if isinstance(layer, peft.tuners.lora.Linear)}
+    theirs = pm.merge_and_unload(safe_merge=True, adapter_names=both)
+    ours_w, theirs_w = targets_of(ours), targets_of(theirs)
+    assert len(ours_w) == 14 and set(keep) == set(theirs_w) == set(ours_w)
+    for name, mod in theirs_w.items():
+        mask = keep[name]
+        remasked = torch.where(mask, mod.weight, torch.zeros((), dtype=dtype))
+        assert not is_nm(mod.weight, 2, 4, dim=1), name  # PEFT's merge itself is dense
+        assert ours_w[name].weight.dtype == dtype and torch.equal(ours_w[name].weight, remasked), name
+        assert is_nm(ours_w[name].weight, 2, 4, dim=1), name
+    rest = {n: p for n, p in theirs.state_dict().items() if n.removesuffix(".weight") not in theirs_w}
+    assert len(rest) > 0 and all(torch.equal(ours.state_dict()[n], p) for n, p in rest.items())  # the rest

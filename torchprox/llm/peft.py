@@ -70,6 +70,10 @@ def _check_layer(name: str, layer, adapters: list[str], n: int, m: int, require_
             raise ValueError(f"LoRA target {name!r}: adapter {a!r} is a {type(layer.lora_variant[a]).__name__} "
                              "variant (e.g. DoRA); only plain LoRA (W + ΔW) has a masked merge. Use "
                              "LoraConfig(use_dora=False)")
+    for a in adapters:
+        if layer.lora_bias.get(a, False) and getattr(layer.get_base_layer(), "bias", None) is None:
+            raise ValueError(f"LoRA target {name!r}: adapter {a!r} has lora_bias=True but the base layer has no "
+                             "bias; use LoraConfig(lora_bias=False)")
     if not _is_linear_lora(layer):
         if require_nm:
             raise ValueError(f"LoRA target {name!r} is a {type(layer).__name__}, not a linear layer: N:M applies to "
@@ -105,9 +109,9 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
         mask = (W ≠ 0)   (taken once, before any adapter is merged)
         W   ← where(mask, W + ΔW, 0)
 
-    so every merged weight keeps W's zeros and is exactly N:M. A ``lora_bias`` is merged into the bias as
-    PEFT does. Then the PEFT wrappers are removed (``unload()``, no further merging) and the underlying model
-    is returned, as ``merge_and_unload()`` does.
+    so every merged weight keeps W's zeros and is exactly N:M. This is PEFT's own ``merge_and_unload()``
+    (``W + ΔW`` per adapter, a ``lora_bias`` into the bias, the wrappers removed) followed by zeroing the
+    positions W had pruned; the kept values are PEFT's, bit for bit.
 
     Args:
         model: a ``peft.PeftModel`` (or ``LoraModel``) whose LoRA targets wrap N:M-sparse linears.
@@ -116,12 +120,14 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
         adapter_names: the adapters to merge (default: the active ones). Others are dropped.
         require_nm: a LoRA target whose base weight is not N:M (or not a linear layer) is a ValueError; with
             False it is merged densely (``W + ΔW``, as PEFT does), with a warning.
-        safe_merge: check the merged weights are finite before writing them (ValueError otherwise).
+        safe_merge: PEFT's check that each layer's merged weights are finite before it writes them (ValueError
+            otherwise); it checks the dense ``W + ΔW``, so a non-finite ΔW on a pruned position is an error too.
     Returns:
         the base model (``transformers`` model), its target weights exactly N:M.
     Raises:
-        ValueError: no LoRA layer; a target not N:M (with ``require_nm``); a DoRA/variant adapter; a base
-            layer still parametrized by torchprox; non-finite merged weights (with ``safe_merge``).
+        ValueError: no LoRA layer; a target not N:M (with ``require_nm``); a DoRA/variant adapter; a
+            ``lora_bias`` adapter on a layer without bias; a base layer still parametrized by torchprox;
+            non-finite merged weights (with ``safe_merge``).
 
     Examples:
         >>> import peft
@@ -148,39 +154,23 @@ def merge_lora_nm(model: nn.Module, n: int = 2, m: int = 4, *, adapter_names: li
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA layer; merge_lora_nm expects a peft.PeftModel built "
                          "with get_peft_model(model, LoraConfig(...))")
-    plan = []
+    keep, dense = [], []
     for name, layer in layers:  # validate everything before changing anything
         adapters = _adapters(layer, adapter_names)
-        if adapters:
-            plan.append((name, layer, adapters, _check_layer(name, layer, adapters, n, m, require_nm)))
-    dense = []
-    for name, layer, adapters, nm in plan:
-        if not nm:
-            dense.append(name)
-            layer.merge(safe_merge=safe_merge, adapter_names=adapters)
+        if not adapters:
             continue
-        base = layer.get_base_layer()
-        weight = base.weight
-        keep = weight != 0
-        new = weight.detach().clone()
-        for a in adapters:
-            delta = layer.get_delta_weight(a).to(device=weight.device, dtype=weight.dtype)
-            new = torch.where(keep, new + delta, torch.zeros((), dtype=new.dtype, device=new.device))
-        if safe_merge and not torch.isfinite(new).all():
-            raise ValueError(f"LoRA target {name!r}: non-finite values in the merged weight; adapters {adapters} "
-                             "seem broken")
-        weight.copy_(new)
-        for a in adapters:
-            if layer.lora_bias.get(a, False):
-                if base.bias is None:
-                    raise ValueError(f"LoRA target {name!r}: adapter {a!r} has lora_bias=True but the base layer "
-                                     "has no bias")
-                base.bias.add_(layer.lora_B[a].bias * layer.scaling[a])
-            layer.merged_adapters.append(a)
+        if _check_layer(name, layer, adapters, n, m, require_nm):
+            base = layer.get_base_layer()
+            keep.append((base, base.weight != 0))
+        else:
+            dense.append(name)
     if dense:
         logger.warning("merge_lora_nm: %d LoRA target(s) were not %d:%d and were merged densely: %s", len(dense),
                        n, m, ", ".join(dense))
-    return model.unload()
+    merged = model.merge_and_unload(safe_merge=safe_merge, adapter_names=adapter_names)
+    for base, mask in keep:  # PEFT's dense W + ΔW, back to W's zeros
+        base.weight.masked_fill_(~mask, 0)
+    return merged
 
 
 @torch.no_grad()

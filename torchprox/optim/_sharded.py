@@ -15,6 +15,8 @@ import math
 
 from torch import Tensor
 
+from ..prox import prox_grouping
+
 __all__ = ["local_shard"]
 
 
@@ -31,42 +33,43 @@ def is_dtensor(t) -> bool:
     return cls is not None and isinstance(t, cls)
 
 
-def local_shard(t: Tensor, prox_kwargs: dict | None = None) -> Tensor:
+def local_shard(t: Tensor, prox: str | None = None, prox_kwargs: dict | None = None) -> Tensor:
     r"""``t`` itself, or for a DTensor its local shard ``t.to_local()`` (shares the shard's storage).
 
-    With ``prox_kwargs`` the sharding is checked against the prox's groups: a ``Shard(d)`` placement along
-    the prox's group ``dim`` is accepted only when every shard boundary is a group boundary, i.e. the shard
-    size ``ceil(size_d / mesh_size)`` is a multiple of the group size (``prox_kwargs["m"]`` or
-    ``["group_size"]``). Sharding along any other dim (FSDP2's default ``Shard(0)`` for an ``nn.Linear``
-    grouped along dim 1) never splits a group.
+    With ``prox`` (a registered operator's name) the sharding is checked against the groups the operator
+    declared at registration (``prox_grouping(prox, t.shape, **prox_kwargs) -> (dim, group_size)``): a
+    ``Shard(d)`` placement along the group ``dim`` is accepted only when every shard boundary is a group
+    boundary, i.e. the shard size ``ceil(size_d / mesh_size)`` is a multiple of ``group_size``. Sharding along
+    any other dim (FSDP2's default ``Shard(0)`` for an ``nn.Linear`` grouped along dim 1), or an elementwise
+    operator (no grouping declared), never splits a group.
 
     Raises:
         ValueError: the shards split groups; the message names the shape, the placements and the fix.
     """
     if not is_dtensor(t):
         return t
-    if prox_kwargs and "dim" in prox_kwargs:
-        _check_whole_groups(t, prox_kwargs)
+    if prox is not None:
+        grouping = prox_grouping(prox, t.shape, **(prox_kwargs or {}))
+        if grouping is not None:
+            _check_whole_groups(t, *grouping)
     return t.to_local()
 
 
-def _check_whole_groups(t, prox_kwargs: dict) -> None:
+def _check_whole_groups(t, dim, size) -> None:
+    """``ValueError`` if a ``Shard`` placement of ``t`` along ``dim`` cuts a group of ``size`` entries."""
     ndim = t.dim()
-    dim = prox_kwargs["dim"]
-    if not isinstance(dim, int) or not -ndim <= dim < ndim:
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
         return  # the prox itself reports a bad dim
     dim %= ndim
-    size = prox_kwargs.get("m", prox_kwargs.get("group_size"))
     for mesh_dim, placement in enumerate(t.placements):
         if not placement.is_shard() or placement.dim % ndim != dim:
             continue
         chunk = math.ceil(t.shape[dim] / t.device_mesh.size(mesh_dim))
-        if size is None or chunk % size:
-            what = "whole slices" if size is None else f"groups of {size}"
+        if chunk % size:
             raise ValueError(
                 f"a DTensor parameter of shape {tuple(t.shape)} with placements {tuple(t.placements)} is "
-                f"sharded along dim {dim}, the prox's group dim, into shards of {chunk} that split its {what}; "
-                f"the prox needs whole groups on each rank. Shard along another dim (FSDP2: "
+                f"sharded along dim {dim}, the prox's group dim, into shards of {chunk} that split its groups of "
+                f"{size}; the prox needs whole groups on each rank. Shard along another dim (FSDP2: "
                 f"fully_shard(..., shard_placement_fn=lambda p: Shard({1 if dim == 0 else 0}))) or use a mesh "
                 f"size that makes the shard size a multiple of the group size"
             )

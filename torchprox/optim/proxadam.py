@@ -486,7 +486,7 @@ class ProxAdam(AdamW):
                         s = self._metric_step(group, p, lr if go is None else go * lr)
                     else:
                         s = 1.0 if go is None else go
-                    p = local_shard(p, kwargs)  # a DTensor (FSDP2): the prox runs on this rank's shard
+                    p = local_shard(p, name, kwargs)  # a DTensor (FSDP2): the prox runs on this rank's shard
                     # differentiable: the prox reads a clone, so the in-place update of p below does not
                     # overwrite what autograd saved for the prox's backward. Otherwise a detached alias: the
                     # prox sees a tensor that needs no grad (a view of a leaf that requires grad still says

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ._groups import check_float, check_lam, compute_dtype, group_step, group_view
-from .registry import check_group_lasso_args, register_prox
+from .registry import check_group_lasso_args, group_lasso_grouping, register_prox
 
 __all__ = ["group_lasso_penalty", "prox_group_lasso"]
 
@@ -40,7 +40,7 @@ def group_lasso_penalty(w: Tensor, group_size: int | None = None, dim: int = -1)
     return (math.sqrt(size) * torch.linalg.vector_norm(g.to(compute_dtype(w.dtype)), dim=-1).sum()).to(w.dtype)
 
 
-@register_prox("group_lasso", check=check_group_lasso_args)
+@register_prox("group_lasso", check=check_group_lasso_args, grouping=group_lasso_grouping)
 def prox_group_lasso(y: Tensor, lam, step=1.0, group_size: int | None = None, dim: int = -1) -> Tensor:
     r"""Block soft thresholding: ``argmin_w ½ Σ (w − y)² / s + lam · Σ_g sqrt(|g|) ‖w_g‖₂``.
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _native, _triton
 from ._groups import check_float, check_lam, check_nm, check_step, compute_dtype, group_step, group_view
-from .registry import check_nm_args, register_prox
+from .registry import check_nm_args, nm_grouping, register_prox
 
 __all__ = ["nm_penalty", "prox_nm", "prox_nm_", "project_nm", "project_nm_", "nm_mask", "check_metric_pattern"]
 
@@ -317,7 +317,7 @@ def _prox_metric(a: Tensor, s: Tensor, lam, n: int) -> Tensor:
     return torch.stack(best, -1)
 
 
-@register_prox("nm", check=check_nm_args)
+@register_prox("nm", check=check_nm_args, grouping=nm_grouping)
 def prox_nm(y: Tensor, lam, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     r"""Proximal operator of ``lam · R`` (see [`nm_penalty`][torchprox.prox.nm.nm_penalty]): for every group of ``m`` along ``dim``,
 
@@ -526,7 +526,7 @@ prox_nm.inplace = prox_nm_  # ProxAdam updates parameters with the in-place twin
 prox_nm.zero_step_still = True  # a zero step leaves its group unchanged (see registry)
 
 
-@register_prox("nm_projection", check=check_nm_args)
+@register_prox("nm_projection", check=check_nm_args, grouping=nm_grouping)
 def _project_nm_prox(y: Tensor, lam=0.0, n: int = 2, m: int = 4, step=1.0, dim: int = -1) -> Tensor:
     """``project_nm`` as a registered prox (the prox of the N:M indicator; ``lam`` is ignored; a zero step
     leaves its group unchanged, as for [`project_nm`][torchprox.prox.nm.project_nm])."""

@@ -14,6 +14,10 @@ tensor of ``y``'s shape with these keyword arguments (e.g. ``n >= m``, a size no
 [`check_prox_call`][torchprox.prox.registry.check_prox_call] runs it after a generic check that the operator's signature takes the keywords, so an
 optimizer rejects a bad param group when the group is added, before any step.
 
+An operator that couples entries in groups (N:M, group lasso) declares them with a ``grouping(shape, **kwargs)
+-> (dim, group_size)``; [`prox_grouping`][torchprox.prox.registry.prox_grouping] looks it up, so a sharded optimizer
+(FSDP2's ``DTensor`` parameters) can check that every shard holds whole groups without knowing the operator.
+
 Examples:
     >>> import torch
     >>> from torchprox.prox import register_prox, get_prox
@@ -32,16 +36,19 @@ import torch
 
 from ._groups import check_nm, group_view
 
-__all__ = ["register_prox", "get_prox", "available_prox", "check_prox_call"]
+__all__ = ["register_prox", "get_prox", "available_prox", "check_prox_call", "prox_grouping"]
 
 ProxFn = Callable[..., "torch.Tensor"]
 CheckFn = Callable[..., None]
+GroupingFn = Callable[..., "tuple[int, int] | None"]
 
 _REGISTRY: dict[str, ProxFn] = {}
 _CHECKS: dict[str, CheckFn] = {}
+_GROUPINGS: dict[str, GroupingFn] = {}
 
 
-def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None = None) -> Callable[[ProxFn], ProxFn]:
+def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None = None,
+                  grouping: GroupingFn | None = None) -> Callable[[ProxFn], ProxFn]:
     """Decorator: register ``fn`` under ``name`` (a non-empty string).
 
     Registering a taken name raises ``ValueError`` unless ``overwrite=True``. The operator must follow the
@@ -51,6 +58,12 @@ def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None =
     ``check`` (optional): ``check(y, **kwargs)`` raises ``ValueError`` when ``fn(y, lam, **kwargs)`` would fail
     for a tensor of ``y``'s shape and dtype (it must only read ``y``'s metadata, never its values). Without
     one, [`check_prox_call`][torchprox.prox.registry.check_prox_call] still checks that ``fn``'s signature takes the keyword arguments.
+
+    ``grouping`` (optional): ``grouping(shape, **kwargs) -> (dim, group_size)``, the dim along which, and the
+    size of the groups in which, ``fn(y, lam, **kwargs)`` couples the entries of a ``y`` of this shape (its
+    prox is separable over these groups, e.g. ``"nm"``: ``(dim, m)``). None (the default): the operator is
+    elementwise, so any split of ``y`` into shards is fine. Read by
+    [`prox_grouping`][torchprox.prox.registry.prox_grouping].
 
     Examples:
         >>> import torch
@@ -70,8 +83,9 @@ def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None =
     def decorator(fn: ProxFn) -> ProxFn:
         if not callable(fn):
             raise TypeError(f"register_prox({name!r}) needs a callable, got {type(fn).__name__}")
-        if check is not None and not callable(check):
-            raise TypeError(f"register_prox({name!r}, check=...) needs a callable, got {type(check).__name__}")
+        for what, arg in (("check", check), ("grouping", grouping)):
+            if arg is not None and not callable(arg):
+                raise TypeError(f"register_prox({name!r}, {what}=...) needs a callable, got {type(arg).__name__}")
         if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
             raise ValueError(f"a prox named {name!r} is already registered; pass overwrite=True to replace it")
         _REGISTRY[name] = fn
@@ -79,6 +93,10 @@ def register_prox(name: str, *, overwrite: bool = False, check: CheckFn | None =
             _CHECKS.pop(name, None)
         else:
             _CHECKS[name] = check
+        if grouping is None:
+            _GROUPINGS.pop(name, None)
+        else:
+            _GROUPINGS[name] = grouping
         return fn
 
     return decorator
@@ -140,6 +158,25 @@ def check_prox_call(name: str, y: "torch.Tensor | None" = None, *, step=None, **
             check(y, **kwargs)
 
 
+def prox_grouping(name: str, shape, **kwargs) -> "tuple[int, int] | None":
+    """``(dim, group_size)``: the groups along ``dim`` (as declared, possibly negative) of ``group_size``
+    consecutive entries that the operator ``name`` couples in a tensor of ``shape`` called with ``kwargs``, or
+    None for an elementwise operator (none declared at [`register_prox`][torchprox.prox.registry.register_prox]).
+    ``ValueError`` for an unknown ``name``. Reads only the shape.
+
+    Examples:
+        >>> prox_grouping("nm", (8, 16), n=2, m=4, dim=1)
+        (1, 4)
+        >>> prox_grouping("group_lasso", (8, 16))            # group_size None: the whole last dim
+        (-1, 16)
+        >>> prox_grouping("l1", (8, 16)) is None               # elementwise
+        True
+    """
+    get_prox(name)  # the unknown-name error
+    grouping = _GROUPINGS.get(name)
+    return None if grouping is None else grouping(tuple(shape), **kwargs)
+
+
 def _takes_step(check: CheckFn) -> bool:
     """Whether a registered check accepts ``step=`` (the built-ins do; a user's ``check(y, **kwargs)`` may not)."""
     try:
@@ -194,3 +231,16 @@ def check_group_lasso_args(y: "torch.Tensor", group_size: int | None = None, dim
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
     _check_layout(y, group_size, dim)
+
+
+def nm_grouping(shape: tuple, n: int = 2, m: int = 4, dim: int = -1, **_) -> tuple[int, int]:
+    """The grouping of the N:M operators: ``m`` consecutive entries along ``dim``."""
+    return dim, m
+
+
+def group_lasso_grouping(shape: tuple, group_size: int | None = None, dim: int = -1, **_) -> tuple[int, int | None]:
+    """The grouping of ``"group_lasso"``: ``group_size`` consecutive entries along ``dim`` (None: the whole
+    ``dim``, when ``dim`` is a valid index of ``shape``)."""
+    if group_size is None and isinstance(dim, int) and -len(shape) <= dim < len(shape):
+        group_size = shape[dim]
+    return dim, group_size
