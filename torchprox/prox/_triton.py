@@ -38,21 +38,20 @@ are skipped (a uniform branch): no host sync anywhere, and λ may be a 0-d CUDA 
 group's result depends neither on the groups that share its program nor on whether it went through the list.
 
 The kernel source is generated per ``(n, m, dtype)`` (every group coordinate unrolled into its own variable)
-and compiled by Triton on first use (cached by Triton on disk). Patterns: any ``0 < n < m ≤ 8`` (2:4 compiles in
-about 3 s, 4:8 in about 15 s); larger m is left to the plain-torch path, since a fully unrolled 8:16 kernel
-takes minutes to compile and spills registers.
+and compiled by Triton on first use (cached by Triton on disk; seconds for m = 4, longer for m = 8). Patterns:
+any ``0 < n < m ≤ 8``; larger m is left to the plain-torch path, since a fully unrolled 8:16 kernel takes
+minutes to compile and spills registers. ``python -m torchprox.prox._triton --dump 2 4`` prints a kernel's
+generated source (``--metric``, ``--float64``, ``--fast-newton`` for the variants).
 
 CPU testing: with ``TRITON_INTERPRET=1`` or ``TORCHPROX_TRITON_INTERPRET=1`` the kernel runs in Triton's
 interpreter and [`usable`][torchprox.prox._triton.usable] accepts CPU tensors too (slow: tests only). The interpreter accepts more than the
 compiler does, so ``tests/prox/test_triton_compile.py`` also compiles every launched variant ahead of time to
 cubins for sm_80 and sm_90 (Triton's pipeline and its bundled ``ptxas``; no GPU needed) and checks that none
-spills registers (Triton 3.9, sm_90, float32: 2:4 42 registers, its metric kernel 80, 4:8 72).
+spills registers.
 
-Measured on an H200 (Triton 3.6, 4096 × 4096 float32, λ = 0.3), before the convex branch and the support
-test of steps 3 and 5 existed: 2:4 in about 0.4 ms, 1:4 0.3 ms, 4:8 1.8 ms, 2:4 in float64 1.3 ms; a
-device-to-device copy of the tensor takes 37 µs and the plain-torch path 58 ms. The kernel is compute-bound
-(Newton's divisions and square roots, the coordinate-descent sweeps). ``benchmarks/bench_prox.py --device
-cuda`` measures it.
+The kernel is compute-bound (Newton's divisions and square roots, the coordinate-descent sweeps).
+``benchmarks/bench_prox.py --device cuda`` measures it; docs/benchmarks.md (Kernel design notes) has the
+figures.
 
 Measuring on a GPU (compare with a device-to-device copy of the same tensor, the memory-bound floor)::
 
@@ -86,14 +85,14 @@ _TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 # Steps unrolled between two convergence checks (each check is a reduction over the block); None: by m.
 _CHUNK = None
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-# Fused multiply-add contraction (Triton's default): about 9% faster on an H200 than separate roundings.
+# Fused multiply-add contraction (Triton's default): faster than separate roundings (docs/benchmarks.md).
 _FP_FUSION = True
 # Groups outside the convex regime listed and solved by a second launch when they are at most half of their
 # block (see _generate); False: solved in their own block (one launch).
 _COMPACT = os.environ.get("TORCHPROX_TRITON_COMPACT", "1") != "0"
 # Newton's iterations (float32) with the GPU's approximate division and square root (div.approx.f32, 2 ulp;
 # sqrt.approx.f32) instead of IEEE-rounded ones: the iteration converges to the same root up to a few ulp, and
-# the candidate is then computed from its limit with IEEE operations. Off until measured on a GPU
+# the candidate is then computed from its limit with IEEE operations. Off by default
 # (benchmarks/bench_triton_configs.py times both); needs a Triton whose tl.fdiv takes approx=.
 _FAST_NEWTON = os.environ.get("TORCHPROX_TRITON_FAST_NEWTON") == "1"
 _LOCK = threading.Lock()
@@ -718,9 +717,7 @@ def _config(m: int, dtype: torch.dtype, groups: int, interpret: bool) -> tuple[i
         while block < min(groups, 4096):
             block *= 2
         return block, 1
-    # Measured on an H200 (2:4, float32, 4096 x 4096): 64 groups on 2 warps 397 us, 128 on 4 431 us, 256 on
-    # 8 483 us; a device-to-device copy of the same tensor takes 37 us.
-    return 64, 2
+    return 64, 2  # the fastest of 64/128/256 groups on 2/4/8 warps (docs/benchmarks.md, Kernel design notes)
 
 
 def _list_programs(device: torch.device, blocks: int) -> int:
