@@ -394,3 +394,44 @@ def test_zero_step_leaves_its_group_unchanged(device, monkeypatch, n, dtype):
         for w in (_triton.prox_nm_metric_triton(y.to(device), s.to(device), lam, n),
                   prox_nm_triton(y.to(device), lam, n, 4)):
             assert torch.equal(w.cpu().nan_to_num(), y.nan_to_num()) and torch.equal(w.cpu().isnan(), y.isnan())
+
+
+def _run_module(*args: str):
+    """``python -m torchprox.prox._triton *args`` with this checkout's torchprox first on the path."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_triton.__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "torchprox.prox._triton", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_dump_prints_the_generated_kernel():
+    done = _run_module("--dump", "2", "4")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("def _prox_nm_2_4_f32(y_ptr, out_ptr, lam_ptr")
+    assert done.stdout == _triton._generate(2, 4, False)[0]
+
+
+def test_dump_a_bad_pattern_exits_2_with_one_line():
+    done = _run_module("--dump", "4", "4")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == "error: --dump 4 4: the pattern needs 0 < N < M <= 8, e.g. --dump 2 4"
+
+
+@pytest.mark.parametrize("argv", [["--dump", "0", "4"], ["--dump", "3", "2"], ["--dump", "2", "16"],
+                                  ["--dump", "2", "8", "--metric"]])
+def test_dump_rejects_bad_patterns(argv, capsys):
+    assert _triton._main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: --")
+
+
+@pytest.mark.parametrize("argv, name", [(["--dump", "1", "3"], "_prox_nm_1_3_f32"),
+                                        (["--dump", "2", "4", "--metric", "--float64"], "_prox_nm_metric_2_4_f64")])
+def test_dump_variants(argv, name, capsys):
+    assert _triton._main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"def {name}(")

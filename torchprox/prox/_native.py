@@ -37,8 +37,8 @@ _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "nm_cpu.cpp"  # the one translation unit; it includes the headers of csrc/
 # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC may not turn the
 # lane loops' selects (x = c ? a * b : 0) into vector blends where the CPU has no masked vector operations
-# (AVX2): such a build ran 1.43x the instructions without it on 4:8 at lam 0.25, 1.28x on 2:4. The same bits,
-# but for the 3:4 diagonal-metric kernel: 1-2 ulp apart in ~1% of groups (docs/benchmarks.md).
+# (AVX2). The outputs are the same bits with and without it, except the 3:4 diagonal-metric kernel's, 1-2 ulp
+# apart in some groups (docs/benchmarks.md, Kernel design notes).
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
 
 

@@ -68,10 +68,9 @@ INLINE void coordinate_descent(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k
 // from two starts per support, x = b and the previous support's solution ("grown"), supports in increasing
 // order, the best objective kept with a strict < (the earlier candidate wins ties). Run kLanes groups at a time
 // with lane refill: a lane whose descent has stopped takes its group's next descent, or a waiting group, at
-// once, so a descent's sweeps are its own and not those of the slowest group of a block: on random 4:8 groups
-// at lam 0.25, blocks of 16 ran 87 sweeps of up to 8 coordinates (the slowest lane, each support and start
-// in turn), the engine 19 sweeps of 8 per 16 groups (4:8 at lam 0.25 on 4096 x 4096, one thread: 1.6 s ->
-// 0.86 s). Used for m > 4 only: for m = 4 its bookkeeping costs more than it saves (1:4 took 1.9x as long).
+// once, so a descent's sweeps are its own and not those of the slowest group of a block (whose sweeps would
+// run over every support and start in turn). Used for m > 4 only: for m = 4 its bookkeeping costs more than it
+// saves, and PackedDescents serves m = 4 (docs/benchmarks.md, Kernel design notes).
 // Every lane runs its group's descents in order and stops on its own (cd_sweep on a lane whose support is
 // smaller than the engine's widest adds exact zeros), so a group's result does not depend on the groups that
 // share the engine, nor on the thread count.
@@ -246,10 +245,10 @@ INLINE void descend_supports(T (*best)[kLanes<T>], T* best_f, T (*grown)[kLanes<
 }
 
 // The m = 4 counterpart of DescentEngine: the groups whose top-4 (and, for n = 1, top-3) support can hold a
-// local minimizer (see prox_block) packed into whole blocks for their coordinate descents. In a block of the
-// general path, at lam 0.25 on random 2:4 groups, 41% of the lanes need a descent and nearly every block has
-// some, so the descents ran on every block until its slowest possible lane converged; packed, they run on the
-// lanes that need them. (Lane refill, as DescentEngine does, costs more than it saves for m = 4: see there.)
+// local minimizer (see prox_block) packed into whole blocks for their coordinate descents. Nearly every block
+// of the general path has some lanes that need a descent, but far from all: descents run per block would run
+// every block until its slowest such lane converged; packed, they run only on the lanes that need them. (Lane
+// refill, as DescentEngine does, costs more than it saves for m = 4: see there.)
 // Each lane runs its group's descents, starts and supports in order, stops on its own, and keeps a candidate
 // only from a support its group can use, so a group's result depends neither on the groups packed with it nor
 // on the thread count. A group's output row is written when its block runs, from y and out as the engine's

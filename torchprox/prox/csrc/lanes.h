@@ -19,8 +19,7 @@ namespace {
 
 constexpr int kMaxM = 32;
 // Groups per block: 128 bytes of each row, four 256-bit vectors: enough independent work to hide the latency
-// of the dependent chains of coordinate descent and Newton (one thread, lam 0.25: 16 float32 lanes instead of 32
-// took 1.2x as long for 2:4, 1.4x for 1:4; 32 float64 lanes instead of 16 took 1.3x as long).
+// of the dependent chains of coordinate descent and Newton (docs/benchmarks.md, Kernel design notes).
 template <typename T>
 constexpr int kLanes = 128 / sizeof(T);
 

@@ -102,14 +102,14 @@ __attribute__((noinline)) int convex_m4(const T* y, const T* step, T* out, T lam
 // For m = 4, the calling OpenMP thread's share of the groups (its contiguous range of blocks). A block whose
 // groups all qualify for convex_m4's path is solved in place by it, one where none does by solve(y, s, out,
 // lanes, rows, g0) (the general path; lane l's group is row rows[l] of the whole y, or row g0 + l when rows is
-// null). In a block with groups on both sides (near the edge of the convex regime, nearly every block: solved
-// in place, every block would run the general solver, 2:4 at lam 0.05 on random data twice the time) the
-// groups that qualify are solved in place by convex_m4 when they are at least half of the block, else packed
-// into blocks for it, and the others packed into blocks for solve. Partial blocks are filled with zero groups
-// and unit steps, which need not qualify (for n = 1, q = lam s (m - 1) whatever y): only the block's own groups
-// are counted. Which path a group takes depends on the group alone, and neither path's lanes depend on each
-// other, so a group's result depends neither on the order of the groups nor on the thread count. step may be null (ps is then null too); out may be y itself (a group is
-// read before it is written).
+// null). In a block with groups on both sides (near the edge of the convex regime, nearly every block; solved
+// whole, each such block would run the general solver on all of its lanes) the groups that qualify are solved
+// in place by convex_m4 when they are at least half of the block, else packed into blocks for it, and the
+// others packed into blocks for solve. Partial blocks are filled with zero groups and unit steps, which need
+// not qualify (for n = 1, q = lam s (m - 1) whatever y): only the block's own groups are counted. Which path a
+// group takes depends on the group alone, and neither path's lanes depend on each other, so a group's result
+// depends neither on the order of the groups nor on the thread count. step may be null (ps is then null too);
+// out may be y itself (a group is read before it is written).
 template <typename T, int N, typename Solve>
 void convex_then_packed(const T* y, const T* step, T* out, int64_t groups, T lam, Solve&& solve) {
   constexpr int K = kLanes<T>;

@@ -14,8 +14,8 @@ namespace {
 // and lam prod c_i, solved by monotone Newton on psi (see prox_block; it needs only the support's smallest b,
 // ties: the higher index, and the gaps of the others, in any order); every larger support by coordinate descent
 // from a. The smallest objective wins (strict <: the earlier candidate on ties). Solves the lanes l < lanes
-// (the others are padding). (A scalar version of the same solver, one group at a time, was 3.7x slower: the
-// divisions and square roots of one group form a dependent chain.)
+// (the others are padding). (Lanes rather than one group at a time: the divisions and square roots of one
+// group form a dependent chain.)
 template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
