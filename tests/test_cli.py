@@ -133,6 +133,7 @@ def no_model_loading(monkeypatch):
         raise AssertionError(f"load_model{args} was called for an invalid invocation")
 
     monkeypatch.setattr("torchprox.llm.models.load_model", refuse)
+    monkeypatch.setattr("torchprox.llm.load_model", refuse)  # the CLI loads through the package's name
 
 
 SPARSIFY_ERRORS = [  # (extra flags, what the one-line message must contain)

@@ -41,6 +41,7 @@ def files(tmp_path_factory):
 
 def run(argv):
     """(exit status, stderr, whether the model was loaded) of ``torchprox argv``."""
+    import torchprox.llm as llm
     from torchprox.llm import models
 
     loaded = []
@@ -51,8 +52,8 @@ def run(argv):
         return real(*args, **kwargs)
 
     err = io.StringIO()
-    with mock.patch.object(models, "load_model", spy), contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with mock.patch.object(models, "load_model", spy), mock.patch.object(llm, "load_model", spy), \
+            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as exc:
