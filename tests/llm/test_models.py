@@ -182,6 +182,9 @@ def test_cache_root_is_the_one_reader_and_expands_home(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHPROX_CACHE", "~/caches")
     assert cache_root() == tmp_path / "home" / "caches"
     assert default_cache_dir() == cache_root() / models.CACHE_NAME
+    from torchprox.prox import _native
+
+    assert _native.cache_dir() == tmp_path / "home" / "caches" / "kernels"  # the kernel cache reads it too
     monkeypatch.setenv("TORCHPROX_CACHE", "")
     assert cache_root() == tmp_path / "home" / ".cache" / "torchprox"
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._files import cache_root
+
 logger = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).with_name("csrc")
@@ -58,8 +60,8 @@ _LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TORCHPROX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchprox")
-    return Path(root) / "kernels"
+    """Where the compiled kernels are cached: ``kernels/`` under torchprox's one cache root."""
+    return cache_root() / "kernels"
 
 
 def _compiler() -> str | None:
