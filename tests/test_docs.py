@@ -80,7 +80,7 @@ def test_proxadam_page_documents_its_arguments(site):
     for arg in ("params", "lr", "prox", "lam", "prox_kwargs", "metric", "lam_scaling", "foreach", "fused"):
         assert arg in rows, f"ProxAdam's page has no parameter row for {arg} (rows: {rows})"
     assert html.count("<math") >= 1, "the algorithm box is not rendered"
-    assert "Everything above the two last lines" in _visible_text(html)
+    assert "Everything before the λ_t line" in _visible_text(html)
 
 
 def test_results_tables_match_their_rows():

@@ -245,7 +245,7 @@ class ProxAdam(AdamW):
     \end{array}
     \]
 
-    Everything above the two last lines is `torch.optim.AdamW`'s step: ProxAdam subclasses AdamW and
+    Everything before the λ_t line is `torch.optim.AdamW`'s step: ProxAdam subclasses AdamW and
     runs its ``step`` unchanged (same single-tensor / ``foreach`` / ``fused`` kernels), then applies the prox
     in place, under ``no_grad``, to every parameter of the group that has a gradient. With ``prox=None`` or
     ``lam=0`` a group's update is bit for bit AdamW's with the same ``foreach``/``fused`` arguments.
