@@ -17,7 +17,9 @@ Finishing and checking: [`remove`][torchprox.prune.remove] / [`remove_all`][torc
 
 Groups run along the reduction (input) dim: ``nn.Linear`` (out, in) → dim 1, transformers ``Conv1D``
 (in, out) → dim 0, ``nn.Conv{1,2,3}d`` (out, in/groups, *k) → dim 1: ``m`` consecutive input channels at
-each (output channel, kernel position), the layout of an implicit-GEMM convolution's reduction.
+each (output channel, kernel position), the layout of an implicit-GEMM convolution's reduction. Any other
+``nn.Parameter`` (e.g. a fused expert tensor) is a ``(module, "param_name")`` target with its dim given or
+declared once per class with [`register_layout`][torchprox.prune._layers.register_layout].
 
 Examples:
     >>> import torch
@@ -33,7 +35,7 @@ Examples:
     >>> is_nm(mlp[0].weight, 2, 4, dim=1) and is_nm(mlp[2].weight, 2, 4, dim=1)
     True
 """
-from ._layers import check_groupable, is_hf_conv1d, select_modules
+from ._layers import check_groupable, is_hf_conv1d, register_layout, select_modules
 from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups, restore_dense
 from .oneshot import NMStructured, nm_structured
 from .parametrization import NMParametrization, nm_parametrizations
@@ -45,5 +47,5 @@ __all__ = [
     "learnable_nm", "learnable_nm_model", "prox_param_groups", "apply_learned_masks", "frozen_weight_penalty",
     "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
     "sparsity_report", "NMParametrization", "restore_dense",
-    "nm_parametrizations", "select_modules", "check_groupable", "is_hf_conv1d",
+    "nm_parametrizations", "select_modules", "check_groupable", "is_hf_conv1d", "register_layout",
 ]

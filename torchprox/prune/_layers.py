@@ -39,15 +39,63 @@ def describe(module: nn.Module, qualname: str | None = None) -> str:
     return f"{kind} {qualname!r}" if qualname else kind
 
 
+_LAYOUTS: dict[tuple[type, str], int] = {}
+
+
+def register_layout(cls: type, param_name: str, dim: int) -> None:
+    r"""Declare the N:M group dim of ``param_name`` on every module of class ``cls`` (and its subclasses).
+
+    The group dim is the reduction (input) dim of how the module's forward uses the tensor. For a fused
+    expert tensor of shape (experts, out, in) applied as ``F.linear(x, W[e])`` it is ``-1`` (2); for the
+    transposed layout (experts, in, out) applied as ``x @ W[e]`` it is ``1`` (or ``-2``). Afterwards
+    [`learnable_nm`][torchprox.prune.learnable.learnable_nm] and a ``(module, param_name)`` target of
+    [`learnable_nm_model`][torchprox.prune.learnable.learnable_nm_model] use it when ``dim`` is omitted.
+    Registering the same ``(cls, param_name)`` again replaces the dim; the most derived class wins.
+
+    Raises:
+        TypeError: ``cls`` is not an ``nn.Module`` subclass, ``param_name`` is not a str or ``dim`` not an int.
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import register_layout
+        >>> class Experts(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.randn(2, 4, 8))   # (experts, out, in)
+        >>> register_layout(Experts, "w", dim=-1)
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_layout: cls must be an nn.Module subclass, got {cls!r}")
+    if not isinstance(param_name, str):
+        raise TypeError(f"register_layout: param_name must be a str, got {param_name!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"register_layout: dim must be an int (the reduction/input dim), got {dim!r}")
+    _LAYOUTS[(cls, param_name)] = dim
+
+
+def registered_dim(module: nn.Module, name: str) -> int | None:
+    """The dim [`register_layout`][torchprox.prune._layers.register_layout] gave ``(type(module), name)``
+    (searching the class's MRO), else None."""
+    for klass in parametrize.type_before_parametrizations(module).__mro__:
+        if (klass, name) in _LAYOUTS:
+            return _LAYOUTS[(klass, name)]
+    return None
+
+
 def default_dim(module: nn.Module, name: str = "weight") -> int | None:
     """The group dim of ``module.<name>``: the reduction (input) dim of its matrix multiply.
 
+    - a layout registered with [`register_layout`][torchprox.prune._layers.register_layout] for the
+      module's class and ``name`` → that dim (checked first)
     - ``nn.Linear`` (weight (out, in)) → 1
     - ``transformers.pytorch_utils.Conv1D`` (weight (in, out)) → 0
     - ``nn.Conv1d/2d/3d`` (weight (out, in/groups, *kernel)) → 1: groups of m consecutive input channels
       at each (out, *kernel) position.
     - anything else (transposed convs, embeddings, other tensor names) → None: pass ``dim=`` explicitly.
     """
+    registered = registered_dim(module, name)
+    if registered is not None:
+        return registered
     if name != "weight":
         return None
     if is_hf_conv1d(module):
@@ -70,8 +118,9 @@ def resolve_dim(module: nn.Module, name: str, dim: int | None, qualname: str | N
             raise ValueError(
                 f"{describe(module, qualname)}: no default N:M group dim for its {name!r} of shape "
                 f"{tuple(weight.shape)}; torchprox knows nn.Linear (dim 1), transformers Conv1D (dim 0) and "
-                "nn.Conv1d/2d/3d (dim 1, input channels). Pass dim= explicitly (the reduction/input dim) "
-                "or exclude this module"
+                "nn.Conv1d/2d/3d (dim 1, input channels), plus layouts given to register_layout. Pass dim= "
+                f"explicitly (the reduction/input dim), call torchprox.prune.register_layout("
+                f"{layer_kind(module)}, {name!r}, dim), or exclude this module"
             )
     if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
         raise ValueError(f"{describe(module, qualname)}: dim={dim!r} is out of range for {name!r} of shape "
@@ -165,6 +214,32 @@ def _compile_targets(targets) -> tuple[str, object]:
             raise TypeError(f"targets must be 'all-linear', a regex string or a list of names, got {targets!r}")
         return "names", [t.lstrip(".") for t in names]
     raise TypeError(f"targets must be 'all-linear', a regex string or a list of names, got {targets!r}")
+
+
+def _is_param_target(item) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) in (2, 3) and isinstance(item[0], nn.Module)
+
+
+def split_param_targets(targets) -> tuple[object, list[tuple[nn.Module, str, int | None]]]:
+    """Split ``targets`` into the name part for [`select_modules`][torchprox.prune._layers.select_modules]
+    (None when there is none) and the ``(module, param_name[, dim])`` tensor targets, as
+    ``(module, param_name, dim or None)``. A single tuple is one tensor target."""
+    if _is_param_target(targets):
+        targets = [targets]
+    if isinstance(targets, (str, re.Pattern)) or not isinstance(targets, Iterable):
+        return targets, []
+    items = list(targets)
+    tensors = []
+    for item in items:
+        if not _is_param_target(item):
+            continue
+        name, dim = item[1], (item[2] if len(item) == 3 else None)
+        if not isinstance(name, str) or (dim is not None and (isinstance(dim, bool) or not isinstance(dim, int))):
+            raise TypeError(f"a tensor target is (module, 'param_name') or (module, 'param_name', dim: int), "
+                            f"got ({type(item[0]).__name__}, {name!r}{', ' + repr(dim) if len(item) == 3 else ''})")
+        tensors.append((item[0], name, dim))
+    names = [item for item in items if not _is_param_target(item)]
+    return (names if names or not tensors else None), tensors
 
 
 def name_matches(qualname: str, spec) -> bool:

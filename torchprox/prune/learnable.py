@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from ..prox import check_nm
 from ..prox.nm import nm_mask
-from ._layers import check_groupable, check_not_shared, describe, resolve_dim, select_modules
+from ._layers import check_groupable, check_not_shared, describe, resolve_dim, select_modules, split_param_targets
 from .parametrization import (NMParametrization, sync_state_on_load, get_nm_parametrization, nm_parametrizations,
                               qualified)
 
@@ -43,7 +43,10 @@ def _check_target(module: nn.Module, name: str, qualname: str | None) -> None:
                          f"torch.nn.utils.prune.remove(module, {name!r}) first")
     param = module._parameters.get(name)
     if not isinstance(param, nn.Parameter):
-        raise ValueError(f"{where}: has no Parameter named {name!r} to make learnable")
+        other = getattr(module, name, None)
+        what = f" ({name!r} is a {type(other).__name__}, not an nn.Parameter)" if other is not None else ""
+        raise ValueError(f"{where}: has no Parameter named {name!r} to make learnable{what}; its Parameters: "
+                         f"{list(module._parameters)}")
     if not param.is_floating_point():
         raise ValueError(f"{where}: {name!r} has dtype {param.dtype}; N:M learning needs a floating-point weight")
 
@@ -123,11 +126,20 @@ def learnable_nm_model(model: nn.Module, n: int = 2, m: int = 4, targets="all-li
       (size not a multiple of ``m``, no default dim, no float ``weight``, shared weight) is a ``ValueError``
       naming the module and its shape.
 
+    - tensor targets ``(module, "param_name")`` or ``(module, "param_name", dim)`` (alone or in the list,
+      mixed with names): any floating-point ``nn.Parameter`` of a submodule of ``model``, e.g. a fused
+      expert tensor (experts, out, in) that the forward applies as ``F.linear(x, W[e])``. Its group dim is
+      the tuple's ``dim``, else ``dim=``, else the layout registered for the module's class with
+      [`register_layout`][torchprox.prune._layers.register_layout], else (only for ``"weight"`` of a known
+      layer) the layer's default; otherwise a ``ValueError`` naming the class, the parameter and its shape
+      (never a guess). Tensor targets are explicit: any problem is an error; ``exclude`` does not apply.
+
     ``exclude`` (names/suffixes or regex) removes modules from the selection. Modules already learnable are
-    left as they are. Every module is validated before any is changed, so an error leaves ``model`` as it was.
+    left as they are. Every target is validated before any is changed, so an error leaves ``model`` as it was.
 
     Returns:
-        the qualified names of the modules made learnable, in ``named_modules`` order.
+        the qualified names made learnable: module names (``weight``) for name-selected modules, in
+        ``named_modules`` order, then ``"<module>.<param_name>"`` for tensor targets, in the given order.
 
     Examples:
         >>> import torch
@@ -135,38 +147,65 @@ def learnable_nm_model(model: nn.Module, n: int = 2, m: int = 4, targets="all-li
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
         >>> learnable_nm_model(mlp, n=2, m=4)
         ['0', '2']
+        >>> class Experts(torch.nn.Module):                    # (experts, in, out), applied as x @ W[e]
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.randn(3, 8, 4))
+        >>> model = torch.nn.Sequential(Experts())
+        >>> learnable_nm_model(model, targets=[(model[0], "w", 1)])
+        ['0.w']
     """
     check_nm(n, m)
-    selected = select_modules(model, targets, exclude)
-    if not selected:
+    name_targets, tensor_targets = split_param_targets(targets)
+    selected = select_modules(model, name_targets, exclude) if name_targets is not None else []
+    if not selected and not tensor_targets:
         raise ValueError(f"targets={targets!r} (exclude={exclude!r}) matched no module of "
                          f"{type(model).__name__}")
+    names = {id(mod): q for q, mod in model.named_modules()}
+    candidates = [(qualname, module, "weight", dim, explicit, qualname) for qualname, module, explicit in selected]
+    for module, tname, tdim in tensor_targets:
+        if id(module) not in names:
+            raise ValueError(f"target ({type(module).__name__}, {tname!r}): that module is not a submodule of "
+                             f"{type(model).__name__}; pass a module of the model")
+        q = names[id(module)]
+        candidates.append((q, module, tname, dim if tdim is None else tdim, True, qualified(q, tname)))
     uses = Counter(id(p) for _, mod in model.named_modules() for p in mod._parameters.values() if p is not None)
-    plan, skipped = [], []
-    for qualname, module, explicit in selected:
-        if get_nm_parametrization(module, "weight") is not None:
-            logger.info("torchprox.prune: %s is already learnable; left as is", describe(module, qualname))
+    plan, skipped, seen = [], [], set()
+    for qualname, module, tname, given_dim, explicit, label in candidates:
+        if (id(module), tname) in seen:
+            continue
+        seen.add((id(module), tname))
+        if get_nm_parametrization(module, tname) is not None:
+            logger.info("torchprox.prune: %s is already learnable; left as is", describe(module, label))
             continue
         try:
-            _check_target(module, "weight", qualname)
-            d = resolve_dim(module, "weight", dim, qualname)
-            check_groupable(module, tuple(module.weight.shape), d, m, qualname)
-            if uses[id(module.weight)] > 1:
-                raise ValueError(
-                    f"{describe(module, qualname)}: its weight of shape {tuple(module.weight.shape)} is shared "
-                    "with another module (tied weights); parametrizing it would untie them. Exclude it")
+            d = _plan_target(module, tname, given_dim, m, qualname, uses)
         except ValueError as err:
             if explicit:
                 raise
             skipped.append(str(err))
             continue
-        plan.append((qualname, module, d))
+        plan.append((label, module, tname, d))
     if skipped:
         logger.warning("torchprox.prune: skipped %d module(s) that cannot be made N:M learnable:\n  %s",
                        len(skipped), "\n  ".join(skipped))
-    for qualname, module, d in plan:
-        _register(module, "weight", n, m, d, offload_w0)
-    return [qualname for qualname, _, _ in plan]
+    for _, module, tname, d in plan:
+        _register(module, tname, n, m, d, offload_w0)
+    return [label for label, _, _, _ in plan]
+
+
+def _plan_target(module: nn.Module, name: str, dim: int | None, m: int, qualname: str, uses: Counter) -> int:
+    """The normalised group dim of ``module.<name>`` after every check of ``learnable_nm``; ValueError if
+    it cannot be made learnable (``uses`` counts how many module slots hold each Parameter)."""
+    _check_target(module, name, qualname)
+    d = resolve_dim(module, name, dim, qualname)
+    weight = module._parameters[name]
+    check_groupable(module, tuple(weight.shape), d, m, qualname, name)
+    if uses[id(weight)] > 1:
+        raise ValueError(
+            f"{describe(module, qualname)}: its {name} of shape {tuple(weight.shape)} is shared "
+            "with another module (tied weights); parametrizing it would untie them. Exclude it")
+    return d
 
 
 def prox_param_groups(model: nn.Module, lam: float, n: int | None = None, m: int | None = None,
