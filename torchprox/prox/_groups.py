@@ -54,8 +54,8 @@ def group_view(t: Tensor, size: int, dim: int, name: str = "y") -> tuple[Tensor,
     return groups, restore
 
 
-def check_values(t: Tensor, name: str, positive: bool) -> None:
-    """Every entry of the tensor ``t`` finite and > 0 (``positive``) or >= 0.
+def check_values(t: Tensor, name: str) -> None:
+    """Every entry of the tensor ``t`` finite and >= 0.
 
     A CPU tensor is checked now (one min/max pass, its result read from host memory) and a bad one is a
     ``ValueError``. A tensor on an
@@ -65,18 +65,28 @@ def check_values(t: Tensor, name: str, positive: bool) -> None:
     if t.numel() == 0:
         return
     lo, hi = torch.aminmax(t.detach())
-    ok = torch.isfinite(lo) & torch.isfinite(hi) & ((lo > 0) if positive else (lo >= 0))
-    bound = "> 0" if positive else ">= 0"
+    ok = torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0)
     if t.device.type == "cpu" and not torch.compiler.is_compiling():
         # Read through numpy: a CPU value in host memory, not a device sync, and no aten._local_scalar_dense
         # (which the prox step's no-sync checks forbid on every device).
         if not bool(ok.numpy()):
             raise ValueError(
-                f"{name} must be finite and {bound} everywhere, got a tensor of shape {tuple(t.shape)} with "
+                f"{name} must be finite and >= 0 everywhere, got a tensor of shape {tuple(t.shape)} with "
                 f"min {lo.item()} and max {hi.item()}"
             )
         return
-    torch._assert_async(ok, f"{name} must be finite and {bound} everywhere")
+    torch._assert_async(ok, f"{name} must be finite and >= 0 everywhere")
+
+
+def _finite_nonnegative_number(value, name: str, what: str) -> float:
+    """A Python number ``value`` as a float, finite and >= 0; otherwise a ``TypeError`` / ``ValueError`` that
+    names ``name`` (``what``: the forms it may take)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def check_step(step, y: Tensor):
@@ -95,14 +105,9 @@ def check_step(step, y: Tensor):
                     f"step of shape {tuple(step.shape)} does not match y of shape {tuple(y.shape)}; "
                     "pass a scalar or a tensor shaped like y"
                 )
-        check_values(step, "step", positive=False)
+        check_values(step, "step")
         return step
-    if isinstance(step, bool) or not isinstance(step, numbers.Real):
-        raise TypeError(f"step must be a number or a tensor, got {type(step).__name__}")
-    step = float(step)
-    if not (step >= 0 and step != float("inf")):
-        raise ValueError(f"step must be a finite number >= 0, got {step}")
-    return step
+    return _finite_nonnegative_number(step, "step", "a number or a tensor")
 
 
 def group_step(step, y: Tensor, size: int, dim: int, dtype: torch.dtype):
@@ -124,11 +129,6 @@ def check_lam(lam):
     if isinstance(lam, Tensor):
         if lam.numel() != 1:
             raise ValueError(f"lam must be a number or a one-element tensor, got a tensor of shape {tuple(lam.shape)}")
-        check_values(lam, "lam", positive=False)
+        check_values(lam, "lam")
         return lam
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(f"lam must be a number or a one-element tensor, got {type(lam).__name__}")
-    lam = float(lam)
-    if not (lam >= 0 and lam != float("inf")):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-    return lam
+    return _finite_nonnegative_number(lam, "lam", "a number or a one-element tensor")
