@@ -26,28 +26,27 @@ class _NoBar:
         pass
 
 
+def _tqdm():
+    """``tqdm.auto.tqdm``, or None where tqdm (an llm extra) is not installed."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is an llm extra
+        return None
+    return tqdm
+
+
 def progress_bar(enabled: bool, **kwargs: Any):
     """A ``tqdm.auto.tqdm(**kwargs)`` bar when ``enabled`` and tqdm is installed, else one that does nothing
     (``update``, ``set_postfix``, ``close``)."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is an llm extra
-            return _NoBar()
-        return tqdm(**kwargs)
-    return _NoBar()
+    tqdm = _tqdm() if enabled else None
+    return tqdm(**kwargs) if tqdm is not None else _NoBar()
 
 
 def progress_iter(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
     """``iterable`` wrapped in a tqdm bar (``tqdm(iterable, **kwargs)``) when ``enabled`` and tqdm is
     installed, else ``iterable`` itself."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is an llm extra
-            return iterable
-        return tqdm(iterable, **kwargs)
-    return iterable
+    tqdm = _tqdm() if enabled else None
+    return tqdm(iterable, **kwargs) if tqdm is not None else iterable
 
 
 def is_dtensor(t) -> bool:
