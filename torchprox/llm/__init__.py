@@ -28,6 +28,7 @@ from .blocks import decoder_layers, linear_group_dim, target_linears
 from .corpus import builtin_corpus, news_corpus
 from .data import BUILTIN_SOURCES, calibration_blocks, evaluation_blocks, load_texts, split_texts, tokenize_blocks
 from .demo import FINETUNE_ROW, ROWS, run_demo
+from .experts import ExpertInputStats, routed_inputs, supports_capture
 from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_replaceable, check_sparse, memory_report, save_sparse, sparse_manifest
 from .markup import strip_wiki_markup
@@ -37,6 +38,7 @@ from .proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig, learn_masks
 from .reconstruct import finetune_masked, obs_update
 from .semi_structured import to_semi_structured
 from .sparsify import METHODS, sparsify
+from .targets import UNFLAGGED_EXPERTS, Target, coverage_report, expert_layout, target_tensors
 
 __all__ = [
     # learning masks
@@ -49,6 +51,8 @@ __all__ = [
     # models and target layers
     "DEFAULT_MODEL_NAMES", "load_default_model", "load_model", "default_model_path", "default_cache_dir",
     "default_model_source", "decoder_layers", "target_linears", "linear_group_dim",
+    "Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS",
+    "routed_inputs", "supports_capture", "ExpertInputStats",
     # evaluation, the demo
     "perplexity", "perplexity_texts", "run_demo", "ROWS", "FINETUNE_ROW",
     # updating the kept weights
