@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+import warnings
 from typing import Any
 
 from torch import Tensor, nn
@@ -11,6 +13,9 @@ from ..prox import check_nm, parse_pattern
 from .baselines import layer_report, magnitude_prune, sparsegpt_prune, wanda_prune
 from .blocks import target_linears
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
+from .targets import ROUTER, coverage_report
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "sparsify"]
 
@@ -38,7 +43,11 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:
-        ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, ...method report}``.
+        ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, "coverage", ...method
+        report}``; ``coverage`` is [`coverage_report`][torchprox.llm.targets.coverage_report]: the share of the
+        decoder blocks' matrix weights that are N:M and what stayed dense, and why. With the default targets,
+        a matrix weight left dense for any reason but being a router is a ``UserWarning`` (and a logged
+        warning) naming it.
 
     Every method leaves each target weight W (out, in) with at most n nonzeros in every group of m
     consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never
@@ -94,5 +103,14 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         raise RuntimeError(f"{method} left {len(not_nm)} target(s) not exactly {n}:{m} ({', '.join(not_nm[:3])}"
                            f"{', ...' if len(not_nm) > 3 else ''}); check the model's weights and calibration "
                            "data for NaN/inf")
+    report["coverage"] = coverage = coverage_report(model, n, m, targets)
+    left = {name: why for name, why in coverage["dense"].items() if why != ROUTER}
+    if targets is None and left:  # the default promises every matrix weight of the blocks: say loudly what is not
+        message = (f"{len(left)} matrix weight(s) of the decoder blocks stay dense; only "
+                   f"{100 * coverage['coverage']:.1f}% of the blocks' matrix weights are {n}:{m}: "
+                   + "; ".join(f"{name}: {why}" for name, why in list(left.items())[:3])
+                   + ("; ..." if len(left) > 3 else ""))
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
     report["seconds"] = time.perf_counter() - t0
     return report
