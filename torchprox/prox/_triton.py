@@ -30,9 +30,10 @@ The diagonal-metric prox (``prox_nm_metric_triton``, m = 4: argmin_w ½ Σ (w �
 kernel's general metric solver (the top n of |y|²/s; every support of size n+1 made unweighted by
 x_i = √s_i u_i and solved by monotone Newton; larger supports by coordinate descent from |y|).
 
-Iterations: each group stops on its own once its last step moved nothing by more than a tolerance (1e-5 in
-float32, 1e-10 in float64, on values scaled into [0, 1); the CPU kernel's are 1e-6 / 1e-12), or at the CPU
-kernel's caps (Newton 40 / 80 iterations, 60 / 200 coordinate-descent sweeps); a loop ends when no group of the
+Iterations: each group stops on its own once its last step moved nothing by more than a tolerance, or at the
+caps; both are the CPU kernel's table ``torchprox.prox.nm._KERNEL_ITERATIONS`` (Newton 40 / 80 iterations,
+60 / 200 coordinate-descent sweeps in float32 / float64; tolerance ``triton_tol``, 1e-5 / 1e-10 on values
+scaled into [0, 1), where the CPU's is 1e-6 / 1e-12: see that table for why); a loop ends when no group of the
 block is still moving, checked by a reduction every few steps inside a fixed-count loop whose remaining steps
 are skipped (a uniform branch): no host sync anywhere, and λ may be a 0-d CUDA tensor read by the kernel. So a
 group's result depends neither on the groups that share its program nor on whether it went through the list.
@@ -77,11 +78,6 @@ from torch import Tensor
 __all__ = ["MAX_M", "available", "usable", "serves", "prox_nm_triton", "prox_nm_metric_triton"]
 
 MAX_M = 8  # m = 16 compiles for minutes and spills registers: larger groups use the plain-torch path
-# As in the CPU kernel (csrc/nm_cpu.cpp, Iters<T>): caps on Newton iterations and coordinate-descent sweeps,
-# and the step (on values scaled into [0, 1)) below which an iterate counts as converged.
-_NEWTON_CAP = {torch.float32: 40, torch.float64: 80}
-_SWEEP_CAP = {torch.float32: 60, torch.float64: 200}
-_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 # Steps unrolled between two convergence checks (each check is a reduction over the block); None: by m.
 _CHUNK = None
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -223,7 +219,10 @@ class _KernelSource:
         self.T, self.IT, self.tiny = _types(fp64)
         self.fmax = "1.7976931348623157e308" if fp64 else "3.4028234663852886e38"
         cdt = torch.float64 if fp64 else torch.float32
-        self.newton_cap, self.sweep_cap, self.tol = _NEWTON_CAP[cdt], _SWEEP_CAP[cdt], _TOL[cdt]
+        from .nm import _KERNEL_ITERATIONS  # the caps and tolerances both kernels read (nm imports this module)
+
+        it = _KERNEL_ITERATIONS[cdt]
+        self.newton_cap, self.sweep_cap, self.tol = it["newton"], it["sweeps"], it["triton_tol"]
         self.chunk = _CHUNK or (4 if m <= 4 else 2)  # the caps are multiples of 4
         self.e = _Src()
 
