@@ -441,7 +441,12 @@ def learn_masks(
     progress: bool = True,
     offload_w0: bool = False,
 ) -> dict[str, Any]:
-    """Learn an N:M mask for the decoder linears of ``model`` with ProxSparse and apply it in place.
+    """Learn an N:M mask for the matrix weights of ``model``'s decoder blocks with ProxSparse and apply it in place.
+
+    The targets are [`target_tensors`][torchprox.llm.targets.target_tensors]: every linear weight and every
+    fused Mixture-of-Experts tensor ``(experts, ...)``, each grouped along its true input dim (dim 2 for
+    ``F.linear(x, W[e])`` layouts, dim 1 for the transposed ``x @ W[e]`` ones of GPT-OSS and Llama 4); routers
+    stay dense.
 
     Args:
         model: a Hugging Face causal LM (its weights are the W0 that the mask is applied to).
@@ -450,8 +455,9 @@ def learn_masks(
         n: nonzeros kept per group (``0 < n < m``).
         m: the group size (consecutive weights along the layer's input dimension).
         config: [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig] (defaults if None).
-        targets: PEFT-style targets (see [`torchprox.llm.blocks.target_linears`][torchprox.llm.blocks.target_linears]); default every linear
-            layer inside the decoder blocks.
+        targets: PEFT-style targets (see [`target_tensors`][torchprox.llm.targets.target_tensors], e.g.
+            ``["q_proj", "experts.gate_up_proj"]``); default every matrix weight of the decoder blocks except
+            routers.
         checkpoint_dir: where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps (atomically;
             an existing one is replaced when ``resume`` is False). It holds a fingerprint of the run's inputs: a
             sha256 of the model's parameters at the start (W0) and of ``calib``, seqlen, the pattern, the
@@ -465,7 +471,10 @@ def learn_masks(
 
     Returns:
         A report, a dict with the keys `config`, `steps`, `tokens`, `seconds`, `seconds_per_step`,
-            `loss` (per step), `nm_fraction` (logged (step, fraction) pairs) and `peak_rss_gb`. On return
+            `loss` (per step), `nm_fraction` (logged (step, fraction) pairs), `targets` (their number),
+            `unrouted_experts` (``{key: [expert, ...]}``: the experts of each fused tensor that no calibration
+            token reached, whose activation scores fell back to |W| alone; None with ``mask_scores="weight"``,
+            which runs no calibration pass) and `peak_rss_gb`. On return
             every target weight is exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter
             is unchanged.
 
@@ -482,8 +491,21 @@ def learn_masks(
 
     Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
     ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
-    ``mask = topn(|W|)`` per group of m along the input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the
-    report is ``steps × batch_size × seqlen``.
+    ``mask = topn(|W| · ‖X_j‖₂)`` (``mask_scores="activation"``) or ``topn(|W|)`` per group of m along the
+    input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the report is ``steps × batch_size × seqlen``.
+
+    **Experts.** A fused expert tensor's activation scores use each expert's own input norms: the rows routed
+    to it, each scaled by its routing weight (see [`torchprox.llm.experts`][torchprox.llm.experts]). An expert
+    no calibration token reaches gets norms of 1 (its mask is the top-n of |W|; never all-zero scores) and is
+    listed in ``unrouted_experts`` (and logged). During learning, an expert that the step's tokens do not reach
+    gets a zero gradient. With ``metric="adam"`` (the default) its Adam step is 0 and, where Adam's v̂ = 0
+    (never a nonzero gradient so far), ProxAdam's prox step is 0 too instead of the formula's lr/ε, an
+    effectively infinite step that would zero the group at once (see [`ProxAdam`][torchprox.optim.proxadam.ProxAdam]):
+    the decision is *no prox where v̂ = 0*. So an expert untouched by the data keeps W = W0, bit for bit, until
+    it is routed, and if it never is, its mask is that of W0 (the top-n of |W0|, times its norms, which are 1
+    when the calibration blocks miss it too). Once routed, v̂ > 0 and the prox acts on it, also on later steps
+    that miss it (it then moves by the prox alone). With ``metric="identity"`` the prox step is 1 whatever the
+    gradient, so every step's prox shrinks an unrouted expert toward N:M too (as the paper's recipe would).
 
     Examples:
         >>> import torch, transformers
