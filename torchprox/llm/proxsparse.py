@@ -62,6 +62,7 @@ from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_mo
 from ..prune.parametrization import qualified
 from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
 from .experts import ExpertInputStats, supports_capture
+from .reconstruct import _targets as _reconstruct_targets
 from .reconstruct import finetune_masked, obs_update
 from .targets import Target, target_tensors
 
@@ -480,7 +481,8 @@ def learn_masks(
 
     Raises:
         ValueError / TypeError: bad ``n, m``, ``config``, ``calib`` (see `check_calib`) or ``targets``
-            (no match, or a size not a multiple of ``m``); raised before the model is touched.
+            (no match, or a size not a multiple of ``m``), or ``config.reconstruct`` cannot update a target
+            (its own check of the targets); raised before the model is touched.
         FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
             already reads, or non-finite learned weights at the end, one check), or the dense model's
             activations on ``calib`` overflow; the message names the step or layers and says to lower ``lr``.
@@ -530,6 +532,7 @@ def learn_masks(
     check_calib(model, calib, cfg.batch_size)
     chosen = target_tensors(model, targets, m=m)
     names = [t.key for t in chosen]
+    _check_reconstruct(model, cfg, chosen)
     ckpt = _Checkpoint.open(checkpoint_dir, model, calib, n, m, cfg, names)
     # Read and checked before the model is touched.
     state = ckpt.load([t.weight.shape for t in chosen]) if resume else None
@@ -554,6 +557,20 @@ def learn_masks(
         "nm_fraction": run.fractions, "targets": len(run.names), "unrouted_experts": unrouted,
         "peak_rss_gb": _peak_rss_gb(),
     }
+
+
+def _check_reconstruct(model: nn.Module, cfg: ProxSparseConfig, chosen: list[Target]) -> None:
+    """Before anything is touched: ``cfg.reconstruct``'s stage accepts a mask for every target (reconstruct's
+    own check, on zero-memory stand-in masks named as [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks]
+    names them), so it cannot fail on them after the learning (e.g. fused expert tensors it cannot update)."""
+    if cfg.reconstruct is None:
+        return
+    stand_in = {t.tensor_name: torch.zeros((), dtype=torch.bool).expand(t.weight.shape) for t in chosen}
+    try:
+        _reconstruct_targets(model, stand_in)
+    except ValueError as err:
+        raise ValueError(f"reconstruct={cfg.reconstruct!r} cannot update these targets: {err}; use "
+                         "reconstruct=None or targets without them") from None
 
 
 def _make_learnable(model: nn.Module, chosen: list[Target], n: int, m: int, offload_w0: bool) -> None:
