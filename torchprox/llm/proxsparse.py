@@ -59,9 +59,12 @@ from ..optim import LAM_SCALINGS, METRICS, ProxAdam
 from ..prox import check_nm
 from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
                      remove_all, restore_dense)
+from ..prune.parametrization import qualified
 from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
-from .blocks import target_linears
+from .experts import ExpertInputStats, supports_capture
+from .reconstruct import _targets as _reconstruct_targets
 from .reconstruct import finetune_masked, obs_update
+from .targets import Target, target_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +200,9 @@ def _rms(t: Tensor) -> float:
 
 
 def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], list[str]]:
-    """One ProxAdam group per learnable matrix, with its own λ_W (and lr_W)."""
+    """One ProxAdam group per learnable matrix, with its own λ_W (and lr_W), and the matrices' keys (the
+    module name for a ``weight``, ``"<module>.<param>"`` otherwise, as
+    [`Target.key`][torchprox.llm.targets.Target])."""
     groups, names = [], []
     for qualname, module, tname, plist, p in nm_parametrizations(model):
         if p.state != "learning":
@@ -209,7 +214,7 @@ def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], 
             "params": [plist.original], "prox": "nm", "lam": lam, "lr": lr, "initial_lr": lr,
             "prox_kwargs": {"n": p.n, "m": p.m, "dim": p.dim}, "metric": cfg.metric, "lam_scaling": cfg.lam_scaling,
         })
-        names.append(qualname)
+        names.append(qualname if tname == "weight" else qualified(qualname, tname))
     return groups, names
 
 
@@ -343,23 +348,51 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], shapes: list[torch
 
 
 @torch.no_grad()
-def _input_norms(model: nn.Module, modules: dict[str, nn.Module], calib: Tensor, batch_size: int) -> dict[str, Tensor]:
-    """‖X_j‖₂ of every input feature of each target, over the calibration blocks (dense model)."""
+def _input_norms(model: nn.Module, chosen: list[Target], calib: Tensor, batch_size: int
+                 ) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
+    r"""Input-feature norms of the targets over the calibration blocks (dense model, one pass), by key.
+
+    - a linear weight: ‖X_j‖₂ over every row its layer multiplies, ``(in,)``;
+    - a fused expert tensor ``(E, ...)``: per expert, ‖r ⊙ X_{e,j}‖₂ over the rows routed to expert e, each row
+      scaled by its routing weight r ([`ExpertInputStats`][torchprox.llm.experts.ExpertInputStats]), ``(E, in)``.
+      An expert that no calibration token reaches (or only with routing weight 0) has no norms: its row is
+      1 (the mask is then the top-n of |W| alone; all-zero scores would keep the lowest indices), and it is
+      listed in the second result, ``{key: [expert, ...]}``.
+
+    Targets whose inputs cannot be captured (another kind of tensor, or experts modules that
+    [`supports_capture`][torchprox.llm.experts.supports_capture] refuses) get no entry (top-n of |W|; logged).
+    """
+    linear = {t.key: t.module for t in chosen if t.is_linear}
+    experts = [t for t in chosen if t.experts and supports_capture(t.module)]
+    other = [t.key for t in chosen if t.key not in linear and t not in experts]
+    if other:
+        logger.warning("mask_scores='activation': no input norms for %d target(s) (%s); their masks are the "
+                       "top-n of |W|", len(other), ", ".join(other[:3]))
     sq: dict[str, Tensor] = {}
     hooks = []
-    for name, mod in modules.items():
+    for name, mod in linear.items():
         def hook(_m, args, _name=name):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             sq[_name] = sq.get(_name, 0) + x.square().sum(0)
         hooks.append(mod.register_forward_pre_hook(hook))
     try:
-        device = next(model.parameters()).device
-        for i in range(0, calib.shape[0], batch_size):
-            model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
+        with ExpertInputStats(experts, lambda x: x.square().sum(0)) as stats:
+            device = next(model.parameters()).device
+            for i in range(0, calib.shape[0], batch_size):
+                model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
-    return {k: v.sqrt() for k, v in sq.items()}
+    norms = {k: v.sqrt() for k, v in sq.items()}
+    unrouted: dict[str, list[int]] = {}
+    for t in experts:
+        in_features = t.weight.shape[t.dim]
+        sums = stats.stats.get(t.key, torch.zeros(t.experts, in_features, device=t.weight.device))
+        empty = sums.eq(0).all(-1)  # no routed row, or only with routing weight 0
+        norms[t.key] = torch.where(empty.unsqueeze(-1), torch.ones_like(sums), sums.sqrt())
+        if bool(empty.any()):
+            unrouted[t.key] = empty.nonzero().flatten().tolist()
+    return norms, unrouted
 
 
 def _vocab_size(model: nn.Module) -> int | None:
@@ -409,7 +442,12 @@ def learn_masks(
     progress: bool = True,
     offload_w0: bool = False,
 ) -> dict[str, Any]:
-    """Learn an N:M mask for the decoder linears of ``model`` with ProxSparse and apply it in place.
+    """Learn an N:M mask for the matrix weights of ``model``'s decoder blocks with ProxSparse and apply it in place.
+
+    The targets are [`target_tensors`][torchprox.llm.targets.target_tensors]: every linear weight and every
+    fused Mixture-of-Experts tensor ``(experts, ...)``, each grouped along its true input dim (dim 2 for
+    ``F.linear(x, W[e])`` layouts, dim 1 for the transposed ``x @ W[e]`` ones of GPT-OSS and Llama 4); routers
+    stay dense.
 
     Args:
         model: a Hugging Face causal LM (its weights are the W0 that the mask is applied to).
@@ -418,8 +456,9 @@ def learn_masks(
         n: nonzeros kept per group (``0 < n < m``).
         m: the group size (consecutive weights along the layer's input dimension).
         config: [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig] (defaults if None).
-        targets: PEFT-style targets (see [`torchprox.llm.blocks.target_linears`][torchprox.llm.blocks.target_linears]); default every linear
-            layer inside the decoder blocks.
+        targets: PEFT-style targets (see [`target_tensors`][torchprox.llm.targets.target_tensors], e.g.
+            ``["q_proj", "experts.gate_up_proj"]``); default every matrix weight of the decoder blocks except
+            routers.
         checkpoint_dir: where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps (atomically;
             an existing one is replaced when ``resume`` is False). It holds a fingerprint of the run's inputs: a
             sha256 of the model's parameters at the start (W0) and of ``calib``, seqlen, the pattern, the
@@ -433,13 +472,17 @@ def learn_masks(
 
     Returns:
         A report, a dict with the keys `config`, `steps`, `tokens`, `seconds`, `seconds_per_step`,
-            `loss` (per step), `nm_fraction` (logged (step, fraction) pairs) and `peak_rss_gb`. On return
+            `loss` (per step), `nm_fraction` (logged (step, fraction) pairs), `targets` (their number),
+            `unrouted_experts` (``{key: [expert, ...]}``: the experts of each fused tensor that no calibration
+            token reached, whose activation scores fell back to |W| alone; None with ``mask_scores="weight"``,
+            which runs no calibration pass) and `peak_rss_gb`. On return
             every target weight is exactly ``W0 ⊙ mask`` (a plain Parameter again) and every other parameter
             is unchanged.
 
     Raises:
         ValueError / TypeError: bad ``n, m``, ``config``, ``calib`` (see `check_calib`) or ``targets``
-            (no match, or a size not a multiple of ``m``); raised before the model is touched.
+            (no match, or a size not a multiple of ``m``), or ``config.reconstruct`` cannot update a target
+            (its own check of the targets); raised before the model is touched.
         FloatingPointError: learning diverged (a non-finite loss at some step, checked on the loss each step
             already reads, or non-finite learned weights at the end, one check), or the dense model's
             activations on ``calib`` overflow; the message names the step or layers and says to lower ``lr``.
@@ -450,8 +493,21 @@ def learn_masks(
 
     Each step: ``W ← prox_{λ_t·R}(W − Adam(∇_W L(W; x)))`` on a batch x of ``batch_size`` blocks, with
     ``R(W) = Σ_groups e_{n+1}(|w_g|)`` (zero iff every group of m is N:M); at the end
-    ``mask = topn(|W|)`` per group of m along the input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the
-    report is ``steps × batch_size × seqlen``.
+    ``mask = topn(|W| · ‖X_j‖₂)`` (``mask_scores="activation"``) or ``topn(|W|)`` per group of m along the
+    input dim and ``weight = W0 ⊙ mask``. ``tokens`` in the report is ``steps × batch_size × seqlen``.
+
+    **Experts.** A fused expert tensor's activation scores use each expert's own input norms: the rows routed
+    to it, each scaled by its routing weight (see [`torchprox.llm.experts`][torchprox.llm.experts]). An expert
+    no calibration token reaches gets norms of 1 (its mask is the top-n of |W|; never all-zero scores) and is
+    listed in ``unrouted_experts`` (and logged). During learning, an expert that the step's tokens do not reach
+    gets a zero gradient. With ``metric="adam"`` (the default) its Adam step is 0 and, where Adam's v̂ = 0
+    (never a nonzero gradient so far), ProxAdam's prox step is 0 too instead of the formula's lr/ε, an
+    effectively infinite step that would zero the group at once (see [`ProxAdam`][torchprox.optim.proxadam.ProxAdam]):
+    the decision is *no prox where v̂ = 0*. So an expert untouched by the data keeps W = W0, bit for bit, until
+    it is routed, and if it never is, its mask is that of W0 (the top-n of |W0|, times its norms, which are 1
+    when the calibration blocks miss it too). Once routed, v̂ > 0 and the prox acts on it, also on later steps
+    that miss it (it then moves by the prox alone). With ``metric="identity"`` the prox step is 1 whatever the
+    gradient, so every step's prox shrinks an unrouted expert toward N:M too (as the paper's recipe would).
 
     Examples:
         >>> import torch, transformers
@@ -474,16 +530,17 @@ def learn_masks(
     if not isinstance(cfg, ProxSparseConfig):
         raise TypeError(f"config must be a ProxSparseConfig or None, got {type(cfg).__name__}")
     check_calib(model, calib, cfg.batch_size)
-    names = [name for name, _ in target_linears(model, targets, m=m)]
+    chosen = target_tensors(model, targets, m=m)
+    names = [t.key for t in chosen]
+    _check_reconstruct(model, cfg, chosen)
     ckpt = _Checkpoint.open(checkpoint_dir, model, calib, n, m, cfg, names)
-    modules = dict(model.named_modules())
     # Read and checked before the model is touched.
-    state = ckpt.load([modules[k].weight.shape for k in names]) if resume else None
+    state = ckpt.load([t.weight.shape for t in chosen]) if resume else None
     requires = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        act_norms = _activation_norms(model, calib, cfg, {k: modules[k] for k in names})
+        act_norms, unrouted = _activation_norms(model, calib, cfg, chosen)
         freeze(model)
-        learnable_nm_model(model, n=n, m=m, targets=names, offload_w0=offload_w0)
+        _make_learnable(model, chosen, n, m, offload_w0)
         run = _Run(model, cfg)
         if state is not None:
             run.restore(state)
@@ -497,8 +554,31 @@ def learn_masks(
     return {
         "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
         "seconds": seconds, "seconds_per_step": seconds / max(cfg.steps - run.start, 1), "loss": run.losses,
-        "nm_fraction": run.fractions, "targets": len(run.names), "peak_rss_gb": _peak_rss_gb(),
+        "nm_fraction": run.fractions, "targets": len(run.names), "unrouted_experts": unrouted,
+        "peak_rss_gb": _peak_rss_gb(),
     }
+
+
+def _check_reconstruct(model: nn.Module, cfg: ProxSparseConfig, chosen: list[Target]) -> None:
+    """Before anything is touched: ``cfg.reconstruct``'s stage accepts a mask for every target (reconstruct's
+    own check, on zero-memory stand-in masks named as [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks]
+    names them), so it cannot fail on them after the learning (e.g. fused expert tensors it cannot update)."""
+    if cfg.reconstruct is None:
+        return
+    stand_in = {t.tensor_name: torch.zeros((), dtype=torch.bool).expand(t.weight.shape) for t in chosen}
+    try:
+        _reconstruct_targets(model, stand_in)
+    except ValueError as err:
+        raise ValueError(f"reconstruct={cfg.reconstruct!r} cannot update these targets: {err}; use "
+                         "reconstruct=None or targets without them") from None
+
+
+def _make_learnable(model: nn.Module, chosen: list[Target], n: int, m: int, offload_w0: bool) -> None:
+    """One [`learnable_nm_model`][torchprox.prune.learnable.learnable_nm_model] call (every target validated
+    before any is changed): linear weights by module name, every other tensor as ``(module, param, dim)``."""
+    linear = [t.key for t in chosen if t.is_linear]
+    tensors = [(t.module, t.param, t.dim) for t in chosen if not t.is_linear]
+    learnable_nm_model(model, n=n, m=m, targets=linear + tensors, offload_w0=offload_w0)
 
 
 def _restore_input(model: nn.Module, requires: dict[str, bool]) -> None:
@@ -518,17 +598,22 @@ def _check_finite(values: list[Tensor], names: list[str], what: str, fix: str) -
                                  f"{', ...' if len(bad) > 3 else ''}); {fix}")
 
 
-def _activation_norms(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig,
-                      modules: dict[str, nn.Module]) -> dict[str, Tensor] | None:
-    """The dense model's input norms ‖X_j‖₂ of every target (``mask_scores="activation"``), checked finite;
-    None for ``mask_scores="weight"``."""
+def _activation_norms(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig, chosen: list[Target]
+                      ) -> tuple[dict[str, Tensor] | None, dict[str, list[int]] | None]:
+    """The dense model's input norms of every target (``mask_scores="activation"``), checked finite, and the
+    unrouted experts ``{key: [expert, ...]}`` (see [`_input_norms`][torchprox.llm.proxsparse._input_norms]);
+    ``(None, None)`` for ``mask_scores="weight"``."""
     if cfg.mask_scores != "activation":
-        return None
-    norms = _input_norms(model, modules, calib, cfg.batch_size)
+        return None, None
+    norms, unrouted = _input_norms(model, chosen, calib, cfg.batch_size)
     _check_finite(list(norms.values()), list(norms), "activation norms of the calibration blocks are",
                   "the dense model overflows on them; check the model's dtype and weights, or use "
                   "mask_scores='weight'")
-    return norms
+    if unrouted:
+        logger.warning("no calibration token reached %d expert(s) (%s); their masks are the top-n of |W| alone",
+                       sum(map(len, unrouted.values())),
+                       ", ".join(f"{k}: {v}" for k, v in list(unrouted.items())[:3]))
+    return norms, unrouted
 
 
 class _Checkpoint:
@@ -628,26 +713,37 @@ class _Run:
 
 def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
              requires: dict[str, bool]) -> dict[str, Tensor]:
-    """mask = top-n of every group of |W| (times the input norms ‖X_j‖₂ with activation scores); every
-    target becomes ``W0 ⊙ mask``, a plain Parameter. With ``reconstruct="obs"`` the targets are the dense
-    W0 instead (the OBS update compensates W0's pruning error). Returns the masks."""
-    modules = dict(model.named_modules())
+    """mask = top-n of every group of |W| (times the input norms with activation scores: ‖X_j‖₂ along the
+    group dim, per expert for a fused expert tensor); every target becomes ``W0 ⊙ mask``, a plain Parameter.
+    With ``reconstruct="obs"`` the targets are the dense W0 instead (the OBS update compensates W0's pruning
+    error). Returns the masks (keyed by qualified tensor name, as
+    [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks])."""
     if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
+        learning = {(qualname if tname == "weight" else qualified(qualname, tname)): p
+                    for qualname, _, tname, _, p in nm_parametrizations(model) if p.state == "learning"}
         with torch.no_grad():
-            for name, p in zip(run.names, run.params):
-                dim = modules[name].parametrizations.weight[0].dim
-                shape = [1] * p.dim()
-                shape[dim] = -1
-                p.mul_(act_norms[name].to(p.dtype).view(shape))
-    dense = ({q: p.w0 for q, _, _, _, p in nm_parametrizations(model) if p.state == "learning"}
-             if run.cfg.reconstruct == RECONSTRUCT_OBS else {})
+            for name, w in zip(run.names, run.params):
+                if name in act_norms:
+                    w.mul_(_along(act_norms[name], w.dim(), learning[name].dim).to(w.dtype))
+    dense = ({(module, tname): p.w0 for _, module, tname, _, p in nm_parametrizations(model)
+              if p.state == "learning"} if run.cfg.reconstruct == RECONSTRUCT_OBS else {})
     masks = apply_learned_masks(model, optimizer=run.opt)
     remove_all(model)
     restore_requires_grad(model, requires)
     with torch.no_grad():
-        for name, w0 in dense.items():
-            modules[name].weight.copy_(w0)
+        for (module, tname), w0 in dense.items():
+            getattr(module, tname).copy_(w0)
     return masks
+
+
+def _along(norms: Tensor, ndim: int, dim: int) -> Tensor:
+    """Input norms shaped to broadcast over a weight of ``ndim`` dims with its input dim ``dim``: ``(in,)``
+    along ``dim``; a fused expert tensor's ``(E, in)`` along dims 0 and ``dim``."""
+    shape = [1] * ndim
+    shape[dim] = norms.shape[-1]
+    if norms.dim() == 2:
+        shape[0] = norms.shape[0]
+    return norms.view(shape)
 
 
 def _reconstruct(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig, masks: dict[str, Tensor], n: int, m: int,
