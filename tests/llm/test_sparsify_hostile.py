@@ -119,7 +119,7 @@ def _bad_calls(calib):
         ("one token per block", dict(calib=calib[:, :1]), "seqlen >= 2"),
         ("longer than the positions", dict(calib=torch.zeros(2, 129, dtype=torch.long)), "129 tokens exceed"),
         ("fewer blocks than a batch", dict(config=ProxSparseConfig(batch_size=8)), "batch_size=8"),
-        ("targets matching nothing", dict(targets=["nope_proj"]), "selects no linear layer"),
+        ("targets matching nothing", dict(targets=["nope_proj"]), "selects no matrix weight"),
         ("bad pattern", dict(n=4, m=4), "0 < n < m"),
         ("not a config", dict(config={"lam": 1}), "ProxSparseConfig"),
     ]
@@ -149,7 +149,7 @@ def test_sparsify_refuses_unknown_fields_and_bad_calib_before_any_work(calib):
 
 def test_sparsify_never_returns_a_model_that_is_not_nm(calib, monkeypatch):
     def leaves_it_dense(model, n, m, targets=None, progress=True):  # a method that failed to prune
-        return {name: 0.5 for name, _ in sp.target_linears(model, targets, m=m)}
+        return {t.key: 0.5 for t in sp.target_tensors(model, targets, m=m)}
 
     monkeypatch.setattr(sp, "magnitude_prune", leaves_it_dense)
     with pytest.raises(RuntimeError, match="not exactly 2:4"):

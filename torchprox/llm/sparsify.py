@@ -10,10 +10,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..prox import check_nm, parse_pattern
-from .baselines import layer_report, magnitude_prune, sparsegpt_prune, wanda_prune
-from .blocks import target_linears
+from ..prune import nm_fraction
+from .baselines import magnitude_prune, sparsegpt_prune, wanda_prune
 from .proxsparse import ProxSparseConfig, check_calib, learn_masks
-from .targets import ROUTER, coverage_report
+from .targets import ROUTER, coverage_report, target_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         cfg = config or ProxSparseConfig(**kwargs)
         report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress,
                                   checkpoint_dir=checkpoint_dir, resume=resume))
-        report["layers"] = layer_report(target_linears(model, targets, m=m), n, m)
+        report["layers"] = {t.key: float(nm_fraction(t.weight.detach(), n, m, t.dim))
+                            for t in target_tensors(model, targets, m=m)}
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
     elif method == "wanda":
