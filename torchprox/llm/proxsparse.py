@@ -59,7 +59,6 @@ from ..optim import LAM_SCALINGS, METRICS, ProxAdam
 from ..prox import check_nm
 from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
                      remove_all, restore_dense)
-from ..prune.parametrization import qualified
 from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
 from .experts import ExpertInputStats, supports_capture
 from .reconstruct import _targets as _reconstruct_targets
@@ -199,6 +198,11 @@ def _rms(t: Tensor) -> float:
     return float(t.detach().double().square().mean().sqrt().clamp_min(1e-12))
 
 
+def _key(qualname: str, tname: str) -> str:
+    """A target's key (see torchprox.llm.targets): the module's name for ``weight``, else ``module.param``."""
+    return qualname if tname == "weight" else f"{qualname}.{tname}" if qualname else tname
+
+
 def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], list[str]]:
     """One ProxAdam group per learnable matrix, with its own λ_W (and lr_W), and the matrices' keys (the
     module name for a ``weight``, ``"<module>.<param>"`` otherwise, as
@@ -214,7 +218,7 @@ def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], 
             "params": [plist.original], "prox": "nm", "lam": lam, "lr": lr, "initial_lr": lr,
             "prox_kwargs": {"n": p.n, "m": p.m, "dim": p.dim}, "metric": cfg.metric, "lam_scaling": cfg.lam_scaling,
         })
-        names.append(qualname if tname == "weight" else qualified(qualname, tname))
+        names.append(_key(qualname, tname))
     return groups, names
 
 
@@ -719,7 +723,7 @@ def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
     error). Returns the masks (keyed by qualified tensor name, as
     [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks])."""
     if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
-        learning = {(qualname if tname == "weight" else qualified(qualname, tname)): p
+        learning = {_key(qualname, tname): p
                     for qualname, _, tname, _, p in nm_parametrizations(model) if p.state == "learning"}
         with torch.no_grad():
             for name, w in zip(run.names, run.params):
