@@ -107,11 +107,14 @@ def train_lm(model: nn.Module, calib: Tensor, order: Tensor, optimizer: torch.op
              start: int = 0, progress: bool, desc: str, params: list[Tensor] | None = None,
              grad_clip: float | None = None, extra_loss: Callable[[Tensor], Tensor] | None = None,
              before_step: Callable[[int], None] | None = None,
-             after_step: Callable[[int, float], dict[str, str] | None] | None = None) -> tuple[list[float], float]:
-    """Train ``model`` on the language-model loss for the steps ``start .. len(order) - 1``.
+             after_step: Callable[[int, float], dict[str, str] | None] | None = None,
+             loss_fn: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None = None) -> tuple[list[float], float]:
+    """Train ``model`` on the language-model loss (or ``loss_fn``'s) for the steps ``start .. len(order) - 1``.
 
     Step t: ``before_step(t)``; ``ids = calib[order[t]]`` on the model's device; ``L = model(ids,
-    labels=ids).loss`` (plus ``extra_loss(model)`` when given, not logged); backward; the global gradient
+    labels=ids).loss``, or ``(L, logged) = loss_fn(model, ids)`` (e.g. a
+    [`distillation_loss`][torchprox.llm.distill.distillation_loss]; the logged value is then ``logged``, the
+    next-token loss), plus ``extra_loss(model)`` when given, not logged; backward; the global gradient
     norm of ``params`` clipped to ``grad_clip`` (None: no clipping); ``optimizer.step()``, ``zero_grad``,
     ``scheduler.step()``; then ``after_step(t, float(L))``, whose dict is added to the progress bar's postfix.
     The model is in training mode for the loop and gets its mode back after it.
@@ -130,8 +133,11 @@ def train_lm(model: nn.Module, calib: Tensor, order: Tensor, optimizer: torch.op
                 if before_step is not None:
                     before_step(step)
                 ids = calib[order[step]].to(device)
-                lm_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                loss = lm_loss if extra_loss is None else lm_loss + extra_loss(model)
+                if loss_fn is None:
+                    loss = lm_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                else:
+                    loss, lm_loss = loss_fn(model, ids)
+                loss = loss if extra_loss is None else loss + extra_loss(model)
                 loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)

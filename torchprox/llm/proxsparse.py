@@ -60,6 +60,7 @@ from ..prox import check_nm
 from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
                      remove_all, restore_dense)
 from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
+from .distill import distillation_loss, parse_loss
 from .experts import ExpertInputStats, supports_capture
 from .reconstruct import _targets as _reconstruct_targets
 from .reconstruct import finetune_masked, obs_update
@@ -94,6 +95,7 @@ _NUMBER_FIELDS = {
     "log_every": (True, lambda v: v >= 1, "must be an integer >= 1"),
     "checkpoint_every": (True, lambda v: v >= 0, "must be an integer >= 0 (0: no checkpoints)"),
     "seed": (True, lambda v: -2**63 <= v < 2**64, "must be an integer in [-2**63, 2**64) (torch.manual_seed)"),
+    "kd_temperature": (False, lambda v: v > 0, "must be a finite number > 0"),
 }
 _CHOICE_FIELDS = {
     "lam_normalization": ("rms", "none"), "lr_normalization": ("rms", "none"), "metric": METRICS,
@@ -133,6 +135,11 @@ class ProxSparseConfig:
         log_every: steps between checks of the fraction of groups already N:M.
         checkpoint_every: steps between checkpoints (0: none) when a checkpoint directory is given.
         seed: seed of anything random in the run.
+        loss: the training loss, a sum of weighted terms: ``"lm"`` (next-token loss, the default), ``"kd"``
+            (KL from the dense model's next-token distribution), ``"hidden"`` (each block's output against the
+            dense one's, normalised MSE), e.g. ``"lm+kd"`` or ``"0.5*lm+0.5*kd"``. The dense model is the same
+            modules computing with W0 (no second copy); see [`torchprox.llm.distill`][torchprox.llm.distill].
+        kd_temperature: τ of the ``"kd"`` term (softmax of logits / τ, scaled by τ²).
 
     Per target matrix W (original W0) the run uses ``λ_W = lam / rms(W0)^(n−1)`` (``lam_normalization="rms"``)
     and ``lr_W = lr · rms(W0)`` (``lr_normalization="rms"``); at step t the lr follows a linear warm-up then
@@ -170,6 +177,8 @@ class ProxSparseConfig:
     log_every: int = 10
     checkpoint_every: int = 0
     seed: int = 0
+    loss: str = "lm"
+    kd_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
@@ -189,6 +198,11 @@ class ProxSparseConfig:
         for key, allowed in _CHOICE_FIELDS.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if "lm" not in parse_loss(self.loss) and self.metric == "adam":
+            raise ValueError(
+                f"loss {self.loss!r} with metric='adam' would never move W: without 'lm' the loss and its gradient "
+                "are exactly 0 at W = W0, and the Adam metric takes no prox step where v̂ = 0; add 'lm' (e.g. "
+                f"'lm+{self.loss}') or use metric='identity'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -709,6 +723,7 @@ class _Run:
             self.model, calib, order, self.opt, self.sched, start=self.start, progress=progress, desc="proxsparse",
             params=self.params, grad_clip=cfg.grad_clip, before_step=self._set_lam,
             extra_loss=self._penalty if cfg.frozen_lam else None,
+            loss_fn=None if cfg.loss == "lm" else distillation_loss(cfg.loss, cfg.kd_temperature),
             after_step=lambda step, loss: self._after_step(step, loss, ckpt))
         _check_finite(self.params, self.names, "learning diverged: the learned weights are",
                       f"lower lr (lr={cfg.lr}). The model was restored to its input weights")

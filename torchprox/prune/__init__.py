@@ -38,7 +38,7 @@ Examples:
 from ._layers import check_groupable, is_hf_conv1d, register_layout, registered_dim, select_modules
 from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups, restore_dense
 from .oneshot import NMStructured, nm_structured
-from .parametrization import NMParametrization, nm_parametrizations
+from .parametrization import NMParametrization, nm_parametrizations, original_weights
 from .penalty import frozen_weight_penalty
 from .remove import is_pruned, remove, remove_all
 from .report import is_nm, nm_fraction, sparsity_report
@@ -48,5 +48,5 @@ __all__ = [
     "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
     "sparsity_report", "NMParametrization", "restore_dense",
     "nm_parametrizations", "select_modules", "check_groupable", "is_hf_conv1d", "register_layout",
-    "registered_dim",
+    "registered_dim", "original_weights",
 ]

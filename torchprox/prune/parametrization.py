@@ -33,6 +33,8 @@ State-dict keys (for ``Linear`` ``fc``): learning — ``fc.parametrizations.weig
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Iterator
 
 import torch
@@ -41,7 +43,7 @@ from torch.nn.utils import parametrize
 
 from ..prox import check_nm
 
-__all__ = ["NMParametrization", "nm_parametrizations"]
+__all__ = ["NMParametrization", "nm_parametrizations", "original_weights"]
 
 LEARNING = "learning"
 MASKED = "masked"
@@ -89,7 +91,12 @@ class NMParametrization(nn.Module):
     def pattern(self) -> str:
         return f"{self.n}:{self.m}"
 
+    #: Set by [`original_weights`][torchprox.prune.parametrization.original_weights]: the forward returns W0.
+    _use_w0 = False
+
     def forward(self, X: Tensor) -> Tensor:
+        if self._use_w0 and self.w0 is not None:
+            return self.w0.to(device=X.device, dtype=X.dtype)
         mask = self.mask
         return X if mask is None else X * mask
 
@@ -249,3 +256,35 @@ def nm_parametrizations(model: nn.Module) -> Iterator[tuple[str, nn.Module, str,
 
 def qualified(qualname: str, tensor_name: str) -> str:
     return f"{qualname}.{tensor_name}" if qualname else tensor_name
+
+
+@contextlib.contextmanager
+def original_weights(model: nn.Module):
+    r"""Inside the block, every learning-state N:M weight of ``model`` is W0 again: the model computes as the
+    dense original, with no second copy of it (a teacher for distillation while its mask is learned).
+
+    Each learning-state [`NMParametrization`][torchprox.prune.parametrization.NMParametrization] returns its
+    buffer W0 (moved to W's device and dtype) instead of W; masked layers are unaffected (their W0 is gone).
+    Nothing is copied or changed: on exit the forward uses W again. Gradients do not reach W through a forward
+    run inside the block (run it under ``torch.no_grad()``).
+
+    Examples:
+        >>> import torch
+        >>> from torchprox.prune import learnable_nm
+        >>> lin = learnable_nm(torch.nn.Linear(8, 2))
+        >>> with torch.no_grad():
+        ...     _ = lin.parametrizations.weight.original.zero_()                # W = 0, W0 untouched
+        >>> with original_weights(lin):
+        ...     bool(lin.weight.abs().sum() > 0)
+        True
+        >>> bool(lin.weight.abs().sum() > 0)
+        False
+    """
+    learning = [p for _, _, _, _, p in nm_parametrizations(model) if p.state == LEARNING]
+    for p in learning:
+        p._use_w0 = True
+    try:
+        yield model
+    finally:
+        for p in learning:
+            p._use_w0 = False
