@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--frozen-lam", type=float, default=0.0)
     ap.add_argument("--lam-ramp", type=float, default=0.0, help="fraction of steps over which lambda ramps up")
     ap.add_argument("--lr-normalization", default="none")
+    ap.add_argument("--loss", default="lm", help="proxsparse: the training loss, e.g. lm, lm+kd, lm+hidden (torchprox.llm.distill)")
+    ap.add_argument("--kd-temperature", type=float, default=1.0)
     ap.add_argument("--save-masks", default=None, help="proxsparse: write the learned masks here (torch.save)")
     ap.add_argument("--reconstruct", action="store_true",
                     help="also report the perplexity after the mask-restricted OBS update (reconstruct='obs')")
@@ -90,7 +92,8 @@ def main() -> None:
         cfg = ProxSparseConfig(steps=args.steps, batch_size=args.batch_size, lam=args.lam, lr=args.lr,
                                warmup=args.warmup, metric=args.metric, lam_normalization=args.lam_normalization,
                                mask_scores=args.mask_scores, frozen_lam=args.frozen_lam, lam_ramp=args.lam_ramp,
-                               lr_normalization=args.lr_normalization)
+                               lr_normalization=args.lr_normalization, loss=args.loss,
+                               kd_temperature=args.kd_temperature)
         calib = calibration_blocks(tok, args.data, seqlen=args.seqlen, n_blocks=args.steps * args.batch_size)
         rep = learn_masks(model, calib, 2, 4, cfg, progress=True)
         row.update(config=cfg.to_dict(), seqlen=args.seqlen, tokens=rep["tokens"],
