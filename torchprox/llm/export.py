@@ -640,6 +640,18 @@ def check_sparse(path) -> dict[str, Any]:
             "tensors": tensors, "coverage": manifest.get("coverage"), "ok": all(layers.values())}
 
 
+def _tensor_problem(row: dict[str, Any], pattern: str, single: bool) -> str | None:
+    """Why a checked saved tensor is not N:M (None if it is, or, for a layer's only 2-D tensor, when its
+    fraction says it all)."""
+    if row.get("problem"):
+        return row["problem"]
+    if row.get("experts_not_nm"):
+        return f"experts {row['experts_not_nm']} are not {pattern}"
+    if not row["ok"] and not single:
+        return f"{row['nm_fraction']:.2%} of its groups are {pattern}"
+    return None
+
+
 def _per_layer(manifest, tensors) -> tuple[dict[str, bool], dict[str, float | None], dict[str, str]]:
     """Per manifest layer: N:M iff all its saved tensors are (and it has one); the fraction of its groups over
     all of them (None if one is missing or ungroupable); the problems of its tensors."""
@@ -654,8 +666,7 @@ def _per_layer(manifest, tensors) -> tuple[dict[str, bool], dict[str, float | No
         known = rows and all(r["nm_fraction"] is not None for r in rows)
         fractions[name] = (sum(r["nm_fraction"] * r.get("numel", 1) for r in rows) / sum(r.get("numel", 1) for r in rows)
                            if known else None)
-        why = [(k, r.get("problem") or (f"experts {r['experts_not_nm']} are not {manifest['pattern']}"
-                                        if r.get("experts_not_nm") else None)) for k, r in zip(keys, rows)]
+        why = [(k, _tensor_problem(r, manifest["pattern"], single=len(rows) == 1)) for k, r in zip(keys, rows)]
         why = [(k, w) for k, w in why if w]
         if not rows:
             problems[name] = "the manifest lists no saved tensor for it"
