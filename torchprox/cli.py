@@ -366,13 +366,12 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
 def _print_coverage(coverage: dict[str, Any] | None, pattern: str, command: str) -> None:
     """The share of the decoder blocks' matrix weights that are N:M (a line on stdout), and a WARNING line on
     stderr naming every one left dense other than the routers (dense by design)."""
-    from .llm.targets import ROUTER
-
     if not isinstance(coverage, dict) or not coverage.get("matrix_weights"):
         return
     dense = coverage.get("dense") or {}
-    routers = sum(why == ROUTER for why in dense.values())
-    left = {name: why for name, why in dense.items() if why != ROUTER}
+    router = [why.startswith("router ") for why in dense.values()]  # the reason torchprox.llm.targets.ROUTER
+    routers = sum(router)
+    left = {name: why for (name, why), r in zip(dense.items(), router) if not r}
     kept = [f"{routers} router(s) (by design)"] * bool(routers) + [f"{len(left)} other(s)"] * bool(left)
     print(f"{pattern} coverage: {100 * coverage['coverage']:.1f}% of the decoder blocks' matrix weights "
           f"({coverage['nm_weights']} of {coverage['matrix_weights']})" + (f"; dense: {', '.join(kept)}" if kept else ""))

@@ -37,8 +37,7 @@ from torch.nn.utils import parametrize
 from .._files import fsync_tree, output_lock, remove_stale_temporaries, replace_dir
 from .semi_structured import to_semi_structured  # re-exported: it lived here
 
-__all__ = ["MANIFEST", "save_sparse", "sparse_manifest", "saved_tensors", "check_sparse", "memory_report",
-           "check_replaceable"]
+__all__ = ["MANIFEST", "save_sparse", "sparse_manifest", "check_sparse", "memory_report", "check_replaceable"]
 
 logger = logging.getLogger(__name__)
 
