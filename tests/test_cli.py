@@ -254,7 +254,7 @@ def test_sparsify_reconstruct_finetune_end_to_end(model_dir, data_dir, tmp_path)
                  "--steps", "2", "--reconstruct", "finetune"]) == 0
     manifest = json.loads((out / "torchprox.json").read_text())
     assert manifest["report"]["config"]["reconstruct"] == "finetune"
-    assert manifest["format"] == "torchprox-sparse/1" and all(v["ok"] for v in manifest["layers"].values())
+    assert manifest["format"] == "torchprox-sparse/2" and all(v["ok"] for v in manifest["layers"].values())
 
 
 def test_check_rejects_invalid_outputs(model_dir, tmp_path):
@@ -301,3 +301,37 @@ def test_check_reports_ungroupable_layers_as_not_nm(model_dir, tmp_path):
     assert "0/14 layers exactly 1:64" in text
     assert "NOT 1:64: model.layers.0.self_attn.q_proj (size 32 along dim 1 is not a multiple of m=64)" in text
     assert "NOT 1:64: model.layers.0.mlp.down_proj (0.00% of its groups are 1:64)" in text
+
+
+def test_sparsify_prints_coverage_and_warns_about_dense_matrices(model_dir, data_dir, tmp_path):
+    out = tmp_path / "all"
+    rc, text, err = run_cli(["sparsify", model_dir, "--method", "magnitude", "--out", out, "--data", data_dir])
+    assert rc == 0 and "2:4 coverage: 100.0% of the decoder blocks' matrix weights" in text
+    assert "WARNING" not in err
+    out = tmp_path / "q"
+    rc, text, err = run_cli(["sparsify", model_dir, "--method", "magnitude", "--out", out, "--data", data_dir,
+                             "--targets", "q_proj"])
+    assert rc == 0 and "2:4 coverage: 11.1% of the decoder blocks' matrix weights (2048 of 18432); dense: 12 other(s)" in text
+    warning = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and warning[0].startswith("torchprox sparsify: WARNING: 12 matrix weight(s) of the "
+                                                       "decoder blocks stayed dense: ")
+    assert "model.layers.1.mlp.down_proj.weight (not selected by targets)" in warning[0]
+    rc, text, err = run_cli(["check", out])  # check repeats the manifest's coverage and the warning
+    assert rc == 0 and "2:4 coverage: 11.1%" in text and "torchprox check: WARNING: 12 matrix weight(s)" in err
+
+
+@pytest.fixture
+def moe_dir(tmp_path):
+    from .llm.tiny import tiny_moe, tiny_tokenizer
+
+    path = tmp_path / "moe"
+    tiny_moe("qwen3_moe").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_sparsify_checks_expert_targets_against_the_pattern(moe_dir, data_dir, tmp_path):
+    rc, _, err = run_cli(["sparsify", moe_dir, "--method", "magnitude", "--out", tmp_path / "out", "--data", data_dir,
+                          "--targets", "experts.gate_up_proj", "--pattern", "1:3"])
+    assert_one_line_error(rc, err, "sparsify", "m=3 must divide the input size of every target layer [32]")
+    assert not (tmp_path / "out").exists()

@@ -247,30 +247,29 @@ def _check_seqlen(seqlen: int, config) -> None:
 
 
 def _check_targets(args, config) -> None:
-    """--targets must select decoder linears, and --pattern's m must divide their input sizes: checked on
-    the model built on the meta device (shapes only, no memory, no weights read)."""
+    """--targets must select matrix weights of the decoder blocks (linears or fused expert tensors), and
+    --pattern's m must divide their input sizes: checked on the model built on the meta device (shapes only, no
+    memory, no weights read)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .llm import target_linears
+    from .llm import target_tensors
 
     try:
         with torch.device("meta"):
             meta = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CLIError(f"model {args.model!r} is not a causal LM transformers can build: {err}") from None
-    from .llm import linear_group_dim
-
     targets = args.targets or None
     try:
-        layers = target_linears(meta, targets)
+        chosen = target_tensors(meta, targets)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--targets {' '.join(targets or [])}: {err}") from None
     n, m = args.pattern
     try:
-        target_linears(meta, targets, m=m)
+        target_tensors(meta, targets, m=m)
     except ValueError:
-        sizes = sorted({mod.weight.shape[linear_group_dim(mod)] for _, mod in layers})
+        sizes = sorted({t.weight.shape[t.dim] for t in chosen})
         raise CLIError(f"--pattern {n}:{m}: m={m} must divide the input size of every target layer {sizes}; pass "
                        f"an m that divides {math.gcd(*sizes)}, or fewer --targets") from None
 
@@ -354,10 +353,31 @@ def _sparsify(args, out: Path, ckpt: Path | None) -> int:
     manifest = sparse_manifest(model, n, m, targets, method=args.method, source_model=args.model, data=args.data,
                                seqlen=args.seqlen, report=report)
     layers = manifest["layers"]
-    save_sparse(model, tok, out, manifest, overwrite=args.overwrite)
+    try:
+        save_sparse(model, tok, out, manifest, overwrite=args.overwrite)
+    except ValueError as err:  # e.g. a checkpoint conversion that would break the N:M groups
+        raise CLIError(str(err)) from None
     bad = [k for k, v in layers.items() if not v["ok"]]
     print(f"wrote {out} ({len(layers)} layers {n}:{m}{', NOT N:M: ' + ', '.join(bad) if bad else ''})")
+    _print_coverage(manifest["coverage"], f"{n}:{m}", "sparsify")
     return 1 if bad else 0
+
+
+def _print_coverage(coverage: dict[str, Any] | None, pattern: str, command: str) -> None:
+    """The share of the decoder blocks' matrix weights that are N:M (a line on stdout), and a WARNING line on
+    stderr naming every one left dense other than the routers (dense by design)."""
+    if not isinstance(coverage, dict) or not coverage.get("matrix_weights"):
+        return
+    dense = coverage.get("dense") or {}
+    router = [why.startswith("router ") for why in dense.values()]  # the reason torchprox.llm.targets.ROUTER
+    routers = sum(router)
+    left = {name: why for (name, why), r in zip(dense.items(), router) if not r}
+    kept = [f"{routers} router(s) (by design)"] * bool(routers) + [f"{len(left)} other(s)"] * bool(left)
+    print(f"{pattern} coverage: {100 * coverage['coverage']:.1f}% of the decoder blocks' matrix weights "
+          f"({coverage['nm_weights']} of {coverage['matrix_weights']})" + (f"; dense: {', '.join(kept)}" if kept else ""))
+    if left:
+        print(f"torchprox {command}: WARNING: {len(left)} matrix weight(s) of the decoder blocks stayed dense: "
+              + "; ".join(f"{name} ({why})" for name, why in left.items()), file=sys.stderr)
 
 
 def cmd_eval(args) -> int:
@@ -392,10 +412,13 @@ def cmd_check(args) -> int:
         raise CLIError(f"{path} is not a directory")
     res = check_dir(path)
     bad = [k for k, ok in res["layers"].items() if not ok]
-    print(f"{path}: {len(res['layers']) - len(bad)}/{len(res['layers'])} layers exactly {res['pattern']}")
+    saved = len(res.get("tensors") or {})
+    print(f"{path}: {len(res['layers']) - len(bad)}/{len(res['layers'])} layers exactly {res['pattern']}"
+          + (f" (in {saved} saved tensors)" if saved != len(res["layers"]) else ""))
     for k in bad:
         why = res["problems"].get(k) or f"{res['nm_fraction'][k]:.2%} of its groups are {res['pattern']}"
         print(f"  NOT {res['pattern']}: {k} ({why})")
+    _print_coverage(res.get("coverage"), res["pattern"], "check")
     return 1 if bad else 0
 
 
@@ -433,14 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     positive, count, seqlen = _int_in(1), _int_in(0), _int_in(2)
     fraction_open, fraction = _float_in(0, 1, high_open=True), _float_in(0, 1)
 
-    s = sub.add_parser("sparsify", help="make a model's decoder linears N:M and save it")
+    s = sub.add_parser("sparsify", help="make a model's decoder matrix weights (linears, fused experts) N:M and save it")
     s.add_argument("model", help="'default', a save_pretrained directory or a .gguf file")
     s.add_argument("--data", default="builtin", help="'builtin', a UTF-8 text file or a directory of .txt files")
     s.add_argument("--pattern", type=_pattern, default=(2, 4), help="n:m, e.g. 2:4 (n kept of every m)")
     s.add_argument("--method", choices=METHODS, default="proxsparse")
     s.add_argument("--out", required=True, help="output directory (save_pretrained + torchprox.json)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    s.add_argument("--targets", nargs="*", help="PEFT-style names/suffixes (default: every decoder linear)")
+    s.add_argument("--targets", nargs="*", help="PEFT-style names/suffixes, e.g. q_proj experts.gate_up_proj (default: every "
+                        "matrix weight of the decoder blocks but the MoE routers)")
     s.add_argument("--seqlen", type=seqlen, default=512, help="tokens per block (>= 2, at most the model's positions)")
     s.add_argument("--calib-blocks", type=positive, default=64, help="calibration blocks (baselines)")
     s.add_argument("--steps", type=positive, default=recipe.steps, help="proxsparse: optimizer steps")
@@ -473,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive, default=1)
     e.set_defaults(func=cmd_eval, check=_check_eval)
 
-    c = sub.add_parser("check", help="verify every target layer of an output directory is exactly N:M")
+    c = sub.add_parser("check", help="verify every saved target tensor of an output directory is exactly N:M "
+                                     "(fused expert tensors per expert)")
     c.add_argument("dir")
     c.set_defaults(func=cmd_check)
 

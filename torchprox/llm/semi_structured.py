@@ -1,7 +1,9 @@
 """2:4 weights as semi-structured sparse tensors on a CUDA GPU (a runtime conversion, not an export format).
 
 [`to_semi_structured`][torchprox.llm.semi_structured.to_semi_structured]: on a CUDA GPU (compute capability >= 8.0, fp16/bf16), every 2:4 ``nn.Linear``
-weight becomes a ``torch.sparse.to_sparse_semi_structured`` tensor (cuSPARSELt/CUTLASS 2:4 kernels).
+weight becomes a ``torch.sparse.to_sparse_semi_structured`` tensor (cuSPARSELt/CUTLASS 2:4 kernels). Fused 3-D
+Mixture-of-Experts tensors are not converted (the kernels take 2-D weights and the experts' forward indexes or
+batches the 3-D tensor): they stay dense-stored, and are reported.
 """
 from __future__ import annotations
 
@@ -54,13 +56,21 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, An
     cuSPARSELt, 32 x 64 with CUTLASS) is skipped with a warning. Every layer is validated before any is
     converted. Inference only: the converted weights are frozen.
 
+    Fused Mixture-of-Experts tensors (one 3-D ``nn.Parameter`` per projection holding every expert, e.g.
+    Mixtral's ``experts.gate_up_proj``) are **not converted**: semi-structured tensors and their kernels are 2-D
+    (``F.linear`` / ``mm``), while the experts' forward indexes ``W[e]`` or runs grouped/batched matmuls on the
+    3-D tensor. Each such tensor that is exactly 2:4 along its input dim is listed in ``skipped`` with that
+    reason and a warning is logged with their number, so a MoE model is never silently left mostly dense-stored.
+
     Args:
         model: a 2:4-sparse model on a CUDA GPU with compute capability >= 8.0, in fp16 or bf16, with plain
             weights ([`torchprox.prune.remove_all`][torchprox.prune.remove.remove_all] first).
         n: must be 2 (the only pattern of the sparse tensor cores is 2:4).
         m: must be 4.
     Returns:
-        ``{"converted": [qualified names], "skipped": {name: reason}}``.
+        ``{"converted": [qualified names], "skipped": {name: reason}}``: ``skipped`` holds the 2:4 linears of a
+        shape the backend refuses and the 2:4 fused expert tensors (by qualified tensor name,
+        ``"...experts.gate_up_proj"``).
     Raises:
         ValueError: another pattern; a 2:4 weight on the CPU, on a GPU older than compute capability 8.0, or
             not fp16/bf16 (the message names the layer, its shape, device and dtype, and the fix).
@@ -105,9 +115,32 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, An
                              f"for {weight.dtype}")
             continue
         todo.append((name, mod))
+    experts = _nm_expert_tensors(model)
     for name, mod in todo:
         mod.weight = nn.Parameter(to_sparse_semi_structured(mod.weight.detach().contiguous()), requires_grad=False)
+    if experts:
+        logger.warning("to_semi_structured: %d fused expert tensor(s) are 2:4 but stay dense-stored: CUDA 2:4 "
+                       "kernels take 2-D weights, and the experts' forward uses the 3-D tensor (e.g. %s)",
+                       len(experts), next(iter(experts)))
+        skipped.update(experts)
     if skipped:
         logger.warning("to_semi_structured: %d 2:4 layer(s) kept dense:\n  %s", len(skipped),
                        "\n  ".join(f"{k}: {v}" for k, v in skipped.items()))
     return {"converted": [name for name, _ in todo], "skipped": skipped}
+
+
+def _nm_expert_tensors(model: nn.Module) -> dict[str, str]:
+    """``{qualified tensor name: why not converted}`` for every fused 3-D expert tensor of ``model`` that is
+    exactly 2:4 along its input dim (the layout of [`torchprox.llm.expert_layout`][torchprox.llm.targets.expert_layout])."""
+    from ..prune import is_nm
+    from .targets import expert_layout
+
+    out = {}
+    for qualname, module in model.named_modules():
+        for param, dim in expert_layout(module).items():
+            weight = getattr(module, param)
+            if weight.dim() == 3 and weight.shape[dim] % 4 == 0 and is_nm(weight.detach(), 2, 4, dim=dim):
+                out[f"{qualname}.{param}" if qualname else param] = (
+                    f"fused expert tensor of shape {tuple(weight.shape)} (2:4 along dim {dim}): not converted, CUDA 2:4 "
+                    "kernels take 2-D weights; it stays dense-stored")
+    return out
