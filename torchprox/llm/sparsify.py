@@ -43,11 +43,11 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         kwargs: method options (``ProxSparseConfig`` fields, or ``blocksize``/``percdamp``/``batch_size``).
 
     Returns:
-        ``{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, "coverage", ...method
-        report}``; ``coverage`` is [`coverage_report`][torchprox.llm.targets.coverage_report]: the share of the
-        decoder blocks' matrix weights that are N:M and what stayed dense, and why. With the default targets,
-        a matrix weight left dense for any reason but being a router is a ``UserWarning`` (and a logged
-        warning) naming it.
+        `{"method", "pattern", "seconds", "layers": {name: fraction of groups N:M}, "coverage", ...method
+            report}`; `coverage` is [`coverage_report`][torchprox.llm.targets.coverage_report]: the share of
+            the decoder blocks' matrix weights that are N:M and what stayed dense, and why. With the default
+            targets, a matrix weight left dense for any reason but being a router is a `UserWarning` (and a
+            logged warning) naming it.
 
     Every method leaves each target weight W (out, in) with at most n nonzeros in every group of m
     consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never

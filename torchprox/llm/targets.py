@@ -244,10 +244,10 @@ def coverage_report(model: nn.Module, n: int, m: int, targets=None) -> dict[str,
     r"""How much of the decoder blocks is N:M: by count of weights, over every matrix weight of the blocks.
 
     Returns:
-        ``{"matrix_weights": int, "nm_weights": int, "coverage": nm_weights / matrix_weights, "dense": {tensor
-        name: why}}``: ``nm_weights`` counts the entries of the tensors that are exactly N:M along their input
-        dim; ``dense`` lists every other matrix weight with the reason (a router, an unknown layout, not
-        selected by ``targets``, or not N:M).
+        `{"matrix_weights": int, "nm_weights": int, "coverage": nm_weights / matrix_weights, "dense": {tensor
+            name: why}}`: `nm_weights` counts the entries of the tensors that are exactly N:M along their
+            input dim; `dense` lists every other matrix weight with the reason (a router, an unknown layout,
+            not selected by `targets`, or not N:M).
 
     Examples:
         >>> import torch, transformers
