@@ -106,7 +106,6 @@ def test_expert_input_stats_count_every_routed_token_once_per_expert():
         assert stats.stats[t.key].shape == (4, t.weight.shape[t.dim])
 
 
-@pytest.mark.xfail(strict=True, reason="the baselines prune linear layers only (issue 18, in progress)")
 @pytest.mark.parametrize("arch", MOE_ARCHS)
 def test_magnitude_covers_every_matrix_but_the_router(arch):
     model = tiny_moe(arch)

@@ -21,18 +21,29 @@ from .baselines import sparsegpt_prune
 __all__ = ["obs_update", "finetune_masked"]
 
 
-def _targets(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, nn.Module]:
+def _targets(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``{key: the tensor it names}``, each mask checked (bool, of the tensor's shape) before anything changes.
+
+    A key names a module with a ``weight`` (optionally with the ``".weight"`` suffix; the key is then the module
+    name) or a module's own tensor ``"<module>.<param>"`` (a fused expert tensor, see
+    [`torchprox.llm.targets`][torchprox.llm.targets])."""
     modules = dict(model.named_modules())
     out = {}
     for key, mask in masks.items():
         name = key.removesuffix(".weight")
-        mod = modules.get(name)
-        if mod is None or not isinstance(getattr(mod, "weight", None), Tensor):
-            raise ValueError(f"masks names {key!r}, which is not a module with a weight in this model")
-        if mask.shape != mod.weight.shape or mask.dtype != torch.bool:
-            raise ValueError(f"mask for {key!r} must be bool of shape {tuple(mod.weight.shape)}, "
-                             f"got {mask.dtype} {tuple(mask.shape)}")
-        out[name] = mod
+        tensor = getattr(modules.get(name), "weight", None)
+        if not isinstance(tensor, Tensor) and "." in name:
+            layer, param = name.rsplit(".", 1)
+            owner = modules.get(layer)
+            tensor = getattr(owner, param, None) if owner is not None and param in dict(
+                owner.named_parameters(recurse=False)) else None
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"masks names {key!r}, which is not a module with a weight in this model (nor a "
+                             "module's parameter such as 'model.layers.0.mlp.experts.gate_up_proj')")
+        if not isinstance(mask, Tensor) or mask.shape != tensor.shape or mask.dtype != torch.bool:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask for {key!r} must be bool of shape {tuple(tensor.shape)}, got {got}")
+        out[name] = tensor
     return out
 
 
@@ -42,14 +53,18 @@ def obs_update(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], n: int
 
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks.
-        masks: ``{module or weight name: bool mask of the weight's shape}``, one per target.
+        masks: ``{key: bool mask of the tensor's shape}``, one per target: a module name (or its ``".weight"``
+            tensor name) or an expert tensor's ``"<module>.<param>"`` with a 3-D mask (see
+            [`torchprox.llm.targets`][torchprox.llm.targets]).
         kwargs: [`sparsegpt_prune`][torchprox.llm.baselines.sparsegpt_prune] options (``blocksize``, ``percdamp``, ...).
     Returns:
         ``{name: fraction of groups exactly N:M}``.
 
     Per layer (weight W (out, in), inputs X (in, tokens) from the already-updated blocks before it):
     ``W ← argmin_{W' ⊙ ¬mask = 0} ‖(W' − W) X‖²`` by SparseGPT's column-by-column OBS scheme
-    ([`sparsegpt_solve`][torchprox.llm.baselines.sparsegpt_solve] with ``mask``).
+    ([`sparsegpt_solve`][torchprox.llm.baselines.sparsegpt_solve] with ``mask``). A fused expert tensor is
+    solved per expert from the rows routed to it, as ``sparsegpt_prune`` does; an expert no calibration token
+    reaches gets its mask without update (``fallbacks=`` reports it).
 
     Examples:
         >>> import torch, transformers
@@ -82,7 +97,9 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
 
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks; step t uses ``batch_size`` of them.
-        masks: ``{module or weight name: bool mask of the weight's shape}``, one per target.
+        masks: ``{key: bool mask of the tensor's shape}``, one per target: a module name (or its ``".weight"``
+            tensor name) or an expert tensor's ``"<module>.<param>"`` with a 3-D mask. An expert no batch routes
+            a token to gets no gradient and keeps its values.
 
     Returns:
         ``{"steps", "seconds", "loss" (per step)}``.
@@ -110,7 +127,7 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     requires = freeze(model)
     params, hooks = [], []
     for key, mask in masks.items():
-        w = targets[key.removesuffix(".weight")].weight
+        w = targets[key.removesuffix(".weight")]
         with torch.no_grad():
             w.masked_fill_(~mask.to(w.device), 0)
         w.requires_grad_(True)
