@@ -324,3 +324,20 @@ def test_shared_parameter_is_refused_before_anything_changes(method):
     keep = held.weight  # a reference that is not another module's is no sharing
     assert is_pruned(method(held))
     del keep
+
+
+def test_masked_weight_keeps_the_parameters_memory_layout():
+    """A mask along a dim other than the last comes back as a permuted view; the Parameter must not take its
+    layout (other strides run other kernels: a reloaded checkpoint would compute different bits)."""
+    import torch
+    from torchprox.prune import apply_learned_masks, learnable_nm, remove_all
+
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 8, 4))          # (experts, in, out): groups along dim 1
+
+    mod = learnable_nm(Experts(), "w", dim=1)
+    apply_learned_masks(mod)
+    remove_all(mod)
+    assert mod.w.is_contiguous() and mod.w.stride() == (32, 4, 1)

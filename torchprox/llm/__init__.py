@@ -39,7 +39,7 @@ from .proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig, learn_masks
 from .reconstruct import finetune_masked, obs_update
 from .semi_structured import to_semi_structured
 from .sparsify import METHODS, sparsify
-from .targets import UNFLAGGED_EXPERTS, Target, coverage_report, expert_layout, target_tensors
+from .targets import ROUTER, UNFLAGGED_EXPERTS, Target, coverage_report, expert_layout, target_tensors
 
 __all__ = [
     # learning masks
@@ -53,7 +53,7 @@ __all__ = [
     # models and target layers
     "DEFAULT_MODEL_NAMES", "load_default_model", "load_model", "default_model_path", "default_cache_dir",
     "default_model_source", "decoder_layers", "target_linears", "linear_group_dim",
-    "Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS",
+    "Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS", "ROUTER",
     "routed_inputs", "supports_capture", "ExpertInputStats",
     # evaluation, the demo
     "perplexity", "perplexity_texts", "run_demo", "ROWS", "FINETUNE_ROW",

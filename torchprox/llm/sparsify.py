@@ -47,7 +47,9 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
             report}`; `coverage` is [`coverage_report`][torchprox.llm.targets.coverage_report]: the share of
             the decoder blocks' matrix weights that are N:M and what stayed dense, and why. With the default
             targets, a matrix weight left dense for any reason but being a router is a `UserWarning` (and a
-            logged warning) naming it.
+            logged warning) naming it. `fallbacks` (Wanda, SparseGPT, ProxSparse's activation-aware
+            extraction): `{key: [expert, ...]}`, the experts of each fused tensor that no calibration token
+            reached, which got the magnitude mask instead.
 
     Every method leaves each target weight W (out, in) with at most n nonzeros in every group of m
     consecutive inputs (``report["layers"]`` values are 1.0); a result that is not is a RuntimeError, never
@@ -93,12 +95,16 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
                                   checkpoint_dir=checkpoint_dir, resume=resume))
         report["layers"] = {t.key: float(nm_fraction(t.weight.detach(), n, m, t.dim))
                             for t in target_tensors(model, targets, m=m)}
+        report["fallbacks"] = report.get("unrouted_experts") or {}
     elif method == "magnitude":
         report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
     elif method == "wanda":
-        report["layers"] = wanda_prune(model, calib, n, m, targets, progress=progress, **kwargs)
+        report["fallbacks"] = fallbacks = {}
+        report["layers"] = wanda_prune(model, calib, n, m, targets, progress=progress, fallbacks=fallbacks, **kwargs)
     else:
-        report["layers"] = sparsegpt_prune(model, calib, n, m, targets=targets, progress=progress, **kwargs)
+        report["fallbacks"] = fallbacks = {}
+        report["layers"] = sparsegpt_prune(model, calib, n, m, targets=targets, progress=progress,
+                                           fallbacks=fallbacks, **kwargs)
     not_nm = sorted(name for name, frac in report["layers"].items() if frac != 1.0)
     if not_nm:  # never return a model that is not N:M as if it were (e.g. NaN scores in a one-shot method)
         raise RuntimeError(f"{method} left {len(not_nm)} target(s) not exactly {n}:{m} ({', '.join(not_nm[:3])}"

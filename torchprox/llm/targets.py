@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from ..prune import check_groupable, is_hf_conv1d, nm_fraction, registered_dim
 
-__all__ = ["Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS"]
+__all__ = ["Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS", "ROUTER"]
 
 #: Parameters a flagged (``@use_experts_implementation``) experts module multiplies, one per projection.
 FUSED_PROJECTIONS = ("gate_up_proj", "up_proj", "gate_proj", "down_proj")
@@ -42,6 +42,7 @@ UNFLAGGED_EXPERTS: dict[str, dict[str, int]] = {
     "Llama4TextExperts": {"gate_up_proj": 1, "down_proj": 1},
 }
 
+#: The reason `coverage_report` gives for a router left dense.
 ROUTER = "router (kept dense by default; name it in targets= to include a linear one)"
 _ROUTER_NAMES = ("gate", "router", "shared_expert_gate", "shared_experts_gate")
 

@@ -319,7 +319,9 @@ def apply_learned_masks(model: nn.Module, optimizer: torch.optim.Optimizer | Non
         w = plist.original
         mask = nm_mask(w.detach().abs(), p.n, p.m, p.dim)
         w0 = p.w0.to(device=w.device, dtype=w.dtype)
-        weight = torch.where(mask, w0, torch.zeros((), dtype=w.dtype, device=w.device))
+        # In W's memory layout: nm_mask along a dim other than the last returns a permuted view, and a Parameter
+        # keeping that layout would run other kernels (other rounding) than the same model saved and reloaded.
+        weight = torch.empty_like(w).copy_(torch.where(mask, w0, torch.zeros((), dtype=w.dtype, device=w.device)))
         if optimizer is not None:
             _drop_optimizer_state(optimizer, w)
         p._to_masked(plist, weight, mask)
