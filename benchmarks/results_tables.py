@@ -39,6 +39,7 @@ LABELS = {
     "adam-metric-normlam0.001-100x512": "ProxSparse default, an earlier build of the metric kernel",
     "adam-metric-abslam0.005-100x512": "default, absolute λ 0.005 (lam_normalization=\"none\")",
     "adam-metric-normlam0.001-normlr0.005-100x512": "default, normalised lr 5e-3 (lr_normalization=\"rms\")",
+    "default-lm+kd-100x512": "default + distillation, loss=\"lm+kd\" (τ 1; run beside other jobs: time inflated)",
     "twin4-adam-metric-normlam0.001-100x512": "default on a function-identical twin (weights ×4 / ÷4)",
     "paper-normlam0.02-120x512": "paper's recipe: identity metric, λ 0.02, |W| mask (first run)",
     "paper-normlam0.02-120x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",

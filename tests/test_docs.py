@@ -97,3 +97,19 @@ def test_docs_images_are_committed():
     for md in (ROOT / "docs").rglob("*.md"):
         for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text()):
             assert (md.parent / target).resolve().is_file(), f"{md.relative_to(ROOT)} links a missing {target}"
+
+
+def test_moe_tutorial_example_runs_and_prints_what_it_says(tmp_path, monkeypatch):
+    """docs/tutorials/moe.md's example, run as is: each print matches the comment line under it."""
+    pytest.importorskip("transformers")
+    import contextlib
+    import io
+
+    text = (ROOT / "docs" / "tutorials" / "moe.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "moe.md", "exec"), {})
+    assert out.getvalue().splitlines() == expected
