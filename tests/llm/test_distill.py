@@ -118,3 +118,54 @@ def test_learn_masks_with_distillation(loss, metric):
             assert is_nm(p, 2, 4, dim=1)
             kept = p != 0
             assert torch.equal(p[kept], w0[name][kept])
+
+
+def test_dense_weights_swaps_in_and_back_without_copying():
+    from torchprox.llm.distill import dense_weights
+
+    model = tiny_llama()
+    w = model.model.layers[0].mlp.down_proj.weight
+    own, dense = w.detach().clone(), torch.randn_like(w)
+    keep = dense.clone()
+    with dense_weights([(w, dense)]):
+        assert torch.equal(w, keep)
+    assert torch.equal(w, own) and torch.equal(dense, keep)
+    with pytest.raises(ValueError, match="cannot stand in"):
+        with dense_weights([(w, dense.t())]):
+            pass
+    assert torch.equal(w, own)
+
+
+def test_finetune_with_distillation_needs_the_dense_weights_and_keeps_the_mask():
+    from torchprox.llm import finetune_masked, magnitude_prune
+
+    model = tiny_llama()
+    dense = {f"{name}.weight": mod.weight.detach().clone() for name, mod in model.named_modules()
+             if name.endswith("proj")}
+    magnitude_prune(model, 2, 4)
+    masks = {key: model.get_submodule(key.removesuffix(".weight")).weight != 0 for key in dense}
+    before = {key: model.get_submodule(key.removesuffix(".weight")).weight.detach().clone() for key in dense}
+    calib = torch.randint(0, 64, (4, 16))
+    with pytest.raises(ValueError, match="pass dense="):
+        finetune_masked(model, calib, masks, steps=2, loss="lm+kd")
+    for key in dense:  # refused before any change
+        assert torch.equal(model.get_submodule(key.removesuffix(".weight")).weight, before[key])
+    report = finetune_masked(model, calib, masks, steps=3, loss="kd", dense=dense, lr=1e-2)
+    assert len(report["loss"]) == 3
+    changed = False
+    for key, mask in masks.items():
+        w = model.get_submodule(key.removesuffix(".weight")).weight
+        assert not w[~mask].any()                                   # pruned weights stay 0
+        changed |= not torch.equal(w, before[key])
+    assert changed
+
+
+def test_learn_masks_then_a_distilling_finetune():
+    model = tiny_llama()
+    cfg = ProxSparseConfig(steps=2, reconstruct="finetune", reconstruct_steps=2, reconstruct_loss="lm+kd")
+    learn_masks(model, torch.randint(0, 64, (4, 16)), 2, 4, cfg, progress=False)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            assert is_nm(p, 2, 4, dim=1)
+    with pytest.raises(ValueError, match="unknown term"):
+        ProxSparseConfig(reconstruct_loss="mse")

@@ -28,7 +28,7 @@ from .blocks import decoder_layers, linear_group_dim, target_linears
 from .corpus import builtin_corpus, news_corpus
 from .data import BUILTIN_SOURCES, calibration_blocks, evaluation_blocks, load_texts, split_texts, tokenize_blocks
 from .demo import FINETUNE_ROW, ROWS, run_demo
-from .distill import LOSS_TERMS, distillation_loss, parse_loss
+from .distill import LOSS_TERMS, dense_weights, distillation_loss, parse_loss
 from .experts import ExpertInputStats, routed_inputs, supports_capture
 from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_replaceable, check_sparse, memory_report, save_sparse, sparse_manifest
@@ -44,7 +44,7 @@ from .targets import ROUTER, UNFLAGGED_EXPERTS, Target, coverage_report, expert_
 __all__ = [
     # learning masks
     "sparsify", "METHODS", "parse_pattern", "ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS",
-    "LOSS_TERMS", "parse_loss", "distillation_loss",
+    "LOSS_TERMS", "parse_loss", "distillation_loss", "dense_weights",
     # one-shot baselines
     "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
     # data

@@ -22,9 +22,10 @@ from the first step.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +33,7 @@ from torch.nn import functional as F
 
 from ..prune import original_weights
 
-__all__ = ["LOSS_TERMS", "parse_loss", "distillation_loss"]
+__all__ = ["LOSS_TERMS", "parse_loss", "distillation_loss", "dense_weights"]
 
 #: The terms a loss spec may add up.
 LOSS_TERMS = ("lm", "kd", "hidden")
@@ -107,11 +108,34 @@ def _hidden(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
     return torch.stack(terms).mean()
 
 
-def distillation_loss(spec: str, temperature: float = 1.0) -> Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]:
+@contextlib.contextmanager
+def dense_weights(weights: list[tuple[Tensor, Tensor]]):
+    """Inside the block each tensor of ``weights`` ``[(tensor, dense)]`` holds ``dense`` (its storage swapped
+    in, no copy); on exit it holds its own values again. The teacher of a masked fine-tune, whose
+    parametrizations (and their W0) are gone."""
+    for tensor, dense in weights:
+        if dense.shape != tensor.shape or dense.dtype != tensor.dtype or dense.device != tensor.device:
+            raise ValueError(f"a dense weight of {dense.dtype} {tuple(dense.shape)} on {dense.device} cannot stand "
+                             f"in for a tensor of {tensor.dtype} {tuple(tensor.shape)} on {tensor.device}")
+    swapped = []
+    try:
+        for tensor, dense in weights:
+            tensor.data, dense.data = dense.data, tensor.data
+            swapped.append((tensor, dense))
+        yield
+    finally:
+        for tensor, dense in swapped:
+            tensor.data, dense.data = dense.data, tensor.data
+
+
+def distillation_loss(spec: str, temperature: float = 1.0, teacher: Callable[[nn.Module], Any] | None = None
+                      ) -> Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]:
     r"""A loss function ``(model, ids) → (loss, lm_loss)`` for [`learn_masks`][torchprox.llm.proxsparse.learn_masks]'s
     training loop: ``loss`` = the weighted sum of the spec's terms (see the module docstring), ``lm_loss`` the
-    next-token loss of the student (logged whatever the spec). ``model`` must have learning-state N:M layers for
-    the teacher to differ from the student.
+    next-token loss of the student (logged whatever the spec). The teacher is ``model`` inside the context
+    ``teacher(model)``: by default [`original_weights`][torchprox.prune.parametrization.original_weights]
+    (learning-state N:M layers compute with W0); a masked fine-tune passes ``lambda model:
+    dense_weights(pairs)``.
 
     Examples:
         >>> import torch, transformers
@@ -129,25 +153,26 @@ def distillation_loss(spec: str, temperature: float = 1.0) -> Callable[[nn.Modul
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"kd temperature must be a finite number > 0, got {temperature!r}")
     need_teacher = "kd" in terms or "hidden" in terms
+    as_teacher = original_weights if teacher is None else teacher
     hidden = "hidden" in terms
 
     def loss_fn(model: nn.Module, ids: Tensor) -> tuple[Tensor, Tensor]:
-        teacher = None
+        dense = None
         if need_teacher:
             was_training = model.training
             model.eval()
             try:
-                with torch.no_grad(), original_weights(model):
-                    teacher = model(input_ids=ids, use_cache=False, output_hidden_states=hidden)
+                with torch.no_grad(), as_teacher(model):
+                    dense = model(input_ids=ids, use_cache=False, output_hidden_states=hidden)
             finally:
                 model.train(was_training)
         out = model(input_ids=ids, labels=ids, use_cache=False, output_hidden_states=hidden)
         total = out.loss * terms["lm"] if "lm" in terms else None
         if "kd" in terms:
-            kd = _kd(out.logits, teacher.logits, temperature) * terms["kd"]
+            kd = _kd(out.logits, dense.logits, temperature) * terms["kd"]
             total = kd if total is None else total + kd
         if hidden:
-            h = _hidden(out.hidden_states, teacher.hidden_states) * terms["hidden"]
+            h = _hidden(out.hidden_states, dense.hidden_states) * terms["hidden"]
             total = h if total is None else total + h
         return total, out.loss
     return loss_fn

@@ -128,6 +128,9 @@ class ProxSparseConfig:
         reconstruct_blocks: calibration blocks used by ``"obs"``.
         reconstruct_steps: the masked fine-tune's steps (of ``batch_size`` blocks).
         reconstruct_lr: the masked fine-tune's peak lr.
+        reconstruct_loss: the masked fine-tune's loss, as ``loss`` (e.g. ``"lm+kd"``); its teacher is the dense
+            W0, kept aside for the fine-tune (one more copy of the targets, in place of the Adam state of the
+            learning).
         frozen_lam: weight of the paper's "frozen weight" regularizer, added to the loss as
             ``frozen_lam · mean_ij (W_ij (W_ij − W0_ij) / W0_ij)²`` over all target weights (zero when every
             weight is either 0 or its original value; 0 disables it). It keeps the trained network close to
@@ -173,6 +176,7 @@ class ProxSparseConfig:
     reconstruct_blocks: int = 64
     reconstruct_steps: int = 40
     reconstruct_lr: float = 2e-4
+    reconstruct_loss: str = "lm"
     frozen_lam: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 0
@@ -198,6 +202,7 @@ class ProxSparseConfig:
         for key, allowed in _CHOICE_FIELDS.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        parse_loss(self.reconstruct_loss)
         if "lm" not in parse_loss(self.loss) and self.metric == "adam":
             raise ValueError(
                 f"loss {self.loss!r} with metric='adam' would never move W: without 'lm' the loss and its gradient "
@@ -564,11 +569,11 @@ def learn_masks(
             run.restore(state)
             logger.info("resumed from %s at step %d", ckpt.path, run.start)
         seconds = run.train(calib, ckpt, progress)
-        masks = _extract(model, run, act_norms, requires)
+        masks, dense = _extract(model, run, act_norms, requires)
     except BaseException:
         _restore_input(model, requires)
         raise
-    _reconstruct(model, calib, cfg, masks, n, m, progress)
+    _reconstruct(model, calib, cfg, masks, n, m, progress, dense)
     return {
         "config": cfg.to_dict(), "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * calib.shape[1],
         "seconds": seconds, "seconds_per_step": seconds / max(cfg.steps - run.start, 1), "loss": run.losses,
@@ -744,15 +749,19 @@ def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
             for name, w in zip(run.names, run.params):
                 if name in act_norms:
                     w.mul_(_along(act_norms[name], w.dim(), learning[name].dim).to(w.dtype))
-    dense = ({(module, tname): p.w0 for _, module, tname, _, p in nm_parametrizations(model)
-              if p.state == "learning"} if run.cfg.reconstruct == RECONSTRUCT_OBS else {})
+    keep = run.cfg.reconstruct == RECONSTRUCT_OBS or (
+        run.cfg.reconstruct == RECONSTRUCT_FINETUNE and set(parse_loss(run.cfg.reconstruct_loss)) - {"lm"})
+    dense = ({(qualname, module, tname): p.w0 for qualname, module, tname, _, p in nm_parametrizations(model)
+              if p.state == "learning"} if keep else {})
     masks = apply_learned_masks(model, optimizer=run.opt)
     remove_all(model)
     restore_requires_grad(model, requires)
-    with torch.no_grad():
-        for (module, tname), w0 in dense.items():
-            getattr(module, tname).copy_(w0)
-    return masks
+    if run.cfg.reconstruct == RECONSTRUCT_OBS:
+        with torch.no_grad():
+            for (_, module, tname), w0 in dense.items():
+                getattr(module, tname).copy_(w0)
+        return masks, None
+    return masks, {f"{q}.{tname}": w0.to(getattr(module, tname)) for (q, module, tname), w0 in dense.items()} or None
 
 
 def _along(norms: Tensor, ndim: int, dim: int) -> Tensor:
@@ -766,13 +775,14 @@ def _along(norms: Tensor, ndim: int, dim: int) -> Tensor:
 
 
 def _reconstruct(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig, masks: dict[str, Tensor], n: int, m: int,
-                 progress: bool) -> None:
-    """The optional weight update of the kept weights (``cfg.reconstruct``)."""
+                 progress: bool, dense: dict[str, Tensor] | None = None) -> None:
+    """The optional weight update of the kept weights (``cfg.reconstruct``; ``dense``: W0 for a distilling
+    fine-tune)."""
     if cfg.reconstruct == RECONSTRUCT_OBS:
         obs_update(model, calib[:cfg.reconstruct_blocks], masks, n, m, progress=progress)
     elif cfg.reconstruct == RECONSTRUCT_FINETUNE:
         finetune_masked(model, calib, masks, cfg.reconstruct_steps, cfg.reconstruct_lr, cfg.batch_size, cfg.seed,
-                        progress=progress)
+                        progress=progress, loss=cfg.reconstruct_loss, kd_temperature=cfg.kd_temperature, dense=dense)
 
 
 def _peak_rss_gb() -> float:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._runtime import block_order, freeze, restore_requires_grad, train_lm
 from .baselines import sparsegpt_prune
+from .distill import dense_weights, distillation_loss, parse_loss
 
 __all__ = ["obs_update", "finetune_masked"]
 
@@ -88,7 +89,9 @@ def obs_update(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], n: int
 
 
 def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], steps: int = 40,
-                    lr: float = 2e-4, batch_size: int = 1, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                    lr: float = 2e-4, batch_size: int = 1, seed: int = 0, progress: bool = False, *,
+                    loss: str = "lm", kd_temperature: float = 1.0,
+                    dense: dict[str, Tensor] | None = None) -> dict[str, Any]:
     r"""Fine-tune the kept weights of the masked targets on the LM loss, the mask frozen, in place.
 
     ``W ← W − Adam(∇L ⊙ mask)`` for ``steps`` steps on calibration blocks in a seeded order, learning rate
@@ -100,6 +103,11 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
         masks: ``{key: bool mask of the tensor's shape}``, one per target: a module name (or its ``".weight"``
             tensor name) or an expert tensor's ``"<module>.<param>"`` with a 3-D mask. An expert no batch routes
             a token to gets no gradient and keeps its values.
+        loss: the training loss (see [`torchprox.llm.distill`][torchprox.llm.distill]): ``"lm"`` (the default),
+            or with ``"kd"`` / ``"hidden"`` terms, whose teacher is the model with ``dense`` swapped in.
+        kd_temperature: τ of a ``"kd"`` term.
+        dense: ``{key: the dense weight}`` for every key of ``masks`` (same shape, dtype and device as the
+            target), needed by a loss with a teacher: the original W0 the mask was chosen for.
 
     Returns:
         ``{"steps", "seconds", "loss" (per step)}``.
@@ -124,6 +132,17 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     targets = _targets(model, masks)
+    terms = parse_loss(loss)
+    teacher = None
+    if "kd" in terms or "hidden" in terms:
+        missing = [key for key in masks if dense is None or key not in dense]
+        if missing:
+            raise ValueError(f"loss {loss!r} distils from the dense model: pass dense={{key: W0}} for every mask "
+                             f"(missing {missing[0]!r})")
+        pairs = [(targets[key.removesuffix(".weight")], dense[key]) for key in masks]
+        with dense_weights(pairs):  # the shapes, dtypes and devices checked before anything changes
+            pass
+        teacher = lambda model: dense_weights(pairs)  # noqa: E731
     requires = freeze(model)
     params, hooks = [], []
     for key, mask in masks.items():
@@ -138,7 +157,9 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / steps))
     try:
         losses, seconds = train_lm(model, calib, block_order(calib.shape[0], steps, batch_size, seed), opt, sched,
-                                   progress=progress, desc="masked fine-tune")
+                                   progress=progress, desc="masked fine-tune",
+                                   loss_fn=None if teacher is None and loss == "lm"
+                                   else distillation_loss(loss, kd_temperature, teacher))
     finally:
         for h in hooks:
             h.remove()
