@@ -154,6 +154,9 @@ SPARSIFY_ERRORS = [  # (extra flags, what the one-line message must contain)
     (["--targets", "nope", "zip"], "--targets nope zip"),
     (["--method", "foo"], "--method"),
     (["--data", "MISSING"], "--data"),
+    (["--loss", "ce"], "unknown term 'ce'"), (["--loss", "lm+lm"], "appears twice"),
+    (["--loss", "kd"], "would never move W"), (["--reconstruct-loss", "x"], "--reconstruct-loss"),
+    (["--kd-temperature", "0"], "--kd-temperature"),
 ]
 
 

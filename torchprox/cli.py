@@ -74,6 +74,16 @@ def _pattern(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
 
 
+def _loss_spec(text: str) -> str:
+    from .llm import parse_loss
+
+    try:
+        parse_loss(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _inputs(model: str, data: str) -> list[tuple[str, Path]]:
     """The paths a run reads: the model (a directory or a .gguf file; for 'default', its dequantized cache)
     and the data (unless 'builtin')."""
@@ -196,7 +206,8 @@ def _config_from_args(args):
     return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
-                            reconstruct=args.reconstruct)
+                            reconstruct=args.reconstruct, loss=args.loss, kd_temperature=args.kd_temperature,
+                            reconstruct_loss=args.reconstruct_loss)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -483,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reconstruct", choices=[r for r in RECONSTRUCTS if r is not None], default=None,
                    help="proxsparse: then update the kept weights (obs: OBS on the learned mask; finetune: a masked "
                         "fine-tune); default: mask only")
+    s.add_argument("--loss", type=_loss_spec, default=recipe.loss,
+                   help="proxsparse: the training loss, a '+'-joined sum of [weight*]lm|kd|hidden, e.g. lm+kd "
+                        "(kd, hidden: distillation from the dense model; default: lm)")
+    s.add_argument("--kd-temperature", type=_float_in(0, low_open=True), default=recipe.kd_temperature,
+                   help="proxsparse: temperature of the kd term")
+    s.add_argument("--reconstruct-loss", type=_loss_spec, default=recipe.reconstruct_loss,
+                   help="proxsparse --reconstruct finetune: the fine-tune's loss, as --loss")
     s.add_argument("--checkpoint-every", type=count, default=recipe.checkpoint_every,
                    help="proxsparse: checkpoint every K steps (0: never)")
     s.add_argument("--resume", action="store_true", help="proxsparse: continue from OUT.checkpoint")
