@@ -13,6 +13,7 @@ from torchprox.llm.targets import target_tensors  # noqa: E402
 from torchprox.prox import nm_mask  # noqa: E402
 from torchprox.prune import is_nm  # noqa: E402
 
+from .test_proxsparse import _record_last_weights  # noqa: E402  (the same spy)
 from .tiny import MOE_ARCHS, tiny_moe  # noqa: E402
 
 #: The input dim of the fused expert tensors: (E, out, in) for F.linear(x, W[e]), (E, in, out) for x @ W[e].
@@ -26,22 +27,6 @@ def calib():
 
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _record_last_weights(monkeypatch):
-    """Spy on ProxAdam.step: ``last[id(W)]`` is each learned W after the final step (before extraction)."""
-    import importlib
-
-    ps = importlib.import_module("torchprox.llm.proxsparse")
-    real_step, last = ps.ProxAdam.step, {}
-
-    def step(self, *args, **kwargs):
-        out = real_step(self, *args, **kwargs)
-        last.update({id(p): p.detach().clone() for g in self.param_groups for p in g["params"]})
-        return out
-
-    monkeypatch.setattr(ps.ProxAdam, "step", step)
-    return last
 
 
 @pytest.mark.parametrize("arch", MOE_ARCHS)
