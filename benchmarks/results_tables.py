@@ -40,6 +40,7 @@ LABELS = {
     "adam-metric-abslam0.005-100x512": "default, absolute λ 0.005 (lam_normalization=\"none\")",
     "adam-metric-normlam0.001-normlr0.005-100x512": "default, normalised lr 5e-3 (lr_normalization=\"rms\")",
     "default-lm+kd-100x512": "default + distillation, loss=\"lm+kd\" (τ 1; run beside other jobs: time inflated)",
+    "default-lm+hidden-100x512": "default + hidden-state distillation, loss=\"lm+hidden\" (run beside other jobs: time inflated)",
     "twin4-adam-metric-normlam0.001-100x512": "default on a function-identical twin (weights ×4 / ÷4)",
     "paper-normlam0.02-120x512": "paper's recipe: identity metric, λ 0.02, |W| mask (first run)",
     "paper-normlam0.02-120x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
@@ -63,7 +64,29 @@ def load_rows(path: Path = ROWS) -> dict[str, dict]:
 
 def label(name: str) -> str:
     """The human name of a row (a news baseline shares its Wikipedia twin's)."""
+    calib = re.fullmatch(r"(?:news-)?(wanda|sparsegpt)-calib(\d+)", name)
+    if calib:
+        return f"{LABELS[calib.group(1)]}, {calib.group(2)} calibration blocks"
     return LABELS.get(name) or LABELS.get(name.removeprefix("news-"), name)
+
+
+def table_equal_data(rows) -> str:
+    """Wanda and SparseGPT against their calibration tokens (blocks of 512), next to the ProxSparse default's
+    learning data (100 blocks of 512): the comparison at equal data."""
+    def baseline(method: str, blocks: int, corpus: str) -> dict | None:
+        prefix = "" if corpus == "builtin" else "news-"
+        row = rows.get(f"{prefix}{method}-calib{blocks}")
+        if row is None and blocks == 64:  # the canonical baseline rows are the 64-block ones
+            row = rows.get(f"{prefix}{method}")
+        return row
+
+    blocks = sorted({int(m.group(1)) for name in rows for m in [re.search(r"-calib(\d+)$", name)] if m} | {64})
+    short = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
+    header = ["calibration blocks × 512", *(f"{short[m]}, {c}" for m in short for c in CORPORA)]
+    body = [[str(b), *(_value(baseline(m, b, c)) for m in ("wanda", "sparsegpt") for c in CORPORA)] for b in blocks]
+    body.append(["ProxSparse default, mask only (learns from 100)",
+                 *(f"**{_value(_row(rows, DEFAULT, c))}**" for _ in range(2) for c in CORPORA)])
+    return _table(header, body)
 
 
 def ppl(value: float | None) -> str:
@@ -177,6 +200,7 @@ TABLES = {
     "updates": table_updates,
     "runs-builtin": lambda rows: table_runs(rows, "builtin"),
     "runs-news": lambda rows: table_runs(rows, "news"),
+    "equal-data": table_equal_data,
 }
 _BLOCK = re.compile(r"(<!-- results-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
 

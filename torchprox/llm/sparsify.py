@@ -27,7 +27,8 @@ METHODS = ("proxsparse", *BASELINES)
 def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, method: str = "proxsparse", *,
              targets=None, config: ProxSparseConfig | None = None, progress: bool = True,
              checkpoint_dir=None, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Make the decoder linears of ``model`` exactly N:M, in place, with ``method``:
+    """Make the matrix weights of ``model``'s decoder blocks (linear layers and fused expert tensors, see
+    [`target_tensors`][torchprox.llm.targets.target_tensors]) exactly N:M, in place, with ``method``:
 
     - ``"proxsparse"``: learn the mask end to end ([`torchprox.llm.proxsparse.learn_masks`][torchprox.llm.proxsparse.learn_masks], settings in
       ``config`` or as keyword arguments of [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]), then ``W0 ⊙ mask``;
@@ -36,7 +37,8 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
 
     Args:
         calib: ``LongTensor (B, seqlen)`` calibration blocks (unused by ``"magnitude"``).
-        targets: PEFT-style targets (names/suffixes or a regex); default every linear layer of the blocks.
+        targets: PEFT-style targets (names/suffixes of modules or tensors, or a regex); default every matrix
+            weight of the blocks but the routers.
         checkpoint_dir: ``"proxsparse"`` only: where the run's checkpoints are written (see
             [`learn_masks`][torchprox.llm.proxsparse.learn_masks]); a ValueError with another method.
         resume: ``"proxsparse"`` only: continue from the checkpoint in ``checkpoint_dir``.
