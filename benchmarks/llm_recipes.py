@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--update", choices=["obs", "finetune"], default="obs", help="method 'masks': weight update")
     ap.add_argument("--ft-steps", type=int, default=40)
     ap.add_argument("--ft-lr", type=float, default=2e-4)
+    ap.add_argument("--ft-loss", default="lm", help="method 'masks' --update finetune: its loss (e.g. lm+kd: distil "
+                                                    "from the dense model)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=1)
@@ -107,6 +109,8 @@ def main() -> None:
             meta = json.loads(source.read_text())
             row.update(masks_from=meta["name"], learn_seconds=meta["learn_seconds"])
         modules = dict(model.named_modules())
+        dense = ({name: modules[name].weight.detach().clone() for name in masks}
+                 if args.update == "finetune" and args.ft_loss != "lm" else None)
         with torch.no_grad():
             for name, mask in masks.items():
                 modules[name].weight.mul_(mask)
@@ -117,8 +121,9 @@ def main() -> None:
             model, _ = load()  # the OBS update starts from the dense weights
             obs_update(model, calib, masks, progress=True)
         else:
-            report = finetune_masked(model, calib, masks, args.ft_steps, args.ft_lr, args.batch_size, progress=True)
-            row.update(loss_log=report["loss"])
+            report = finetune_masked(model, calib, masks, args.ft_steps, args.ft_lr, args.batch_size, progress=True,
+                                     loss=args.ft_loss, dense=dense)
+            row.update(loss_log=report["loss"], ft_loss=args.ft_loss)
         row.update(masks=args.masks, update=args.update, calib_blocks=args.calib_blocks,
                    ft_steps=args.ft_steps if args.update == "finetune" else None,
                    ft_lr=args.ft_lr if args.update == "finetune" else None, update_seconds=time.perf_counter() - t1)
@@ -130,7 +135,7 @@ def main() -> None:
     row["perplexity"] = perplexity(model, evals, disable=True)
     if args.method != "dense":  # the evaluated model really is 2:4 on every target
         row["all_targets_2of4"] = all(bool(is_nm(mod.weight, 2, 4, dim=1)) for _, mod in target_linears(model, m=4))
-    if args.reconstruct and args.method == "proxsparse":
+    if (args.reconstruct or args.save_masks) and args.method == "proxsparse":
         # The mask is the nonzero pattern (completed to exactly n per group where W0 itself had zeros).
         names = [name for name, _ in target_linears(model, m=4)]
         modules = dict(model.named_modules())
@@ -139,6 +144,7 @@ def main() -> None:
             torch.save(masks, args.save_masks)
             Path(args.save_masks).with_suffix(".json").write_text(json.dumps(
                 {"name": row["name"], "data": args.data, "learn_seconds": row["seconds"]}))
+    if args.reconstruct and args.method == "proxsparse":
         model, _ = load()  # the update starts from the dense weights
         t1 = time.perf_counter()
         sparsegpt_prune(model, calib[:args.calib_blocks], 2, 4, masks=masks, progress=True)
