@@ -5,11 +5,18 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from torchprox.llm import METHODS, ROUTER, check_sparse, save_sparse, sparse_manifest, sparsify  # noqa: E402
-from torchprox.llm.targets import target_tensors  # noqa: E402
-from torchprox.prune import is_nm  # noqa: E402
+from torchprox.llm import (
+    METHODS,
+    ROUTER,
+    check_sparse,
+    save_sparse,
+    sparse_manifest,
+    sparsify,
+)
+from torchprox.llm.targets import target_tensors
+from torchprox.prune import is_nm
 
-from .tiny import MOE_ARCHS, tiny_moe  # noqa: E402
+from .tiny import MOE_ARCHS, tiny_moe
 
 MASK_ONLY = ("proxsparse", "magnitude", "wanda")  # kept weights are W0's, bit for bit
 

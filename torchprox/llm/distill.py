@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ from torch.nn import functional as F
 
 from ..prune import original_weights
 
-__all__ = ["LOSS_TERMS", "parse_loss", "distillation_loss", "dense_weights"]
+__all__ = ["LOSS_TERMS", "dense_weights", "distillation_loss", "parse_loss"]
 
 #: The terms a loss spec may add up.
 LOSS_TERMS = ("lm", "kd", "hidden")

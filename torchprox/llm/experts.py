@@ -19,7 +19,7 @@ are used as they are, without the all-zero ones. An expert no calibration token 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from .targets import Target, expert_layout
 
-__all__ = ["routed_inputs", "supports_capture", "ExpertInputStats"]
+__all__ = ["ExpertInputStats", "routed_inputs", "supports_capture"]
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -163,7 +163,7 @@ class ExpertInputStats:
                     self.tokens[t.key][e] += x.shape[0]
         return hook
 
-    def __enter__(self) -> "ExpertInputStats":
+    def __enter__(self) -> ExpertInputStats:
         by_module: dict[int, list[Target]] = {}
         for t in self.targets:
             by_module.setdefault(id(t.module), []).append(t)

@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from ..prune import check_groupable, is_hf_conv1d, nm_fraction, registered_dim
 
-__all__ = ["Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS", "ROUTER"]
+__all__ = ["ROUTER", "UNFLAGGED_EXPERTS", "Target", "coverage_report", "expert_layout", "target_tensors"]
 
 #: Parameters a flagged (``@use_experts_implementation``) experts module multiplies, one per projection.
 FUSED_PROJECTIONS = ("gate_up_proj", "up_proj", "gate_proj", "down_proj")
