@@ -28,7 +28,8 @@ CORE = ["torchprox.prox.nm", "torchprox.prox.l1", "torchprox.prox.group_lasso", 
 LLM = ["torchprox.llm", "torchprox.llm.baselines", "torchprox.llm.blocks", "torchprox.llm.data",
        "torchprox.llm.demo", "torchprox.llm.evaluate", "torchprox.llm.export", "torchprox.llm.models",
        "torchprox.llm.peft", "torchprox.llm.proxsparse", "torchprox.llm.reconstruct", "torchprox.llm.sparsify",
-       "torchprox.llm.trainer", "torchprox.llm.corpus", "torchprox.llm.markup", "torchprox.llm.semi_structured"]
+       "torchprox.llm.trainer", "torchprox.llm.corpus", "torchprox.llm.markup", "torchprox.llm.semi_structured",
+       "torchprox.llm.targets", "torchprox.llm.experts", "torchprox.llm.distill"]
 # Packages that only re-export (their names' examples live in the defining modules) and the CLI.
 NO_OWN_EXAMPLES = ["torchprox", "torchprox.prox", "torchprox.optim", "torchprox.cli"]
 HAS_LLM = all(importlib.util.find_spec(p) is not None for p in ("transformers", "peft"))

@@ -113,7 +113,18 @@ def _hidden(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
 def dense_weights(weights: list[tuple[Tensor, Tensor]]):
     """Inside the block each tensor of ``weights`` ``[(tensor, dense)]`` holds ``dense`` (its storage swapped
     in, no copy); on exit it holds its own values again. The teacher of a masked fine-tune, whose
-    parametrizations (and their W0) are gone."""
+    parametrizations (and their W0) are gone.
+
+    Examples:
+        >>> import torch
+        >>> lin = torch.nn.Linear(4, 2)
+        >>> dense = torch.ones(2, 4)
+        >>> with dense_weights([(lin.weight, dense)]):
+        ...     float(lin.weight.sum())
+        8.0
+        >>> float(lin.weight.sum()) != 8.0, float(dense.sum())     # swapped back
+        (True, 8.0)
+    """
     for tensor, dense in weights:
         if dense.shape != tensor.shape or dense.dtype != tensor.dtype or dense.device != tensor.device:
             raise ValueError(f"a dense weight of {dense.dtype} {tuple(dense.shape)} on {dense.device} cannot stand "

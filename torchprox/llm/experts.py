@@ -44,7 +44,16 @@ def _kind(module: nn.Module) -> str | None:
 
 def supports_capture(module: nn.Module) -> bool:
     """Whether [`routed_inputs`][torchprox.llm.experts.routed_inputs] knows how ``module`` routes its inputs:
-    transformers' flagged experts classes (without ``has_post_expert_norm``) and ``Llama4TextExperts``."""
+    transformers' flagged experts classes (without ``has_post_expert_norm``) and ``Llama4TextExperts``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> cfg = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
+        >>> mlp = transformers.MixtralForCausalLM(cfg).model.layers[0].mlp
+        >>> supports_capture(mlp.experts), supports_capture(mlp.gate)
+        (True, False)
+    """
     return bool(expert_layout(module)) and _kind(module) is not None
 
 

@@ -53,7 +53,16 @@ class Target:
 
     ``key`` names it in reports, manifests and masks (see the module docstring); ``layer`` is the module's
     qualified name. A fused expert tensor has the experts along dim 0 (``experts`` is their number, None for a
-    plain matrix)."""
+    plain matrix).
+
+    Examples:
+        >>> import transformers
+        >>> cfg = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...                                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
+        >>> t = target_tensors(transformers.MixtralForCausalLM(cfg))[-1]
+        >>> t.key, t.tensor_name, t.dim, t.experts, tuple(t.weight.shape)
+        ('model.layers.0.mlp.experts.down_proj', 'model.layers.0.mlp.experts.down_proj', 2, 4, (4, 32, 64))
+    """
 
     key: str
     layer: str
@@ -258,7 +267,7 @@ def coverage_report(model: nn.Module, n: int, m: int, targets=None) -> dict[str,
         >>> model = transformers.MixtralForCausalLM(cfg)
         >>> _ = magnitude_prune(model, 2, 4)
         >>> r = coverage_report(model, 2, 4)
-        >>> r["matrix_weights"], r["nm_weights"], list(r["dense"])       # everything but the router  # doctest: +SKIP
+        >>> r["matrix_weights"], r["nm_weights"], list(r["dense"])       # everything but the router
         (27776, 27648, ['model.layers.0.mlp.gate.weight'])
     """
     from .blocks import _layers_and_prefix
