@@ -180,3 +180,28 @@ def test_a_size_not_a_multiple_of_m_names_the_tensor():
     model = tiny_moe("mixtral")
     with pytest.raises(ValueError, match=r"experts.down_proj.*shape \(4, 32, 64\).*not a multiple of 3"):
         target_tensors(model, ["experts.down_proj"], m=3)
+
+
+def test_a_resolved_list_passes_through_checked():
+    model = tiny_moe("mixtral")
+    chosen = target_tensors(model, ["experts"])
+    assert target_tensors(model, chosen) == chosen
+    with pytest.raises(ValueError, match="not a module of this MixtralForCausalLM"):
+        target_tensors(tiny_moe("mixtral", seed=1), chosen)
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        target_tensors(model, chosen, m=3)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "proxsparse"])
+def test_sparsify_resolves_the_targets_once(method, monkeypatch):
+    """DESIGN: targets are resolved once per call and every stage receives that list."""
+    import torchprox.llm.targets as targets_mod
+    from torchprox.llm import sparsify
+
+    calls = []
+    real = targets_mod._name_spec
+    monkeypatch.setattr(targets_mod, "_name_spec", lambda t: calls.append(t) or real(t))
+    options = {"steps": 1} if method == "proxsparse" else {}
+    sparsify(tiny_moe("qwen3_moe"), torch.randint(0, 64, (4, 16)), 2, 4, method=method, targets=["experts"],
+             progress=False, **options)
+    assert calls == [["experts"]]

@@ -82,6 +82,7 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
         raise ValueError(f"method {method!r} needs calibration blocks (calib=LongTensor (B, seqlen))")
     if method in ("wanda", "sparsegpt"):  # proxsparse: learn_masks checks it against its batch_size
         check_calib(model, calib)
+    chosen = target_tensors(model, targets, m=m)  # resolved once: every stage below gets this list
     t0 = time.perf_counter()
     report: dict[str, Any] = {"method": method, "pattern": f"{n}:{m}"}
     if method == "proxsparse":
@@ -93,26 +94,26 @@ def sparsify(model: nn.Module, calib: Tensor | None, n: int = 2, m: int = 4, met
             raise ValueError(f"unknown ProxSparseConfig field(s) {', '.join(unknown)}; the fields are "
                              f"{', '.join(sorted(fields))}")
         cfg = config or ProxSparseConfig(**kwargs)
-        report.update(learn_masks(model, calib, n, m, cfg, targets=targets, progress=progress,
+        report.update(learn_masks(model, calib, n, m, cfg, targets=chosen, progress=progress,
                                   checkpoint_dir=checkpoint_dir, resume=resume))
         report["layers"] = {t.key: float(nm_fraction(t.weight.detach(), n, m, t.dim))
-                            for t in target_tensors(model, targets, m=m)}
+                            for t in target_tensors(model, chosen, m=m)}
         report["fallbacks"] = report.get("unrouted_experts") or {}
     elif method == "magnitude":
-        report["layers"] = magnitude_prune(model, n, m, targets, progress=progress)
+        report["layers"] = magnitude_prune(model, n, m, chosen, progress=progress)
     elif method == "wanda":
         report["fallbacks"] = fallbacks = {}
-        report["layers"] = wanda_prune(model, calib, n, m, targets, progress=progress, fallbacks=fallbacks, **kwargs)
+        report["layers"] = wanda_prune(model, calib, n, m, chosen, progress=progress, fallbacks=fallbacks, **kwargs)
     else:
         report["fallbacks"] = fallbacks = {}
-        report["layers"] = sparsegpt_prune(model, calib, n, m, targets=targets, progress=progress,
+        report["layers"] = sparsegpt_prune(model, calib, n, m, targets=chosen, progress=progress,
                                            fallbacks=fallbacks, **kwargs)
     not_nm = sorted(name for name, frac in report["layers"].items() if frac != 1.0)
     if not_nm:  # never return a model that is not N:M as if it were (e.g. NaN scores in a one-shot method)
         raise RuntimeError(f"{method} left {len(not_nm)} target(s) not exactly {n}:{m} ({', '.join(not_nm[:3])}"
                            f"{', ...' if len(not_nm) > 3 else ''}); check the model's weights and calibration "
                            "data for NaN/inf")
-    report["coverage"] = coverage = coverage_report(model, n, m, targets)
+    report["coverage"] = coverage = coverage_report(model, n, m, chosen)
     left = {name: why for name, why in coverage["dense"].items() if why != ROUTER}
     if targets is None and left:  # the default promises every matrix weight of the blocks: say loudly what is not
         message = (f"{len(left)} matrix weight(s) of the decoder blocks stay dense; only "

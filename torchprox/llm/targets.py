@@ -197,7 +197,8 @@ def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list
     r"""The matrix weights of the decoder blocks to make N:M, in module order.
 
     Args:
-        targets: ``None`` or ``"all-linear"``: every linear weight and fused expert tensor of the decoder blocks,
+        targets: a list of `Target` already resolved (by an earlier call: every stage of one run gets the same
+            list, checked again), or ``None`` or ``"all-linear"``: every linear weight and fused expert tensor of the decoder blocks,
             except routers (never embeddings or ``lm_head``, which live outside them); a tensor of unknown
             layout is left out (see [`coverage_report`][torchprox.llm.targets.coverage_report]). Otherwise
             PEFT-style: a list of names or dotted suffixes of a module or of a tensor key (``["q_proj",
@@ -223,6 +224,8 @@ def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list
     """
     from .blocks import _layers_and_prefix
 
+    if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, Target) for t in targets):
+        return _check_resolved(model, list(targets), m)  # already resolved: every stage gets the same list
     layers, prefix = _layers_and_prefix(model)
     spec = _name_spec(targets)
     out = []
@@ -241,7 +244,16 @@ def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list
         example = next((k for k, *_ in _classify(layers, prefix, m)), prefix + ".0...")
         raise ValueError(f"targets={targets!r} selects no matrix weight inside the decoder blocks of "
                          f"{type(model).__name__} (names look like {example!r})")
+    return _check_resolved(model, out, m)
+
+
+def _check_resolved(model: nn.Module, out: list[Target], m: int | None) -> list[Target]:
+    """The targets, each checked: a module of ``model``, not parametrized, groupable by ``m``."""
+    modules = {id(mod) for mod in model.modules()}
     for t in out:
+        if id(t.module) not in modules:
+            raise ValueError(f"target {t.key!r} is not a module of this {type(model).__name__}; resolve the targets "
+                             "on the model they are used with")
         if parametrize.is_parametrized(t.module, t.param):
             raise ValueError(f"{t.key}: its {t.param} is parametrized (e.g. torchprox.prune.learnable_nm); remove the "
                              "parametrization (torchprox.prune.remove) first")
