@@ -41,6 +41,7 @@ LABELS = {
     "adam-metric-normlam0.001-normlr0.005-100x512": "default, normalised lr 5e-3 (lr_normalization=\"rms\")",
     "default-lm+kd-100x512": "default + distillation, loss=\"lm+kd\" (τ 1; run beside other jobs: time inflated)",
     "default-lm+hidden-100x512": "default + hidden-state distillation, loss=\"lm+hidden\" (run beside other jobs: time inflated)",
+    "default-lm+10hidden-100x512": "default + hidden-state distillation weighted up, loss=\"lm+10*hidden\"",
     "default-rerun-2026-12-02": "default, rerun on 2026-12-02 code (zero-step rule, MoE-aware targets)",
     "default-masks+finetune40-lm+kd": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm+kd\" (40 steps)",
     "default-masks+finetune40-lm-rerun": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm\" (40 steps)",
