@@ -11,10 +11,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from torchprox.llm import baselines  # noqa: E402
 from torchprox.llm.baselines import (  # noqa: E402
-    decoder_layers, magnitude_prune, nm_fraction, sparsegpt_prune, sparsegpt_solve, target_linears,
-    wanda_prune, wanda_scores,
+    magnitude_prune, nm_fraction, sparsegpt_prune, sparsegpt_solve, wanda_prune, wanda_scores,
 )
-from torchprox.llm.blocks import capture_block_inputs, run_blocks_sequentially  # noqa: E402
+from torchprox.llm.blocks import (  # noqa: E402
+    capture_block_inputs, decoder_layers, run_blocks_sequentially, target_linears,
+)
 from torchprox.prox import nm_mask  # noqa: E402
 
 N, M = 2, 4

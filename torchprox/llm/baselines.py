@@ -49,11 +49,9 @@ from ..prox import nm_mask
 from ..prune import nm_fraction
 from ..prox import check_nm
 from ._runtime import progress_iter
-from .blocks import (  # noqa: F401 - decoder_layers, target_linears: re-exported for existing callers
-    block_index, decoder_layers, layers_prefix, linear_group_dim, run_blocks_sequentially, target_linears,
-)
+from .blocks import block_index, layers_prefix, run_blocks_sequentially
 from .experts import ExpertInputStats, supports_capture
-from .targets import Target, target_tensors
+from .targets import Target, along_input_dim, target_tensors
 
 __all__ = [
     "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",
@@ -67,18 +65,10 @@ def _fraction(weight: Tensor, n: int, m: int, dim: int) -> float:
     return float(nm_fraction(weight.detach(), n, m, dim))
 
 
-def layer_report(selected, n: int, m: int) -> dict[str, float]:
-    """``{key: fraction of N:M groups}`` of ``selected``: [`Target`][torchprox.llm.targets.Target]s (every
-    method's report) or ``(name, linear)`` pairs (as [`target_linears`][torchprox.llm.blocks.target_linears]
-    gives)."""
-    out = {}
-    for item in selected:
-        if isinstance(item, Target):
-            out[item.key] = _fraction(item.weight, n, m, item.dim)
-        else:
-            name, mod = item
-            out[name] = _fraction(mod.weight, n, m, linear_group_dim(mod))
-    return out
+def layer_report(selected: list[Target], n: int, m: int) -> dict[str, float]:
+    """``{key: fraction of N:M groups}`` of the [`Target`][torchprox.llm.targets.Target]s in ``selected`` (every
+    method's report)."""
+    return {t.key: _fraction(t.weight, n, m, t.dim) for t in selected}
 
 
 def _apply_mask_(t: Target, keep: Tensor) -> None:
@@ -265,14 +255,11 @@ def wanda_scores(weight: Tensor, col_sq_norms: Tensor, dim: int = 1) -> Tensor:
     """
     norms = col_sq_norms.to(device=weight.device, dtype=torch.float32).sqrt()
     dim = dim % weight.dim()
-    shape = [1] * weight.dim()
-    shape[dim] = -1
     if norms.dim() == 2:
         if weight.dim() != 3 or dim == 0 or tuple(norms.shape) != (weight.shape[0], weight.shape[dim]):
             raise ValueError(f"per-expert col_sq_norms of shape {tuple(norms.shape)} need a weight (experts, ·, ·) "
                              f"with input dim 1 or 2 of those sizes, got weight {tuple(weight.shape)}, dim={dim}")
-        shape[0] = weight.shape[0]
-    return weight.detach().abs().float() * norms.reshape(shape)
+    return weight.detach().abs().float() * along_input_dim(norms, weight.dim(), dim)
 
 
 def _sq_col_norms(x: Tensor) -> Tensor:

@@ -109,6 +109,14 @@ def _hidden(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
     return torch.stack(terms).mean()
 
 
+def check_dense_pairs(weights: list[tuple[Tensor, Tensor]]) -> None:
+    """ValueError unless every ``dense`` of ``[(tensor, dense)]`` has its tensor's shape, dtype and device."""
+    for tensor, dense in weights:
+        if dense.shape != tensor.shape or dense.dtype != tensor.dtype or dense.device != tensor.device:
+            raise ValueError(f"a dense weight of {dense.dtype} {tuple(dense.shape)} on {dense.device} cannot stand "
+                             f"in for a tensor of {tensor.dtype} {tuple(tensor.shape)} on {tensor.device}")
+
+
 @contextlib.contextmanager
 def dense_weights(weights: list[tuple[Tensor, Tensor]]):
     """Inside the block each tensor of ``weights`` ``[(tensor, dense)]`` holds ``dense`` (its storage swapped
@@ -125,10 +133,7 @@ def dense_weights(weights: list[tuple[Tensor, Tensor]]):
         >>> float(lin.weight.sum()) != 8.0, float(dense.sum())     # swapped back
         (True, 8.0)
     """
-    for tensor, dense in weights:
-        if dense.shape != tensor.shape or dense.dtype != tensor.dtype or dense.device != tensor.device:
-            raise ValueError(f"a dense weight of {dense.dtype} {tuple(dense.shape)} on {dense.device} cannot stand "
-                             f"in for a tensor of {tensor.dtype} {tuple(tensor.shape)} on {tensor.device}")
+    check_dense_pairs(weights)
     swapped = []
     try:
         for tensor, dense in weights:

@@ -60,11 +60,12 @@ from ..prox import check_nm
 from ..prune import (apply_learned_masks, frozen_weight_penalty, learnable_nm_model, nm_fraction, nm_parametrizations,
                      remove_all, restore_dense)
 from ._runtime import block_order, freeze, is_dtensor, restore_requires_grad, train_lm
+from .baselines import _InputStats
 from .distill import distillation_loss, parse_loss
 from .experts import ExpertInputStats, supports_capture
 from .reconstruct import _targets as _reconstruct_targets
 from .reconstruct import finetune_masked, obs_update
-from .targets import Target, target_tensors
+from .targets import Target, along_input_dim, target_key, target_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +218,6 @@ def _rms(t: Tensor) -> float:
     return float(t.detach().double().square().mean().sqrt().clamp_min(1e-12))
 
 
-def _key(qualname: str, tname: str) -> str:
-    """A target's key (see torchprox.llm.targets): the module's name for ``weight``, else ``module.param``."""
-    return qualname if tname == "weight" else f"{qualname}.{tname}" if qualname else tname
-
-
 def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], list[str]]:
     """One ProxAdam group per learnable matrix, with its own λ_W (and lr_W), and the matrices' keys (the
     module name for a ``weight``, ``"<module>.<param>"`` otherwise, as
@@ -237,7 +233,7 @@ def _param_groups(model: nn.Module, cfg: ProxSparseConfig) -> tuple[list[dict], 
             "params": [plist.original], "prox": "nm", "lam": lam, "lr": lr, "initial_lr": lr,
             "prox_kwargs": {"n": p.n, "m": p.m, "dim": p.dim}, "metric": cfg.metric, "lam_scaling": cfg.lam_scaling,
         })
-        names.append(_key(qualname, tname))
+        names.append(target_key(qualname, tname))
     return groups, names
 
 
@@ -391,22 +387,12 @@ def _input_norms(model: nn.Module, chosen: list[Target], calib: Tensor, batch_si
     if other:
         logger.warning("mask_scores='activation': no input norms for %d target(s) (%s); their masks are the "
                        "top-n of |W|", len(other), ", ".join(other[:3]))
-    sq: dict[str, Tensor] = {}
-    hooks = []
-    for name, mod in linear.items():
-        def hook(_m, args, _name=name):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sq[_name] = sq.get(_name, 0) + x.square().sum(0)
-        hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        with ExpertInputStats(experts, lambda x: x.square().sum(0)) as stats:
-            device = next(model.parameters()).device
-            for i in range(0, calib.shape[0], batch_size):
-                model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    norms = {k: v.sqrt() for k, v in sq.items()}
+    sq_norms = lambda x: x.float().square().sum(0)  # noqa: E731
+    with _InputStats(linear, sq_norms) as seen, ExpertInputStats(experts, sq_norms) as stats:
+        device = next(model.parameters()).device
+        for i in range(0, calib.shape[0], batch_size):
+            model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
+    norms = {k: v.sqrt() for k, v in seen.stats.items()}
     unrouted: dict[str, list[int]] = {}
     for t in experts:
         in_features = t.weight.shape[t.dim]
@@ -743,12 +729,12 @@ def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
     error). Returns the masks (keyed by qualified tensor name, as
     [`apply_learned_masks`][torchprox.prune.learnable.apply_learned_masks])."""
     if act_norms is not None:  # activation-aware extraction: scale each column by its input norm first
-        learning = {_key(qualname, tname): p
+        learning = {target_key(qualname, tname): p
                     for qualname, _, tname, _, p in nm_parametrizations(model) if p.state == "learning"}
         with torch.no_grad():
             for name, w in zip(run.names, run.params):
                 if name in act_norms:
-                    w.mul_(_along(act_norms[name], w.dim(), learning[name].dim).to(w.dtype))
+                    w.mul_(along_input_dim(act_norms[name], w.dim(), learning[name].dim).to(w.dtype))
     keep = run.cfg.reconstruct == RECONSTRUCT_OBS or (
         run.cfg.reconstruct == RECONSTRUCT_FINETUNE and set(parse_loss(run.cfg.reconstruct_loss)) - {"lm"})
     dense = ({(qualname, module, tname): p.w0 for qualname, module, tname, _, p in nm_parametrizations(model)
@@ -762,16 +748,6 @@ def _extract(model: nn.Module, run: _Run, act_norms: dict[str, Tensor] | None,
                 getattr(module, tname).copy_(w0)
         return masks, None
     return masks, {f"{q}.{tname}": w0.to(getattr(module, tname)) for (q, module, tname), w0 in dense.items()} or None
-
-
-def _along(norms: Tensor, ndim: int, dim: int) -> Tensor:
-    """Input norms shaped to broadcast over a weight of ``ndim`` dims with its input dim ``dim``: ``(in,)``
-    along ``dim``; a fused expert tensor's ``(E, in)`` along dims 0 and ``dim``."""
-    shape = [1] * ndim
-    shape[dim] = norms.shape[-1]
-    if norms.dim() == 2:
-        shape[0] = norms.shape[0]
-    return norms.view(shape)
 
 
 def _reconstruct(model: nn.Module, calib: Tensor, cfg: ProxSparseConfig, masks: dict[str, Tensor], n: int, m: int,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ._runtime import block_order, freeze, restore_requires_grad, train_lm
 from .baselines import sparsegpt_prune
-from .distill import dense_weights, distillation_loss, parse_loss
+from .distill import check_dense_pairs, dense_weights, distillation_loss, parse_loss
 
 __all__ = ["obs_update", "finetune_masked"]
 
@@ -140,8 +140,7 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
             raise ValueError(f"loss {loss!r} distils from the dense model: pass dense={{key: W0}} for every mask "
                              f"(missing {missing[0]!r})")
         pairs = [(targets[key.removesuffix(".weight")], dense[key]) for key in masks]
-        with dense_weights(pairs):  # the shapes, dtypes and devices checked before anything changes
-            pass
+        check_dense_pairs(pairs)  # before anything changes
         teacher = lambda model: dense_weights(pairs)  # noqa: E731
     requires = freeze(model)
     params, hooks = [], []

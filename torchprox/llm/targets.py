@@ -28,7 +28,14 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..prune import check_groupable, is_hf_conv1d, nm_fraction, registered_dim
+from ..prune import (
+    check_groupable,
+    compile_targets,
+    is_hf_conv1d,
+    name_matches,
+    nm_fraction,
+    registered_dim,
+)
 
 __all__ = ["ROUTER", "UNFLAGGED_EXPERTS", "Target", "coverage_report", "expert_layout", "target_tensors"]
 
@@ -88,6 +95,22 @@ class Target:
         return self.weight.shape[0] if self.weight.dim() == 3 and not self.is_linear else None
 
 
+def target_key(layer: str, param: str) -> str:
+    """The key of ``layer.<param>`` (see the module docstring): the layer's name for a ``weight``, else
+    ``"<layer>.<param>"``."""
+    return layer if param == "weight" else f"{layer}.{param}" if layer else param
+
+
+def along_input_dim(values: Tensor, ndim: int, dim: int) -> Tensor:
+    """Per-input-feature ``values`` viewed to broadcast over a weight of ``ndim`` dims whose input dim is ``dim``:
+    ``(in,)`` along ``dim``; a fused expert tensor's per-expert ``(experts, in)`` along dims 0 and ``dim``."""
+    shape = [1] * ndim
+    shape[dim] = values.shape[-1]
+    if values.dim() == 2:
+        shape[0] = values.shape[0]
+    return values.reshape(shape)
+
+
 def _is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_hf_conv1d(module)
 
@@ -139,7 +162,7 @@ def _is_router(qualname: str, module: nn.Module, parent: nn.Module | None) -> bo
     return any(expert_layout(child) or child_name == "experts" for child_name, child in parent.named_children())
 
 
-def _classify(layers: nn.ModuleList, prefix: str, m: int | None) -> list[tuple[str, str, nn.Module, str, int | None, str | None]]:
+def _classify(layers: nn.ModuleList, prefix: str) -> list[tuple[str, str, nn.Module, str, int | None, str | None]]:
     """Every matrix weight of the blocks as ``(key, layer, module, param, dim or None, why dense by default)``."""
     modules = dict(layers.named_modules(prefix=prefix))
     out = []
@@ -152,7 +175,7 @@ def _classify(layers: nn.ModuleList, prefix: str, m: int | None) -> list[tuple[s
         for param, tensor in _tensors(module).items():
             if tensor.dim() < 2 or param.endswith("bias"):
                 continue
-            key = qualname if param == "weight" else f"{qualname}.{param}"
+            key = target_key(qualname, param)
             dim = registered_dim(module, param)
             if dim is None and param == "weight" and _is_linear_like(module):
                 dim = 0 if is_hf_conv1d(module) else 1
@@ -171,26 +194,16 @@ def _classify(layers: nn.ModuleList, prefix: str, m: int | None) -> list[tuple[s
 
 
 def _matches(spec, layer: str, key: str) -> bool:
-    """PEFT-style: a name or dotted suffix of the module or of the key, or a full regex match of either."""
-    kind, pattern = spec
-    if kind == "regex":
-        return pattern.fullmatch(layer) is not None or pattern.fullmatch(key) is not None
-    return any(name in (layer, key) or layer.endswith("." + name) or key.endswith("." + name) for name in pattern)
+    """torchprox.prune's PEFT-style rule, on the module's name or the tensor's key."""
+    return name_matches(layer, spec) or name_matches(key, spec)
 
 
 def _name_spec(targets) -> tuple[str, Any]:
-    import re
-
-    if targets is None or targets == "all-linear":
-        return "all", None
-    if isinstance(targets, str):
-        return "regex", re.compile(targets)
-    if isinstance(targets, re.Pattern):
-        return "regex", targets
-    names = list(targets)
-    if not names or not all(isinstance(t, str) for t in names):
+    if targets is None:
+        return "all-linear", None
+    if isinstance(targets, (list, tuple)) and not targets:
         raise TypeError(f"targets must be None, 'all-linear', a regex string or a list of names, got {targets!r}")
-    return "names", [t.lstrip(".") for t in names]
+    return compile_targets(targets)
 
 
 def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list[Target]:
@@ -229,8 +242,8 @@ def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list
     layers, prefix = _layers_and_prefix(model)
     spec = _name_spec(targets)
     out = []
-    for key, layer, module, param, dim, why in _classify(layers, prefix, m):
-        if spec[0] == "all":
+    for key, layer, module, param, dim, why in _classify(layers, prefix):
+        if spec[0] == "all-linear":
             if why is not None:
                 continue
         elif not _matches(spec, layer, key):
@@ -241,7 +254,7 @@ def target_tensors(model: nn.Module, targets=None, m: int | None = None) -> list
                              "stay dense")
         out.append(Target(key, layer, module, param, dim))
     if not out:
-        example = next((k for k, *_ in _classify(layers, prefix, m)), prefix + ".0...")
+        example = next((k for k, *_ in _classify(layers, prefix)), prefix + ".0...")
         raise ValueError(f"targets={targets!r} selects no matrix weight inside the decoder blocks of "
                          f"{type(model).__name__} (names look like {example!r})")
     return _check_resolved(model, out, m)
@@ -289,7 +302,7 @@ def coverage_report(model: nn.Module, n: int, m: int, targets=None) -> dict[str,
         else None
     total = nm = 0
     dense: dict[str, str] = {}
-    for key, layer, module, param, dim, why in _classify(layers, prefix, m):
+    for key, layer, module, param, dim, why in _classify(layers, prefix):
         tensor = getattr(module, param)
         name = f"{layer}.{param}"
         total += tensor.numel()

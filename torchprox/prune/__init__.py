@@ -35,7 +35,8 @@ Examples:
     >>> is_nm(mlp[0].weight, 2, 4, dim=1) and is_nm(mlp[2].weight, 2, 4, dim=1)
     True
 """
-from ._layers import check_groupable, is_hf_conv1d, register_layout, registered_dim, select_modules
+from ._layers import (check_groupable, compile_targets, is_hf_conv1d, name_matches, register_layout, registered_dim,
+                      select_modules)
 from .learnable import apply_learned_masks, learnable_nm, learnable_nm_model, prox_param_groups, restore_dense
 from .oneshot import NMStructured, nm_structured
 from .parametrization import NMParametrization, nm_parametrizations, original_weights
@@ -48,5 +49,5 @@ __all__ = [
     "NMStructured", "nm_structured", "remove", "remove_all", "is_pruned", "is_nm", "nm_fraction",
     "sparsity_report", "NMParametrization", "restore_dense",
     "nm_parametrizations", "select_modules", "check_groupable", "is_hf_conv1d", "register_layout",
-    "registered_dim", "original_weights",
+    "registered_dim", "original_weights", "compile_targets", "name_matches",
 ]

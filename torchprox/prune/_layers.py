@@ -201,7 +201,19 @@ def check_not_shared(module: nn.Module, name: str = "weight") -> None:
         "torch.nn.Parameter(model.lm_head.weight.detach().clone()); or leave this layer dense")
 
 
-def _compile_targets(targets) -> tuple[str, object]:
+def compile_targets(targets) -> tuple[str, object]:
+    """A PEFT-style target spec in the form [`name_matches`][torchprox.prune._layers.name_matches] reads:
+    ``("all-linear", None)``, ``("regex", compiled pattern)`` or ``("names", [names or dotted suffixes])``.
+
+    Raises:
+        TypeError: not ``"all-linear"``, a regex string / ``re.Pattern``, or an iterable of str.
+
+    Examples:
+        >>> compile_targets(["q_proj", ".mlp.down_proj"])
+        ('names', ['q_proj', 'mlp.down_proj'])
+        >>> compile_targets(r".*_proj")[0]
+        'regex'
+    """
     if isinstance(targets, str):
         if targets == "all-linear":
             return "all-linear", None
@@ -243,8 +255,15 @@ def split_param_targets(targets) -> tuple[object, list[tuple[nn.Module, str, int
 
 
 def name_matches(qualname: str, spec) -> bool:
-    """PEFT-style match: a list of names/suffixes (``"q_proj"`` matches ``"...self_attn.q_proj"``) or a
-    regex (full match of the qualified name)."""
+    """PEFT-style match of a qualified name against a spec from
+    [`compile_targets`][torchprox.prune._layers.compile_targets]: a list of names/suffixes (``"q_proj"``
+    matches ``"...self_attn.q_proj"``) or a regex (full match of the qualified name).
+
+    Examples:
+        >>> spec = compile_targets(["q_proj"])
+        >>> name_matches("model.layers.0.self_attn.q_proj", spec), name_matches("model.layers.0.self_attn.k_proj", spec)
+        (True, False)
+    """
     kind, pat = spec
     if kind == "regex":
         return pat.fullmatch(qualname) is not None
@@ -276,8 +295,8 @@ def select_modules(model: nn.Module, targets="all-linear", exclude=None):
     Otherwise every module whose qualified name matches (names/suffixes list or full-match regex); those are
     ``explicit`` and a mismatching type or shape is an error for the caller to raise.
     """
-    spec = _compile_targets(targets)
-    excl = _compile_targets(exclude) if exclude is not None else None
+    spec = compile_targets(targets)
+    excl = compile_targets(exclude) if exclude is not None else None
     if excl is not None and excl[0] == "all-linear":
         raise ValueError("exclude='all-linear' is not meaningful; pass names, suffixes or a regex")
     embedding_weights = {id(mod.weight) for mod in model.modules() if isinstance(mod, nn.Embedding)}
