@@ -169,3 +169,34 @@ def test_learn_masks_then_a_distilling_finetune():
             assert is_nm(p, 2, 4, dim=1)
     with pytest.raises(ValueError, match="unknown term"):
         ProxSparseConfig(reconstruct_loss="mse")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(loss="kd", kd_temperature=float("nan")), "temperature"), (dict(loss="kd", kd_temperature=0), "temperature"),
+    (dict(lr=float("nan")), "lr must be"), (dict(lr=-1e-3), "lr must be"),
+])
+def test_finetune_refuses_bad_settings_before_touching_the_model(kwargs, match):
+    from torchprox.llm import finetune_masked, magnitude_prune
+
+    model = tiny_llama()
+    dense = {f"{name}.weight": mod.weight.detach().clone() for name, mod in model.named_modules()
+             if name.endswith("proj")}
+    magnitude_prune(model, 2, 4)
+    masks = {key: model.get_submodule(key.removesuffix(".weight")).weight != 0 for key in dense}
+    before = {name: (p.detach().clone(), p.requires_grad) for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=match):
+        finetune_masked(model, torch.randint(0, 64, (4, 16)), masks, steps=2, dense=dense, **kwargs)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name][0]) and p.requires_grad == before[name][1]
+
+
+def test_distillation_on_a_fused_moe_model():
+    from .tiny import tiny_moe
+
+    model = tiny_moe("mixtral")
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learn_masks(model, torch.randint(0, 64, (4, 16)), 2, 4, ProxSparseConfig(steps=2, loss="lm+kd+hidden"),
+                progress=False)
+    for name in ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"):
+        w = model.get_parameter(name)
+        assert is_nm(w, 2, 4, dim=2) and torch.equal(w[w != 0], w0[name][w != 0])

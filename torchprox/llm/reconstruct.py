@@ -10,6 +10,7 @@ their results are reported apart from it:
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -131,6 +132,8 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     targets = _targets(model, masks)
     terms = parse_loss(loss)
     teacher = None
@@ -142,6 +145,8 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
         pairs = [(targets[key.removesuffix(".weight")], dense[key]) for key in masks]
         check_dense_pairs(pairs)  # before anything changes
         teacher = lambda model: dense_weights(pairs)  # noqa: E731
+    # Built (and its temperature checked) before anything changes.
+    loss_fn = None if teacher is None and loss == "lm" else distillation_loss(loss, kd_temperature, teacher)
     requires = freeze(model)
     params, hooks = [], []
     for key, mask in masks.items():
@@ -156,9 +161,7 @@ def finetune_masked(model: nn.Module, calib: Tensor, masks: dict[str, Tensor], s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / steps))
     try:
         losses, seconds = train_lm(model, calib, block_order(calib.shape[0], steps, batch_size, seed), opt, sched,
-                                   progress=progress, desc="masked fine-tune",
-                                   loss_fn=None if teacher is None and loss == "lm"
-                                   else distillation_loss(loss, kd_temperature, teacher))
+                                   progress=progress, desc="masked fine-tune", loss_fn=loss_fn)
     finally:
         for h in hooks:
             h.remove()
