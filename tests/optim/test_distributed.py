@@ -80,6 +80,20 @@ def _init(rank: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
 
 
+def _done() -> None:
+    """Leave cleanly: wait for the other rank, tear the group down, and skip interpreter finalization.
+
+    Gloo's worker threads can outlive ``destroy_process_group`` by a moment; when the interpreter is torn down
+    under them the process aborts ("terminate called without an active exception", seen once in CI on a
+    2-core machine; pytorch/pytorch#179291 describes the race). Both ranks have finished and rank 0 has saved
+    its results before the barrier, so ``os._exit(0)`` loses nothing. Called only on success: an exception
+    still propagates to ``mp.spawn`` with its traceback.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _save(obj, path: str) -> None:
     tmp = f"{path}.tmp"
     torch.save(obj, tmp)
@@ -98,8 +112,10 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
             results[metric] = finish(model)
         if rank == 0:
             _save(results, out)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    _done()
 
 
 def _fsdp_worker(rank: int, port: int, out: str) -> None:
@@ -149,8 +165,10 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
         if rank == 0:
             results["prox_full"] = prox_nm(y, 0.5, n=2, m=4, dim=1)
             _save(results, out)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    _done()
 
 
 def _free_port() -> int:
