@@ -1,23 +1,27 @@
-// Exact coordinate descent on the top-k supports (k > n + 1) of the scalar-step prox: one sweep (cd_sweep),
-// descent to convergence, and the two per-thread stores that run the descents of the groups that need
-// them: DescentEngine (m > 4, lane refill) and PackedDescents (m = 4, packed blocks).
+// Exact coordinate descent, the one routine of every path: one sweep (cd_sweep, with an optional diagonal
+// metric) and descent to convergence (coordinate_descent), used on the top-k supports (k > n + 1) of the
+// scalar-step prox and on the supports of the diagonal-metric prox (metric.h); and the two per-thread stores that
+// run the scalar-step descents of the groups that need them: DescentEngine (m > 4, lane refill) and
+// PackedDescents (m = 4, packed blocks).
 #pragma once
 #include "lanes.h"
 
 namespace {
 
 // One sweep of projected coordinate descent on x[0..k) (the rest of the group stays 0) for
-// 1/2 sum (x - b)^2 + lam e_{n+1}(x), x >= 0: x_i <- max(0, b_i - lam e_n(x minus i)), last coordinate first, in
+// 1/2 sum (x - b)^2 / s + lam e_{n+1}(x), x >= 0: x_i <- max(0, b_i - s_i lam e_n(x minus i)), last coordinate first, in
 // the lanes where active is nonzero; change[l] is the lane's largest move, en[l] (if given) e_n(x[0..k)) at the start
 // of the sweep. e_n(x minus i) = sum_r P_i[r] S_i[n - r]
 // with P_i the elementary symmetric polynomials of x[0..i) (computed at the start of the sweep: those
 // coordinates are not updated yet) and S_i those of x(i..k) (grown one updated coordinate at a time): O(k n) a
 // sweep, sums of non-negative terms only. A lane whose b and x are 0 on [j, k) gets the same bits as a sweep on
 // x[0..j): those coordinates stay +0 and add exact zeros. The terms with P_i[0] = S_i[0] = 1 are added without
-// their product, the same bits (1 * s and fma(p, 1, c) are exact) for fewer loads.
+// their product, the same bits (1 * s and fma(p, 1, c) are exact) for fewer loads. step: the per-coordinate
+// steps s [k][kLanes] of the diagonal-metric prox (metric.h, on a support gathered into x[0..k)), or nullptr for
+// s = 1 (the scalar-step prox).
 template <typename T>
 INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* active,
-                     T* change, T* en = nullptr) {
+                     T* change, T* en = nullptr, const T (*step)[kLanes<T>] = nullptr) {
   T P[kMaxM][kMaxM][kLanes<T>];  // P[i][r]: e_r(x[0..i)), r = 0..n
   LANES P[0][0][l] = 1;
   for (int r = 1; r <= n; ++r) LANES P[0][r][l] = 0;
@@ -37,7 +41,7 @@ INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, c
     for (int r = 1; r < n; ++r) LANES c[l] += P[i][r][l] * S[n - r][l];
     LANES c[l] += P[i][n][l];
     LANES {
-      T v = b[i][l] - lam[l] * c[l];
+      T v = b[i][l] - (step == nullptr ? lam[l] : step[i][l] * lam[l]) * c[l];
       v = v < 0 ? T(0) : v;
       const T dv = std::fabs(v - x[i][l]);
       change[l] = dv > change[l] ? dv : change[l];
@@ -49,16 +53,16 @@ INLINE void cd_sweep(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, c
 }
 
 // Coordinate descent (sweeps of cd_sweep) until no lane moves by more than tol[l] (each lane stops on its own)
-// or the sweep cap. lanes: which lanes to iterate at all (the others keep x), or all of them.
+// or the sweep cap. lanes: which lanes to iterate at all (the others keep x), or all of them; step: as cd_sweep's.
 template <typename T>
 INLINE void coordinate_descent(T (*x)[kLanes<T>], const T (*b)[kLanes<T>], int k, int n, const T* lam, const T* tol,
-                               const T* lanes = nullptr) {
+                               const T* lanes = nullptr, const T (*step)[kLanes<T>] = nullptr) {
   T active[kLanes<T>];
   LANES active[l] = lanes == nullptr ? T(1) : lanes[l];
   if (lanes != nullptr && count(active) == 0) return;
   for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
     T change[kLanes<T>];
-    cd_sweep(x, b, k, n, lam, active, change);
+    cd_sweep<T>(x, b, k, n, lam, active, change, nullptr, step);
     LANES active[l] *= change[l] > tol[l] ? T(1) : T(0);
     if (count(active) == 0) break;
   }

@@ -4,6 +4,7 @@
 #include "descent.h"
 #include "lanes.h"
 #include "m4.h"
+#include "newton.h"
 
 namespace {
 
@@ -34,7 +35,6 @@ template <typename T, int NT, int MT>
 void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descents<T, NT, MT>& engine,
                 const int64_t* rows, int64_t g0) {
   const int n = NT ? NT : n_rt, m = MT ? MT : m_rt;
-  const T tiny = std::numeric_limits<T>::min();
   T b[kMaxM][kLanes<T>], best[kMaxM][kLanes<T>], cand[kMaxM][kLanes<T>], grown[kMaxM][kLanes<T>];
   int idx[kMaxM][kLanes<T>];
   T scale[kLanes<T>], lam_g[kLanes<T>], best_f[kLanes<T>], f[kLanes<T>], tol_g[kLanes<T>];
@@ -104,44 +104,10 @@ void prox_block(const T* y, T* out, int lanes, int n_rt, int m_rt, T lam, Descen
     best[i][l] = i < n ? b[i][l] : T(0);
     best_f[l] += i < n ? T(0) : T(0.5) * b[i][l] * b[i][l];
   }
-  // Candidate 2: the top n+1, exactly: Newton from z = b_n on psi(z) = lam prod u_i(z) + z - b_n.
+  // Candidate 2: the top n+1, exactly (newton.h; the smallest of them is b_n, the last).
   const int k1 = n + 1;
-  T z[kLanes<T>], gaps[kMaxM][kLanes<T>];
-  for (int i = 0; i < k1 - 1; ++i) LANES {
-    const T g = b[i][l] * b[i][l] - b[k1 - 1][l] * b[k1 - 1][l];
-    gaps[i][l] = g > 0 ? g : T(0);
-  }
-  T active[kLanes<T>];  // 1 until the lane converges: each group stops on its own, never influenced by others
-  LANES { z[l] = b[k1 - 1][l]; active[l] = 1; }
-  for (int it = 0; it < Iters<T>::newton; ++it) {
-    T prod[kLanes<T>], dlog[kLanes<T>], d[kLanes<T>];
-    LANES { d[l] = 2 * z[l] - b[k1 - 1][l]; prod[l] = 1; dlog[l] = 0; }
-    for (int i = 0; i < k1 - 1; ++i) LANES {
-      const T ri = std::sqrt(d[l] * d[l] + gaps[i][l]);
-      const T ui = (b[i][l] + ri) * T(0.5);
-      prod[l] *= ui;
-      const T den = ri * ui;
-      dlog[l] += d[l] / (den > tiny ? den : tiny);
-    }
-    LANES {
-      const T psi = lam_g[l] * prod[l] + z[l] - b[k1 - 1][l];
-      const T dpsi = 1 + lam_g[l] * prod[l] * dlog[l];
-      T zn = dpsi > 0 ? z[l] - psi / (dpsi > tiny ? dpsi : tiny) : T(0);
-      zn = zn < 0 ? T(0) : (zn > b[k1 - 1][l] ? b[k1 - 1][l] : zn);
-      const T moving = std::fabs(zn - z[l]) > Iters<T>::tol ? T(1) : T(0);
-      z[l] = active[l] != 0 ? zn : z[l];
-      active[l] *= moving;
-    }
-    T running = 0;
-    LANES running += active[l];
-    if (running == 0) break;
-  }
-  for (int i = 0; i < m; ++i) LANES cand[i][l] = 0;
-  for (int i = 0; i < k1 - 1; ++i) LANES {
-    const T d = 2 * z[l] - b[k1 - 1][l];
-    cand[i][l] = (b[i][l] + std::sqrt(d * d + gaps[i][l])) * T(0.5);
-  }
-  LANES cand[k1 - 1][l] = z[l];
+  newton_support<T, NT ? NT + 1 : 0, NewtonStop::Absolute>(b, k1, b[k1 - 1], nullptr, lam_g, nullptr, cand);
+  for (int i = k1; i < m; ++i) LANES cand[i][l] = 0;
   objective(cand, b, m, n, lam_g, f);
   keep_best(best, best_f, cand, f, m);
   std::memcpy(grown, cand, sizeof(T) * kLanes<T> * m);

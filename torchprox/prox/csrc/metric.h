@@ -1,8 +1,10 @@
 // The diagonal-metric prox for m = 4 (argmin 1/2 sum (x - b)^2 / s + lam e_{n+1}(x)): the general solver of
 // a block (metric_block) for the groups that convex_m4 leaves, and the OpenMP loop.
 #pragma once
+#include "descent.h"
 #include "lanes.h"
 #include "m4.h"
+#include "newton.h"
 
 namespace {
 
@@ -11,15 +13,14 @@ namespace {
 // stop on their own). Scaled by a power of two to max |y| in [0.5, 1) (lam by 2^(e (n-1)); the step is
 // unchanged), then the candidates: the top n of a^2/s (ties: lower index) as they are; every support of size
 // n+1, where x_i = c_i u_i with c_i = sqrt(s_i) turns the problem into the unweighted one with b_i = a_i / c_i
-// and lam prod c_i, solved by monotone Newton on psi (see prox_block; it needs only the support's smallest b,
-// ties: the higher index, and the gaps of the others, in any order); every larger support by coordinate descent
-// from a. The smallest objective wins (strict <: the earlier candidate on ties). Solves the lanes l < lanes
+// and lam prod c_i, solved by newton.h's monotone Newton (it needs only the support's smallest b, ties: the
+// higher index, and the gaps of the others, in any order); every larger support by descent.h's coordinate descent
+// from a, with the steps s, on the support gathered into its first k coordinates. The smallest objective wins (strict <: the earlier candidate on ties). Solves the lanes l < lanes
 // (the others are padding). (Lanes rather than one group at a time: the divisions and square roots of one
 // group form a dependent chain.)
 template <typename T, int N>
 void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
   constexpr int m = 4, K1 = N + 1;
-  const T tiny = std::numeric_limits<T>::min();
   T a[m][kLanes<T>], s[m][kLanes<T>], amax[kLanes<T>], finite[kLanes<T>], lam_g[kLanes<T>];
   T up1[kLanes<T>], up2[kLanes<T>];
   T dn1[kLanes<T>], dn2[kLanes<T>];
@@ -82,80 +83,18 @@ void metric_block(const T* y, const T* step, T* out, int lanes, T lam) {
         LANES bk[l] = beta[j][l] <= bk[l] ? beta[j][l] : bk[l];
         LANES bmax[l] = beta[j][l] > bmax[l] ? beta[j][l] : bmax[l];
       }
-      T gap[K1][kLanes<T>], z[kLanes<T>], active[kLanes<T>];  // gap of the smallest itself: unused (masked below)
+      T u[K1][kLanes<T>];
+      newton_support<T, K1, NewtonStop::Relative>(beta, K1, bk, low, lam_p, bmax, u);
       for (int j = 0; j < K1; ++j) LANES {
-        const T g = beta[j][l] * beta[j][l] - bk[l] * bk[l];
-        gap[j][l] = g > 0 ? g : T(0);
-      }
-      LANES { z[l] = bk[l]; active[l] = 1; }
-      for (int it = 0; it < Iters<T>::newton; ++it) {
-        T d[kLanes<T>], prod[kLanes<T>], dlog[kLanes<T>];
-        LANES { d[l] = 2 * z[l] - bk[l]; prod[l] = 1; dlog[l] = 0; }
-        for (int j = 0; j < K1; ++j) LANES {
-          const T rj = std::sqrt(d[l] * d[l] + gap[j][l]);
-          const T uj = (beta[j][l] + rj) * T(0.5);
-          const T den = rj * uj;
-          const T inc = d[l] / (den > tiny ? den : tiny);  // (unconditional: divisions are not if-converted)
-          const bool other = low[l] != T(j);
-          prod[l] = other ? prod[l] * uj : prod[l];
-          dlog[l] = other ? dlog[l] + inc : dlog[l];
-        }
-        for (int h = 0; h < kLanes<T>; h += 16) {  // the Newton update, in explicit vectors of 16 lanes: GCC does not
-          using V = typename Vec16<T>::V;       // if-convert this loop over lanes by itself
-          V zv, bkv, lpv, pv, dlv, bmv, av;
-          std::memcpy(&zv, z + h, sizeof(V));
-          std::memcpy(&bkv, bk + h, sizeof(V));
-          std::memcpy(&lpv, lam_p + h, sizeof(V));
-          std::memcpy(&pv, prod + h, sizeof(V));
-          std::memcpy(&dlv, dlog + h, sizeof(V));
-          std::memcpy(&bmv, bmax + h, sizeof(V));
-          std::memcpy(&av, active + h, sizeof(V));
-          const V zero = V{}, tinyv = V{} + tiny;
-          const V psi = lpv * pv + zv - bkv;
-          const V dpsi = 1 + lpv * pv * dlv;
-          V zn = dpsi > zero ? zv - psi / (dpsi > tinyv ? dpsi : tinyv) : zero;
-          zn = zn < zero ? zero : (zn > bkv ? bkv : zn);
-          const V dz = zn - zv;
-          const V step = dz < zero ? -dz : dz;
-          zv = av != zero ? zn : zv;
-          av = step > Iters<T>::tol * bmv ? av : zero;
-          std::memcpy(z + h, &zv, sizeof(V));
-          std::memcpy(active + h, &av, sizeof(V));
-        }
-        if (count(active) == 0) break;
-      }
-      for (int j = 0; j < K1; ++j) LANES {
-        const T d = 2 * z[l] - bk[l];
-        const T u = low[l] == T(j) ? z[l] : (beta[j][l] + std::sqrt(d * d + gap[j][l])) * T(0.5);
-        const T xi = u * c[j][l];
+        const T xi = u[j][l] * c[j][l];
         x[on[j]][l] = xi < a[on[j]][l] ? xi : a[on[j]][l];
       }
-    } else {  // coordinate descent from a on the support
-      T active[kLanes<T>];
-      LANES active[l] = 1;
-      for (int j = 0; j < k; ++j) LANES x[on[j]][l] = a[on[j]][l];
-      for (int sweep = 0; sweep < Iters<T>::sweeps; ++sweep) {
-        T change[kLanes<T>];
-        LANES change[l] = 0;
-        for (int j = k - 1; j >= 0; --j) {
-          const int i = on[j];
-          T el[N + 1][kLanes<T>];  // e_r(x minus i), r <= n
-          LANES el[0][l] = 1;
-          for (int r = 1; r <= N; ++r) LANES el[r][l] = 0;
-          for (int t = 0; t < m; ++t)
-            if (t != i)
-              for (int r = N; r >= 1; --r) LANES el[r][l] += x[t][l] * el[r - 1][l];
-          LANES {
-            T v = a[i][l] - s[i][l] * lam_g[l] * el[N][l];
-            v = v > 0 ? v : T(0);
-            const T dv = std::fabs(v - x[i][l]);
-            change[l] = dv > change[l] ? dv : change[l];  // (an inactive lane stays inactive whatever it says)
-            x[i][l] = active[l] != 0 ? v : x[i][l];
-          }
-        }
-        LANES active[l] *= change[l] > Iters<T>::tol ? T(1) : T(0);
-        if (count(active) == 0) break;
-      }
+    } else {  // coordinate descent from a on the support, gathered into its first k coordinates (descent.h)
+      T xs[m][kLanes<T>], as[m][kLanes<T>], ss[m][kLanes<T>], tol[kLanes<T>];
+      for (int j = 0; j < k; ++j) LANES { xs[j][l] = as[j][l] = a[on[j]][l]; ss[j][l] = s[on[j]][l]; }
+      LANES tol[l] = Iters<T>::tol;
+      coordinate_descent<T>(xs, as, k, N, lam_g, tol, nullptr, ss);
+      for (int j = 0; j < k; ++j) LANES x[on[j]][l] = xs[j][l];
     }
     objective();
   }

@@ -21,7 +21,8 @@
 //
 // Files (one translation unit: this file includes the headers, each of which includes what it uses):
 //   lanes.h    blocks, lane loops, e_k, the objective, powers of two and scaling, the write-back, vectors of 16
-//   descent.h  coordinate descent on the top-k supports and the per-thread stores that run it
+//   newton.h   monotone Newton on a support of n + 1 (both the scalar-step and the diagonal-metric path)
+//   descent.h  coordinate descent (both paths) and the per-thread stores that run the scalar-step descents
 //   m4.h       the m = 4 convex case in explicit vectors, and the split of a block between it and a solver
 //   general.h  the scalar-step prox of one block, any m, and its loop
 //   metric.h   the diagonal-metric prox (m = 4)
