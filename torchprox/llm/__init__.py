@@ -33,8 +33,9 @@ from .experts import ExpertInputStats, routed_inputs, supports_capture
 from .evaluate import perplexity, perplexity_texts
 from .export import MANIFEST, check_replaceable, check_sparse, memory_report, save_sparse, sparse_manifest
 from .markup import strip_wiki_markup
-from .models import (DEFAULT_MODEL_NAMES, default_cache_dir, default_model_path, default_model_source,
-                     load_default_model, load_model)
+from .models import (DEFAULT_MODEL_NAMES, GEMMA3_SHA256, PACKAGED_MODELS, PackagedModel, default_cache_dir,
+                     default_model_path, default_model_source, gemma3_gguf_path, load_default_model, load_model,
+                     load_packaged_model, packaged_cache_dir, packaged_model, packaged_model_source)
 from .proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig, learn_masks, nm_progress
 from .reconstruct import finetune_masked, obs_update
 from .semi_structured import to_semi_structured
@@ -52,7 +53,9 @@ __all__ = [
     "tokenize_blocks", "calibration_blocks", "evaluation_blocks",
     # models and target layers
     "DEFAULT_MODEL_NAMES", "load_default_model", "load_model", "default_model_path", "default_cache_dir",
-    "default_model_source", "decoder_layers", "target_linears", "linear_group_dim",
+    "default_model_source", "PACKAGED_MODELS", "PackagedModel", "packaged_model", "packaged_cache_dir",
+    "packaged_model_source", "load_packaged_model", "gemma3_gguf_path", "GEMMA3_SHA256",
+    "decoder_layers", "target_linears", "linear_group_dim",
     "Target", "target_tensors", "coverage_report", "expert_layout", "UNFLAGGED_EXPERTS", "ROUTER",
     "routed_inputs", "supports_capture", "ExpertInputStats",
     # evaluation, the demo

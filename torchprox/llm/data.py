@@ -9,7 +9,8 @@ Everything here is deterministic and offline (nothing is ever downloaded).
 * [`load_texts`][torchprox.llm.data.load_texts]: ``"builtin"``, ``"news"``, a UTF-8 text file, a directory of ``.txt``/``.md`` files, a list of strings,
   or a ``datasets.Dataset`` with a ``"text"`` column -> list of documents.
 * [`split_texts`][torchprox.llm.data.split_texts]: the deterministic document split used for user sources (last 30% for evaluation).
-* [`tokenize_blocks`][torchprox.llm.data.tokenize_blocks]: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows.
+* [`tokenize_blocks`][torchprox.llm.data.tokenize_blocks]: documents -> ``LongTensor (B, seqlen)`` of non-overlapping token windows, each
+  starting with BOS when the tokenizer adds one by default (Gemma does, SmolLM2 does not).
 * [`calibration_blocks`][torchprox.llm.data.calibration_blocks] / [`evaluation_blocks`][torchprox.llm.data.evaluation_blocks]: the two convenience wrappers.
 
 Examples:
@@ -167,6 +168,16 @@ def split_texts(texts: Sequence[str], eval_fraction: float = 1 - CALIB_FRACTION)
 # ----------------------------------------------------------------------------------------------------------
 # Tokenization
 # ----------------------------------------------------------------------------------------------------------
+def _ids(out: Any) -> list[int]:
+    """The token ids of one text from a tokenizer's output (a dict-like with ``input_ids``, a list, a tensor)."""
+    ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    if ids and isinstance(ids[0], (list, tuple)):  # batched output for a single text
+        ids = ids[0]
+    return list(ids)
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens, for HF tokenizers and simple stubs alike."""
     if callable(tokenizer):
@@ -174,16 +185,38 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
             out = tokenizer(text, add_special_tokens=False, verbose=False)
         except TypeError:
             out = tokenizer(text, add_special_tokens=False)
-        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
     elif hasattr(tokenizer, "encode"):
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        out = tokenizer.encode(text, add_special_tokens=False)
     else:
         raise TypeError(f"tokenizer of type {type(tokenizer).__name__} is neither callable nor has .encode")
-    if isinstance(ids, torch.Tensor):
-        ids = ids.reshape(-1).tolist()
-    if ids and isinstance(ids[0], (list, tuple)):  # batched output for a single text
-        ids = ids[0]
-    return list(ids)
+    return _ids(out)
+
+
+def _default_bos(tokenizer: Any) -> int | None:
+    """``bos_token_id`` if the tokenizer puts it first when called with its defaults, else None.
+
+    Asked by tokenizing ``"a"``: flags such as ``add_bos_token`` are not reliable (GGUF-converted Gemma
+    tokenizers add BOS whatever theirs says). Stubs without ``bos_token_id`` never get one."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if not isinstance(bos, int) or isinstance(bos, bool) or not callable(tokenizer):
+        return None
+    try:
+        ids = _ids(tokenizer("a"))
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot be asked is treated as adding nothing
+        return None
+    return bos if ids and ids[0] == bos else None
+
+
+def _window_bos(tokenizer: Any, bos: bool | None) -> int | None:
+    """The id each window starts with (None: none): ``bos=None`` asks the tokenizer, True forces its BOS."""
+    if bos is None:
+        return _default_bos(tokenizer)
+    if not bos:
+        return None
+    token = getattr(tokenizer, "bos_token_id", None)
+    if token is None:
+        raise ValueError("bos=True, but the tokenizer has no bos_token_id")
+    return int(token)
 
 
 def tokenize_blocks(
@@ -195,12 +228,21 @@ def tokenize_blocks(
     max_tokens: int | None = None,
     sample: str = "contiguous",
     seed: int = 0,
+    bos: bool | None = None,
 ) -> torch.Tensor:
     """Tokenize documents into non-overlapping windows: a ``LongTensor`` of shape ``(B, seqlen)``.
 
     The documents are joined with ``"\\n\\n"`` and tokenized once, without BOS or other special tokens. The
     token stream (cut to its first ``max_tokens`` tokens if given) is split into ``len // seqlen``
-    non-overlapping windows (a trailing partial window is dropped). Then:
+    non-overlapping windows (a trailing partial window is dropped).
+
+    BOS: a model trained with a BOS token first in every sequence (Gemma) scores much worse without it, so
+    when the tokenizer adds BOS by default (``tokenizer("a")`` starts with ``bos_token_id``; flags like
+    ``add_bos_token`` are not trusted) each window is BOS followed by the next ``seqlen - 1`` text tokens: the
+    windows keep their length ``seqlen``, cover ``seqlen - 1`` text tokens each, and ``max_tokens`` caps the
+    window tokens (``B ≤ max_tokens // seqlen``). ``bos=True`` forces this with the tokenizer's
+    ``bos_token_id``, ``bos=False`` turns it off; with a tokenizer that adds no BOS (SmolLM2, the default
+    ``bos=None``) the windows are exactly the plain ones. Then:
 
     * ``sample="contiguous"`` (evaluation): the first ``n_blocks`` windows, or all of them if ``n_blocks`` is
       None;
@@ -213,7 +255,8 @@ def tokenize_blocks(
     gives both counts).
 
     With T tokens (after ``max_tokens``) there are ``⌊T / seqlen⌋`` windows; window k is tokens
-    ``[k·seqlen, (k+1)·seqlen)``.
+    ``[k·seqlen, (k+1)·seqlen)``. With BOS and T text tokens: ``min(⌊T / (seqlen − 1)⌋, ⌊max_tokens / seqlen⌋)``
+    windows, window k is BOS then text tokens ``[k·(seqlen − 1), (k+1)·(seqlen − 1))``.
 
     Examples:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -227,6 +270,18 @@ def tokenize_blocks(
         >>> texts = [" ".join(f"w{i % 64}" for i in range(500))]
         >>> tokenize_blocks(tok, texts, seqlen=32, n_blocks=8, sample="random", seed=0).shape
         torch.Size([8, 32])
+
+        A tokenizer whose post-processor adds a BOS (id 63) gets it first in every window:
+
+        >>> from tokenizers import processors
+        >>> backend.post_processor = processors.TemplateProcessing(single="w63 $A", special_tokens=[("w63", 63)])
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0", bos_token="w63")
+        >>> tok("w1")["input_ids"], tok("w1", add_special_tokens=False)["input_ids"]
+        ([63, 1], [1])
+        >>> tokenize_blocks(tok, ["w1 w2 w3 w4 w5", "w6 w7 w8 w9"], seqlen=4)   # BOS + 3 text tokens each
+        tensor([[63,  1,  2,  3],
+                [63,  4,  5,  6],
+                [63,  7,  8,  9]])
     """
     if not isinstance(seqlen, int) or seqlen < 1:
         raise ValueError(f"seqlen must be a positive int, got {seqlen!r}")
@@ -238,20 +293,26 @@ def tokenize_blocks(
         raise ValueError(f"sample must be 'contiguous' or 'random', got {sample!r}")
     if sample == "random" and n_blocks is None:
         raise ValueError("sample='random' needs n_blocks")
+    bos_id = _window_bos(tokenizer, bos)
+    if bos_id is not None and seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2 when every window starts with BOS, got {seqlen}")
+    body = seqlen - (bos_id is not None)  # text tokens per window
     if isinstance(texts, str):
         texts = [texts]
     ids = torch.tensor(_encode(tokenizer, "\n\n".join(texts)), dtype=torch.long)
     n_tok = ids.numel()
-    usable = n_tok if max_tokens is None else min(n_tok, max_tokens)
-    n_windows = usable // seqlen
-    needed = seqlen * (n_blocks or 1)
+    n_windows = n_tok // body if max_tokens is None else min(n_tok // body, max_tokens // seqlen)
+    needed = body * (n_blocks or 1)
     if n_windows < (n_blocks or 1):
         where = f" (within max_tokens={max_tokens})" if max_tokens is not None and max_tokens < n_tok else ""
+        each = " (BOS + seqlen-1 text tokens each)" if bos_id is not None else ""
         raise ValueError(
             f"not enough text: {n_tok} tokens{where}, but {needed} are needed for "
-            f"{n_blocks or 1} block(s) of seqlen={seqlen}"
+            f"{n_blocks or 1} block(s) of seqlen={seqlen}{each}"
         )
-    windows = ids[: n_windows * seqlen].view(n_windows, seqlen)
+    windows = ids[: n_windows * body].view(n_windows, body)
+    if bos_id is not None:
+        windows = torch.cat([torch.full((n_windows, 1), bos_id, dtype=torch.long), windows], dim=1)
     if sample == "random":
         gen = torch.Generator().manual_seed(int(seed))
         idx = torch.randperm(n_windows, generator=gen)[:n_blocks]
@@ -266,12 +327,14 @@ def _split_source(source: Any) -> tuple[list[str], list[str]]:
 
 
 def calibration_blocks(
-    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, n_blocks: int = 64, seed: int = 0
+    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, n_blocks: int = 64, seed: int = 0,
+    *, bos: bool | None = None
 ) -> torch.Tensor:
     """``n_blocks`` random windows ``(n_blocks, seqlen)`` from the calibration part of ``source``.
 
     ``"builtin"`` uses the first 74 articles; any other source (see [`load_texts`][torchprox.llm.data.load_texts]) is split with
-    [`split_texts`][torchprox.llm.data.split_texts] (first 70% of documents). Deterministic for a given ``seed``.
+    [`split_texts`][torchprox.llm.data.split_texts] (first 70% of documents). Deterministic for a given ``seed``. Each window starts with
+    BOS when the tokenizer adds one by default (``bos``: see [`tokenize_blocks`][torchprox.llm.data.tokenize_blocks]).
 
     Examples:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -288,17 +351,20 @@ def calibration_blocks(
         ``(64, 512)``.
     """
     calib, _ = _split_source(source)
-    return tokenize_blocks(tokenizer, calib, seqlen, n_blocks, sample="random", seed=seed)
+    return tokenize_blocks(tokenizer, calib, seqlen, n_blocks, sample="random", seed=seed, bos=bos)
 
 
 def evaluation_blocks(
-    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, max_tokens: int | None = 16384
+    tokenizer: Any, source: Any = "builtin", seqlen: int = 512, max_tokens: int | None = 16384,
+    *, bos: bool | None = None
 ) -> torch.Tensor:
     """The first ``max_tokens // seqlen`` contiguous windows ``(B, seqlen)`` of the evaluation part of ``source``.
 
     ``"builtin"`` uses the last 32 articles; any other source is split with [`split_texts`][torchprox.llm.data.split_texts] (last 30% of
     documents, at least one). ``max_tokens`` caps the tokens used (None: all full windows); a source with
-    fewer tokens gives fewer windows, and one with less than ``seqlen`` tokens raises ValueError.
+    fewer tokens gives fewer windows, and one with less than ``seqlen`` tokens raises ValueError. Each window
+    starts with BOS when the tokenizer adds one by default (then it holds ``seqlen - 1`` text tokens; ``bos``:
+    see [`tokenize_blocks`][torchprox.llm.data.tokenize_blocks]).
 
     Examples:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -316,4 +382,4 @@ def evaluation_blocks(
         16,384 evaluation tokens.
     """
     _, evals = _split_source(source)
-    return tokenize_blocks(tokenizer, evals, seqlen, max_tokens=max_tokens, sample="contiguous")
+    return tokenize_blocks(tokenizer, evals, seqlen, max_tokens=max_tokens, sample="contiguous", bos=bos)
