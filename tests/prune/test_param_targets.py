@@ -197,3 +197,78 @@ def test_register_layout_rejects_bad_arguments():
     with pytest.raises(TypeError, match="dim must be an int"):
         register_layout(Experts, "w", True)
     assert _layers._LAYOUTS == {}
+
+
+class RoutedMoE(nn.Module):
+    """Top-1 routed experts in both fused layouts: up (experts, hidden, in) used as F.linear(x, up[e]) and down
+    (experts, hidden, out) used as h @ down[e], each token scaled by its router probability (Mixtral-style)."""
+
+    def __init__(self, experts=4, d_in=16, d_hid=32, d_out=1):
+        super().__init__()
+        self.router = nn.Linear(d_in, experts)
+        self.up = Experts(d_in, d_hid)
+        self.up.w = nn.Parameter(torch.randn(experts, d_hid, d_in) / d_in ** 0.5)
+        self.down = TransposedExperts(d_hid, d_out)
+        self.down.w = nn.Parameter(torch.randn(experts, d_hid, d_out) / d_hid ** 0.5)
+
+    def forward(self, x):
+        probs = self.router(x).softmax(-1)
+        weight, chosen = probs.max(-1)
+        out = x.new_zeros(x.shape[0], self.down.w.shape[-1])
+        for e in range(self.up.w.shape[0]):
+            rows = chosen == e
+            h = torch.tanh(F.linear(x[rows], self.up.w[e]))
+            out[rows] = (h @ self.down.w[e]) * weight[rows, None]
+        return out
+
+
+def test_learned_expert_masks_beat_magnitude_on_a_small_routed_moe():
+    """A small routed MoE (fused expert tensors in both layouts) fitted to a teacher, then its experts pruned 2:4
+    along their input dims two ways: the ProxSparse-learned mask (λ=1, 200 steps) has a held-out error clearly
+    below magnitude pruning's; without learning (0 steps, or λ=0: fine-tuning then top-2 of |W|) it does not."""
+    torch.manual_seed(0)
+    x = torch.randn(1024, 16)
+    teacher = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
+    with torch.no_grad():
+        y = teacher(x)
+    (x_train, y_train), (x_test, y_test) = (x[:768], y[:768]), (x[768:], y[768:])
+
+    def net():
+        torch.manual_seed(1)
+        return RoutedMoE()
+
+    def error(model):
+        with torch.no_grad():
+            return float(F.mse_loss(model(x_test), y_test))
+
+    def fit(model, opt, steps):
+        for _ in range(steps):
+            F.mse_loss(model(x_train), y_train).backward()
+            opt.step()
+            opt.zero_grad()
+
+    dense = net()
+    fit(dense, torch.optim.Adam(dense.parameters(), lr=1e-2), 300)
+    state = dense.state_dict()
+
+    magnitude = net()
+    magnitude.load_state_dict(state)
+    with torch.no_grad():
+        magnitude.up.w.mul_(nm_mask(magnitude.up.w.abs(), 2, 4, dim=2))
+        magnitude.down.w.mul_(nm_mask(magnitude.down.w.abs(), 2, 4, dim=1))
+
+    def learned(lam, steps):
+        model = net()
+        model.load_state_dict(state)
+        learnable_nm_model(model, targets=[(model.up, "w", -1), (model.down, "w", 1)])
+        opt = ProxAdam(prox_param_groups(model, lam=lam), lr=1e-2)
+        fit(model, opt, steps)
+        apply_learned_masks(model, optimizer=opt)
+        remove_all(model)
+        assert is_nm(model.up.w, 2, 4, dim=2) and is_nm(model.down.w, 2, 4, dim=1)
+        return error(model)
+
+    assert error(dense) < 0.5 * error(magnitude)  # the pruning problem is real (measured: 0.034 vs 0.114)
+    assert learned(1.0, 200) < 0.8 * error(magnitude)
+    assert not learned(0.0, 200) < 0.8 * error(magnitude)
+    assert not learned(1.0, 0) < 0.8 * error(magnitude)
