@@ -128,6 +128,28 @@ def test_wanda_expert_masks_equal_a_token_by_token_reference(arch, calib):
 
 
 @pytest.mark.parametrize("arch", FLAGGED)
+def test_sparsegpt_experts_equal_the_solver_on_a_token_by_token_hessian(arch, calib):
+    """Expert e is solved with H_e = 2 Σ_t (r_t x_t)(r_t x_t)ᵀ / rows_e built only from the rows routed to e
+    (for down_proj, e's own activations), oriented (out, in): the result equals sparsegpt_solve on that
+    reference Hessian."""
+    model = tiny_moe(arch)
+    module = first_experts(model)
+    rows = reference_rows(module, *experts_call(model, module, calib))
+    block = [t for t in expert_targets(model) if t.module is module]
+    w0 = {t.key: t.weight.detach().clone() for t in block}
+    sparsegpt_prune(model, calib, N, M, targets=[t.key for t in block], blocksize=16)
+    for t in block:
+        for e, x in enumerate(rows[t.param]):
+            x = x.double()
+            hessian = 2 * x.t() @ x / x.shape[0]
+            w = w0[t.key][e] if t.dim == 2 else w0[t.key][e].t()  # (out, in)
+            expected, _ = baselines.sparsegpt_solve(w, hessian.float(), N, M, blocksize=16)
+            got = t.weight.detach()[e] if t.dim == 2 else t.weight.detach()[e].t()
+            assert torch.equal(got != 0, expected != 0), (t.key, e)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3, msg=f"{t.key}[{e}]")
+
+
+@pytest.mark.parametrize("arch", FLAGGED)
 def test_sparsegpt_per_expert_output_error_beats_magnitude_on_routed_rows(arch, calib):
     model = tiny_moe(arch)
     module = first_experts(model)
