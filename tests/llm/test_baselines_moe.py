@@ -127,17 +127,23 @@ def test_wanda_expert_masks_equal_a_token_by_token_reference(arch, calib):
         assert torch.equal(t.weight != 0, nm_mask(scores, N, M, dim=t.dim)), t.key
 
 
-@pytest.mark.parametrize("arch", FLAGGED)
-def test_sparsegpt_experts_equal_the_solver_on_a_token_by_token_hessian(arch, calib):
-    """Expert e is solved with H_e = 2 Σ_t (r_t x_t)(r_t x_t)ᵀ / rows_e built only from the rows routed to e
-    (for down_proj, e's own activations), oriented (out, in): the result equals sparsegpt_solve on that
-    reference Hessian."""
+def sparsegpt_first_experts(arch, calib):
+    """SparseGPT on the first experts module of a tiny ``arch`` only: (its targets, reference_rows, their W0)."""
     model = tiny_moe(arch)
     module = first_experts(model)
     rows = reference_rows(module, *experts_call(model, module, calib))
     block = [t for t in expert_targets(model) if t.module is module]
     w0 = {t.key: t.weight.detach().clone() for t in block}
     sparsegpt_prune(model, calib, N, M, targets=[t.key for t in block], blocksize=16)
+    return block, rows, w0
+
+
+@pytest.mark.parametrize("arch", FLAGGED)
+def test_sparsegpt_experts_equal_the_solver_on_a_token_by_token_hessian(arch, calib):
+    """Expert e is solved with H_e = 2 Σ_t (r_t x_t)(r_t x_t)ᵀ / rows_e built only from the rows routed to e
+    (for down_proj, e's own activations), oriented (out, in): the result equals sparsegpt_solve on that
+    reference Hessian."""
+    block, rows, w0 = sparsegpt_first_experts(arch, calib)
     for t in block:
         for e, x in enumerate(rows[t.param]):
             x = x.double()
@@ -151,12 +157,7 @@ def test_sparsegpt_experts_equal_the_solver_on_a_token_by_token_hessian(arch, ca
 
 @pytest.mark.parametrize("arch", FLAGGED)
 def test_sparsegpt_per_expert_output_error_beats_magnitude_on_routed_rows(arch, calib):
-    model = tiny_moe(arch)
-    module = first_experts(model)
-    rows = reference_rows(module, *experts_call(model, module, calib))
-    block = [t for t in expert_targets(model) if t.module is module]
-    w0 = {t.key: t.weight.detach().clone() for t in block}
-    sparsegpt_prune(model, calib, N, M, targets=[t.key for t in block], blocksize=16)
+    block, rows, w0 = sparsegpt_first_experts(arch, calib)
     for t in block:
         for e, x in enumerate(rows[t.param]):
             assert x.shape[0] > 0

@@ -11,6 +11,7 @@ from torchprox.llm.reconstruct import obs_update  # noqa: E402
 from torchprox.prox import nm_mask  # noqa: E402
 from torchprox.prune import is_nm  # noqa: E402
 
+from ..tasks import teacher_regression  # noqa: E402
 from .tiny import tiny_llama  # noqa: E402
 
 
@@ -338,12 +339,7 @@ def test_learning_beats_magnitude_on_a_small_trained_mlp():
     from torchprox.prune import (apply_learned_masks, learnable_nm_model, nm_structured, prox_param_groups,
                                  remove, remove_all)
 
-    torch.manual_seed(0)
-    x = torch.randn(1024, 16)
-    teacher = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-    with torch.no_grad():
-        y = teacher(x)
-    (x_train, y_train), (x_test, y_test) = (x[:768], y[:768]), (x[768:], y[768:])
+    (x_train, y_train), (x_test, y_test) = teacher_regression()
 
     def net():
         torch.manual_seed(1)

@@ -13,6 +13,8 @@ from torchprox.prune import (apply_learned_masks, is_nm, learnable_nm, learnable
                              register_layout, remove_all)
 from torchprox.prune import _layers
 
+from ..tasks import teacher_regression
+
 E, D_IN, D_HID, D_OUT = 3, 8, 16, 8
 
 
@@ -226,12 +228,7 @@ def test_learned_expert_masks_beat_magnitude_on_a_small_routed_moe():
     """A small routed MoE (fused expert tensors in both layouts) fitted to a teacher, then its experts pruned 2:4
     along their input dims two ways: the ProxSparse-learned mask (λ=1, 200 steps) has a held-out error clearly
     below magnitude pruning's; without learning (0 steps, or λ=0: fine-tuning then top-2 of |W|) it does not."""
-    torch.manual_seed(0)
-    x = torch.randn(1024, 16)
-    teacher = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
-    with torch.no_grad():
-        y = teacher(x)
-    (x_train, y_train), (x_test, y_test) = (x[:768], y[:768]), (x[768:], y[768:])
+    (x_train, y_train), (x_test, y_test) = teacher_regression()
 
     def net():
         torch.manual_seed(1)
