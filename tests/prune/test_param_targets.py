@@ -9,9 +9,16 @@ from torch.nn.utils import parametrize
 
 from torchprox import ProxAdam
 from torchprox.prox import nm_mask
-from torchprox.prune import (apply_learned_masks, is_nm, learnable_nm, learnable_nm_model, prox_param_groups,
-                             register_layout, remove_all)
-from torchprox.prune import _layers
+from torchprox.prune import (
+    _layers,
+    apply_learned_masks,
+    is_nm,
+    learnable_nm,
+    learnable_nm_model,
+    prox_param_groups,
+    register_layout,
+    remove_all,
+)
 
 from ..tasks import teacher_regression
 
