@@ -156,7 +156,7 @@ SPARSIFY_ERRORS = [  # (extra flags, what the one-line message must contain)
     (["--data", "MISSING"], "--data"),
     (["--loss", "ce"], "unknown term 'ce'"), (["--loss", "lm+lm"], "appears twice"),
     (["--loss", "kd"], "would never move W"), (["--reconstruct-loss", "x"], "--reconstruct-loss"),
-    (["--kd-temperature", "0"], "--kd-temperature"),
+    (["--kd-temperature", "0"], "--kd-temperature"), (["--lr-normalization", "per-matrix"], "--lr-normalization"),
 ]
 
 
@@ -226,11 +226,15 @@ def test_sparsify_defaults_are_the_library_recipe(monkeypatch):
 
     names = [f.name for f in dataclasses.fields(ProxSparseConfig)]
     changed = dict(zip(names, ProxSparseConfig.__init__.__defaults__))
-    changed.update(steps=37, batch_size=3, lr=3e-4, warmup=0.25, lam=0.007, lam_ramp=0.5, seed=11)
+    changed.update(steps=37, batch_size=3, lr=3e-4, warmup=0.25, lam=0.007, lam_ramp=0.5, seed=11,
+                   lr_normalization="rms")
     monkeypatch.setattr(ProxSparseConfig.__init__, "__defaults__", tuple(changed[k] for k in names))
     args = build_parser().parse_args(["sparsify", "m", "--out", "o"])
     assert _config_from_args(args) == ProxSparseConfig(reconstruct=None)
     assert (args.steps, args.batch_size, args.lr, args.warmup, args.lam_ramp, args.seed) == (37, 3, 3e-4, 0.25, 0.5, 11)
+    assert args.lr_normalization == "rms"
+    flags = ["sparsify", "m", "--out", "o", "--lr-normalization", "none", "--lr", "5e-3"]
+    assert _config_from_args(build_parser().parse_args(flags)) == ProxSparseConfig(lr_normalization="none", lr=5e-3)
 
 
 def test_lam_default_reconstruct_and_methods_come_from_the_library():

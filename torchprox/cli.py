@@ -215,7 +215,8 @@ def _config_from_args(args):
     from .llm import ProxSparseConfig
 
     lam = {} if args.lam is None else {"lam": args.lam}
-    return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+    return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, lr_normalization=args.lr_normalization,
+                            steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
                             reconstruct=args.reconstruct, loss=args.loss, kd_temperature=args.kd_temperature,
@@ -496,7 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{lam:g} with --metric {metric}" for metric, lam in DEFAULT_LAM.items()) + ")")
     s.add_argument("--metric", choices=list(DEFAULT_LAM), default=recipe.metric,
                    help="proxsparse: the prox's metric: Adam's diagonal one (default) or the identity (the paper)")
-    s.add_argument("--lr", type=_float_in(0, low_open=True), default=recipe.lr)
+    s.add_argument("--lr", type=_float_in(0, low_open=True), default=recipe.lr,
+                   help="proxsparse: peak Adam learning rate (per matrix with --lr-normalization rms)")
+    s.add_argument("--lr-normalization", choices=["none", "rms"], default=recipe.lr_normalization,
+                   help="proxsparse: rms: each matrix's lr is LR * rms(W0), for models whose weights are much "
+                        "smaller or larger than SmolLM2's (e.g. Gemma-3-270M: --lr-normalization rms --lr 5e-3)")
     s.add_argument("--warmup", type=fraction_open, default=recipe.warmup, help="proxsparse: fraction of the steps")
     s.add_argument("--mask-scores", choices=["weight", "activation"], default=recipe.mask_scores,
                    help="proxsparse: mask = top-n of |W|*||X_j|| (activation, default) or of |W| (weight, the paper)")
