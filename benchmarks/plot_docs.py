@@ -5,6 +5,8 @@ without running anything).
 
 - ``recipes_perplexity.png``: held-out perplexity per method (the latest row of every recipe name), log scale.
 - ``recipes_time.png``: perplexity vs learning time (``plot_recipes.plot``).
+- ``budget.png``: the quality-vs-budget curve of the default recipe (``results_tables.budget_points``): perplexity
+  against learning time, the mask alone and after the masked fine-tune, with the one-shot baselines.
 - ``nm_fraction.png``: the fraction of groups already N:M over the learning steps, from the rows' ``nm_fraction_log``
   (``[[step, fraction], ...]``). When no row carries one yet, from a short ``torchprox.llm.learn_masks`` run on a
   tiny Llama built from a config (seconds on one thread); the title says which. ``nm_fraction.json`` records
@@ -137,6 +139,55 @@ def plot_nm_fraction(data: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def plot_budget(rows: list[dict], out: Path) -> None:
+    """Perplexity (Wikipedia) of the default recipe's budget runs, against minutes of learning on 2 CPU threads
+    (left) and against tokens learned from (right, host-independent): the mask alone (filled) and after the
+    40-step masked fine-tune (hollow; on the left at the learning plus the fine-tune's time)."""
+    import matplotlib.pyplot as plt
+
+    from results_tables import budget_points
+
+    by_name = {r["name"]: r for r in rows}
+    points = budget_points(by_name)
+    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    series = (((1, 512), "-", "o"), ((2, 512), ":", "s"), ((1, 1024), "--", "^"))
+    for (blocks, seqlen), style, marker in series:
+        pts = [p for p in points if (p["blocks"], p["seqlen"]) == (blocks, seqlen)]
+        if not pts:
+            continue
+        tag = " (1 × 512 tokens a step)" if (blocks, seqlen) == (1, 512) else f" ({blocks} × {seqlen} tokens a step)"
+        ft = [p for p in pts if p["finetuned"] is not None]
+        axes = ((by_time, lambda p: p["seconds"] / 60, lambda p: (p["seconds"] + p["ft_seconds"]) / 60),
+                (by_tokens, lambda p: p["tokens"] / 1000, lambda p: p["tokens"] / 1000))
+        for ax, x_mask, x_ft in axes:
+            ax.plot([x_mask(p) for p in pts], [p["perplexity"] for p in pts], style, marker=marker, color="tab:blue",
+                    label=f"mask only{tag}")
+            if ft:
+                ax.plot([x_ft(p) for p in ft], [p["finetuned"] for p in ft], style, marker=marker, mfc="white",
+                        color="tab:green", label=f"+ masked fine-tune (40 steps){tag}")
+    for method in ("sparsegpt", "dense"):
+        r = by_name.get(method)
+        if r:
+            name = {"sparsegpt": "SparseGPT (one-shot, 64 × 512)", "dense": "dense"}[method]
+            for ax in (by_time, by_tokens):
+                ax.axhline(r["perplexity"], ls="--", lw=1, color=COLORS[method], label=f"{name}: {r['perplexity']:.1f}")
+    by_time.set_xlabel("minutes of learning (2 CPU threads)")
+    by_tokens.set_xlabel("tokens learned from (log scale)")
+    by_tokens.set_xscale("log", base=2)
+    ticks = sorted({p["tokens"] / 1000 for p in points})
+    by_tokens.set_xticks(ticks, [f"{t:.0f}k" for t in ticks])
+    by_tokens.minorticks_off()
+    by_time.set_ylabel("perplexity (Wikipedia, 16,384 held-out tokens)")
+    by_time.set_xlim(left=0)
+    by_time.set_ylim(bottom=0)
+    for ax in (by_time, by_tokens):
+        ax.grid(True, alpha=0.3)
+    by_tokens.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("SmolLM2-135M 2:4, ProxSparse default: quality against learning budget", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="benchmarks/results/recipes.jsonl")
@@ -148,6 +199,7 @@ def main() -> None:
     rows, out = load_rows(Path(args.rows)), Path(args.out)
     plot_perplexity(rows, out / "recipes_perplexity.png")
     plot_time(rows, out / "recipes_time.png")
+    plot_budget(rows, out / "budget.png")
     if any(r.get("data") == "news" for r in rows):
         plot_perplexity(rows, out / "recipes_perplexity_news.png", data="news")
     logged = {r["name"]: r["nm_fraction_log"] for r in rows if r.get("nm_fraction_log")}
@@ -157,7 +209,7 @@ def main() -> None:
         data = tiny_nm_fraction_log()
     (out / "nm_fraction.json").write_text(json.dumps(data, indent=1) + "\n")
     plot_nm_fraction(data, out / "nm_fraction.png")
-    print(f"wrote {out}/recipes_perplexity.png, recipes_time.png, nm_fraction.png ({data['note']})")
+    print(f"wrote {out}/recipes_perplexity.png, recipes_time.png, budget.png, nm_fraction.png ({data['note']})")
 
 
 if __name__ == "__main__":

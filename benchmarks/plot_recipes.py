@@ -46,7 +46,8 @@ def plot(rows: list[dict], out: Path, data: str = "builtin") -> None:
     from results_tables import label
 
     rows = [r for r in rows if r.get("data", "builtin") == data and r.get("perplexity") is not None
-            and r["name"] != "paper-normlam0.02-120x512"]  # the paper's recipe once (its rerun is the +obs row)
+            and r["name"] != "paper-normlam0.02-120x512"  # the paper's recipe once (its rerun is the +obs row)
+            and not r["name"].startswith("curve-")]  # the budget curve has its own plot (plot_docs.plot_budget)
     fig, ax = plt.subplots(figsize=(12.5, 5.2))
     baselines = {r["method"]: r for r in rows if r["method"] in BASELINES}  # the latest row per method
     for method, r in baselines.items():
@@ -76,7 +77,7 @@ def plot(rows: list[dict], out: Path, data: str = "builtin") -> None:
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # the whole legend, however long
     os.replace(tmp, out)  # atomic
 
 

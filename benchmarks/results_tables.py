@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+GEMMA_ROWS = ROOT / "benchmarks" / "results" / "gemma3.jsonl"  # `llm_recipes.py --model gemma3-270m` rows
 FILES = ["README.md", "docs/benchmarks.md", "docs/choosing-lambda.md"]
 
 # The canonical rows: (corpus, what) -> row name. One place decides which run a figure comes from.
@@ -45,6 +46,17 @@ LABELS = {
     "default-rerun-2026-12-02": "default, rerun on 2026-12-02 code (zero-step rule, MoE-aware targets)",
     "default-masks+finetune40-lm+kd": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm+kd\" (40 steps)",
     "default-masks+finetune40-lm-rerun": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm\" (40 steps)",
+    "curve-default-60x512": "default, 60 steps (the budget curve)",
+    "curve-default-60x512+finetune40": "the 60-step default mask + masked fine-tune (40 steps)",
+    "curve-default-190x512": "default, 190 steps (the budget curve; run beside other jobs: time inflated)",
+    "curve-default-95x2x512": "default, 95 steps × 2 blocks (the budget curve: tokens per step)",
+    "curve-default-375x512": "default, 375 steps (the budget curve)",
+    "curve-default-750x512": "default, 750 steps (the budget curve)",
+    "curve-default-190x512+finetune40": "the 190-step default mask + masked fine-tune (40 steps)",
+    "curve-default-375x512+finetune40": "the 375-step default mask + masked fine-tune (40 steps)",
+    "curve-default-750x512+finetune40": "the 750-step default mask + masked fine-tune (40 steps)",
+    "curve-default-95x1024": "default, 95 steps × 1024 tokens (the budget curve: sequence length)",
+    "news-default-lm+10hidden-100x512": "default + hidden-state distillation weighted up, loss=\"lm+10*hidden\"",
     "twin4-adam-metric-normlam0.001-100x512": "default on a function-identical twin (weights ×4 / ÷4)",
     "paper-normlam0.02-120x512": "paper's recipe: identity metric, λ 0.02, |W| mask (first run)",
     "paper-normlam0.02-120x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
@@ -90,6 +102,65 @@ def table_equal_data(rows) -> str:
     body = [[str(b), *(_value(baseline(m, b, c)) for m in ("wanda", "sparsegpt") for c in CORPORA)] for b in blocks]
     body.append(["ProxSparse default, mask only (learns from 100)",
                  *(f"**{_value(_row(rows, DEFAULT, c))}**" for _ in range(2) for c in CORPORA)])
+    return _table(header, body)
+
+
+# The quality-vs-budget curve: the default recipe, one run per budget (its lr schedule spans the run), and the
+# 40-step masked fine-tune (loss "lm") on each run's mask. The 100-step point is the 2026-12-02 rerun.
+BUDGET_RUN = re.compile(r"curve-default-(\d+)x(?:(\d+)x)?(\d+)")
+BUDGET_EXTRA = {"default-rerun-2026-12-02": "default-masks+finetune40-lm-rerun"}
+
+
+def budget_points(rows) -> list[dict]:
+    """The curve's points, by learning time (one block of 512 a step first): steps, blocks per step, seqlen,
+    tokens, learning seconds, perplexity with the mask alone and after the masked fine-tune (None where not
+    run), and the fine-tune's seconds."""
+    runs = {name: ft for name, ft in BUDGET_EXTRA.items() if name in rows}
+    runs.update({name: f"{name}+finetune40" for name in rows if BUDGET_RUN.fullmatch(name)})
+    points = []
+    for name, ft_name in runs.items():
+        r, ft = rows[name], rows.get(ft_name)
+        points.append({"name": name, "steps": r["config"]["steps"], "blocks": r["config"]["batch_size"],
+                       "seqlen": r.get("seqlen", 512), "tokens": r["tokens"], "seconds": r["seconds"],
+                       "s_per_step": r["seconds_per_step"], "perplexity": r["perplexity"],
+                       "finetuned": ft["perplexity"] if ft else None,
+                       "ft_seconds": ft["update_seconds"] if ft else None})
+    return sorted(points, key=lambda p: (p["blocks"] != 1, p["seqlen"] != 512, p["seconds"]))
+
+
+def table_gemma(_rows) -> str:
+    """The second model (Gemma-3-270M, ``GEMMA_ROWS``), recipes chosen on SmolLM2 and not retuned: per run,
+    perplexity (Wikipedia), time, settings and peak memory."""
+    rows = load_rows(GEMMA_ROWS)
+    names = {"gemma3-dense": "dense", "gemma3-magnitude": "magnitude", "gemma3-wanda": "Wanda",
+             "gemma3-sparsegpt": "SparseGPT (updates the kept weights)",
+             "gemma3-default-60x512": "ProxSparse default (lr 1e-3), mask only",
+             "gemma3-default-60x512+finetune40": "ProxSparse default + masked fine-tune",
+             "gemma3-default-normlr0.005-60x512": "ProxSparse default with the lr per matrix "
+                                                  "(lr_normalization=\"rms\", lr 5e-3), mask only",
+             "gemma3-default-normlr0.005-60x512+finetune40": "the same + masked fine-tune"}
+    body = []
+    for name, r in rows.items():
+        if r["method"] == "masks":
+            time = f"+ {minutes(r['update_seconds'])}"
+        else:
+            time = "–" if r["method"] == "dense" else minutes(r["seconds"])
+        body.append([names.get(name, name), ppl(r["perplexity"]), time, _settings(r), f"{r['peak_rss_gb']:.1f} GB"])
+    return _table(["run", "perplexity", "time", "settings", "peak RSS"], body)
+
+
+def table_budget(rows) -> str:
+    """Perplexity against learning time and tokens for the default recipe (Wikipedia, 2 CPU threads)."""
+    header = ["steps × blocks × seqlen", "tokens", "learning time", "s/step", "mask only",
+              "+ masked fine-tune (40 steps)", "time in all"]
+    body = []
+    for p in budget_points(rows):
+        total = p["seconds"] + (p["ft_seconds"] or 0)
+        body.append([f"{p['steps']} × {p['blocks']} × {p['seqlen']}", f"{p['tokens'] / 1000:.0f}k",
+                     minutes(p["seconds"]),
+                     f"{p['s_per_step']:.1f}",
+                     ppl(p["perplexity"]), ppl(p["finetuned"]),
+                     minutes(total) if p["finetuned"] is not None else "–"])
     return _table(header, body)
 
 
@@ -205,6 +276,8 @@ TABLES = {
     "runs-builtin": lambda rows: table_runs(rows, "builtin"),
     "runs-news": lambda rows: table_runs(rows, "news"),
     "equal-data": table_equal_data,
+    "budget": table_budget,
+    "gemma": table_gemma,
 }
 _BLOCK = re.compile(r"(<!-- results-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
 
