@@ -20,7 +20,6 @@ import torch
 from torchprox.llm import (
     calibration_blocks,
     evaluation_blocks,
-    load_default_model,
     load_model,
     perplexity,
     sparsegpt_prune,
@@ -89,7 +88,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     def load():  # the embedded default (or its rescaled twin), or --model
-        model, tok = load_default_model() if args.model == "default" else load_model(args.model)
+        model, tok = load_model(args.model)
         if args.twin:
             rescale_twin(model, args.twin)
         return model, tok
