@@ -62,30 +62,31 @@ def save_tiny_model_and_corpus(root: Path) -> tuple[Path, Path]:
     return model_dir, corpus
 
 
-def python_api(model, tok, data, seqlen: int, steps: int, lam: float, lr: float, out: Path) -> None:
+def python_api(model, tok, data, seqlen: int, steps: int, recipe: dict, out: Path) -> None:
     calib = calibration_blocks(tok, data, seqlen=seqlen, n_blocks=steps)      # LongTensor (steps, seqlen)
     evals = evaluation_blocks(tok, data, seqlen=seqlen, max_tokens=16 * seqlen)
     dense = perplexity(model, evals)
 
     magnitude = copy.deepcopy(model)
     sparsify(magnitude, None, 2, 4, method="magnitude")                       # one-shot baseline
-    report = sparsify(model, calib, 2, 4, method="proxsparse", steps=steps, lam=lam, lr=lr, progress=False)
+    report = sparsify(model, calib, 2, 4, method="proxsparse", steps=steps, progress=False, **recipe)
     print(f"perplexity: dense {dense:.2f} | magnitude 2:4 {perplexity(magnitude, evals):.2f} | "
           f"ProxSparse 2:4 {perplexity(model, evals):.2f} ({report['seconds']:.1f} s, "
           f"{min(report['layers'].values()):.0%} of groups 2:4 in the worst layer)")
 
-    save_sparse(model, tok, out, sparse_manifest(model, 2, 4, method="proxsparse", steps=steps, lam=lam),
+    save_sparse(model, tok, out, sparse_manifest(model, 2, 4, method="proxsparse", config=report["config"]),
                 overwrite=True)
     check = check_sparse(out)                                                 # reads the safetensors directly
     print(f"saved {out}: {len(check['layers'])} layers, all exactly {check['pattern']}: {check['ok']}")
     assert check["ok"]
 
 
-def cli(model: str, data: str, seqlen: int, steps: int, lam: float, out: Path) -> None:
+def cli(model: str, data: str, seqlen: int, steps: int, recipe: dict, out: Path) -> None:
     exe = Path(sys.executable).with_name("torchprox")
     tp = shlex.quote(str(exe)) if exe.exists() else f"{shlex.quote(sys.executable)} -m torchprox.cli"
+    flags = "".join(f" --{key} {value}" for key, value in recipe.items())
     command = (f"{tp} sparsify {shlex.quote(model)} --data {shlex.quote(data)} --pattern 2:4 --method proxsparse "
-               f"--steps {steps} --seqlen {seqlen} --lam {lam} --out {shlex.quote(str(out))} --overwrite "
+               f"--steps {steps} --seqlen {seqlen}{flags} --out {shlex.quote(str(out))} --overwrite "
                f"&& {tp} check {shlex.quote(str(out))}")
     print(f"$ {command}", flush=True)
     subprocess.run(["bash", "-c", command], check=True)
@@ -103,13 +104,14 @@ def main(argv=None) -> int:
             torch.set_num_threads(1)
             os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
             model_dir, corpus = save_tiny_model_and_corpus(root)
-            model_name, data, seqlen, steps, lam, lr = str(model_dir), str(corpus), 32, 24, 0.1, 5e-3
+            # a strong λ so that 24 steps reach 2:4 on a barely trained model
+            model_name, data, seqlen, steps, recipe = str(model_dir), str(corpus), 32, 24, {"lam": 0.1}
             model, tok = load_model(model_dir)
-        else:
-            model_name, data, seqlen, steps, lam, lr = "default", "builtin", 512, 120, 0.02, 1e-3
+        else:  # the library's recipe (ProxSparseConfig's defaults)
+            model_name, data, seqlen, steps, recipe = "default", "builtin", 512, 100, {}
             model, tok = load_default_model()
-        python_api(model, tok, data, seqlen, steps, lam, lr, root / "python-2of4")
-        cli(model_name, data, seqlen, steps, lam, root / "cli-2of4")
+        python_api(model, tok, data, seqlen, steps, recipe, root / "python-2of4")
+        cli(model_name, data, seqlen, steps, recipe, root / "cli-2of4")
     return 0
 
 

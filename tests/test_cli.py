@@ -227,27 +227,32 @@ def test_sparsify_defaults_are_the_library_recipe(monkeypatch):
     names = [f.name for f in dataclasses.fields(ProxSparseConfig)]
     changed = dict(zip(names, ProxSparseConfig.__init__.__defaults__))
     changed.update(steps=37, batch_size=3, lr=3e-4, warmup=0.25, lam=0.007, lam_ramp=0.5, seed=11,
-                   lr_normalization="rms")
+                   lr_normalization="none")
     monkeypatch.setattr(ProxSparseConfig.__init__, "__defaults__", tuple(changed[k] for k in names))
     args = build_parser().parse_args(["sparsify", "m", "--out", "o"])
     assert _config_from_args(args) == ProxSparseConfig(reconstruct=None)
-    assert (args.steps, args.batch_size, args.lr, args.warmup, args.lam_ramp, args.seed) == (37, 3, 3e-4, 0.25, 0.5, 11)
-    assert args.lr_normalization == "rms"
-    flags = ["sparsify", "m", "--out", "o", "--lr-normalization", "none", "--lr", "5e-3"]
-    assert _config_from_args(build_parser().parse_args(flags)) == ProxSparseConfig(lr_normalization="none", lr=5e-3)
+    assert _config_from_args(args).lr == 3e-4
+    assert (args.steps, args.batch_size, args.warmup, args.lam_ramp, args.seed) == (37, 3, 0.25, 0.5, 11)
+    assert args.lr_normalization == "none"
+    flags = ["sparsify", "m", "--out", "o", "--lr-normalization", "rms", "--lr", "5e-2"]
+    assert _config_from_args(build_parser().parse_args(flags)) == ProxSparseConfig(lr_normalization="rms", lr=5e-2)
 
 
-def test_lam_default_reconstruct_and_methods_come_from_the_library():
-    """One source of truth: --lam's per-metric default is ProxSparseConfig's (lam=None), --reconstruct takes
-    every value the config takes, --method's choices are sparsify's METHODS."""
+def test_lam_lr_default_reconstruct_and_methods_come_from_the_library():
+    """One source of truth: --lam's per-metric default and --lr's per-normalization default are
+    ProxSparseConfig's (lam=None, lr=None), --reconstruct takes every value the config takes, --method's
+    choices are sparsify's METHODS."""
     from torchprox.cli import _config_from_args, build_parser
-    from torchprox.llm.proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig
+    from torchprox.llm import DEFAULT_LAM, DEFAULT_LR, RECONSTRUCTS, ProxSparseConfig
     from torchprox.llm.sparsify import METHODS
 
     parser = build_parser()
     for metric, lam in DEFAULT_LAM.items():
         cfg = _config_from_args(parser.parse_args(["sparsify", "m", "--out", "o", "--metric", metric]))
         assert cfg.lam == lam == ProxSparseConfig(metric=metric).lam
+    for norm, lr in DEFAULT_LR.items():
+        cfg = _config_from_args(parser.parse_args(["sparsify", "m", "--out", "o", "--lr-normalization", norm]))
+        assert cfg.lr == lr == ProxSparseConfig(lr_normalization=norm).lr
     for value in RECONSTRUCTS:
         flags = [] if value is None else ["--reconstruct", value]
         assert _config_from_args(parser.parse_args(["sparsify", "m", "--out", "o", *flags])).reconstruct == value

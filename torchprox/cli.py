@@ -211,11 +211,12 @@ def _recipe():
 
 
 def _config_from_args(args):
-    """The run's ProxSparseConfig; without ``--lam`` the config's own default (the metric's recipe λ)."""
+    """The run's ProxSparseConfig; without ``--lam`` / ``--lr`` the config's own defaults (the metric's recipe λ,
+    the normalization's recipe lr)."""
     from .llm import ProxSparseConfig
 
-    lam = {} if args.lam is None else {"lam": args.lam}
-    return ProxSparseConfig(**lam, metric=args.metric, lr=args.lr, lr_normalization=args.lr_normalization,
+    given = {key: getattr(args, key) for key in ("lam", "lr") if getattr(args, key) is not None}
+    return ProxSparseConfig(**given, metric=args.metric, lr_normalization=args.lr_normalization,
                             steps=args.steps, batch_size=args.batch_size,
                             warmup=args.warmup, mask_scores=args.mask_scores, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, lam_ramp=args.lam_ramp,
@@ -469,7 +470,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchprox`` parser. Every numeric flag's type refuses values outside its meaning (NaN and ±inf
     included); ``sparsify``'s ProxSparse defaults are [`ProxSparseConfig`][torchprox.llm.proxsparse.ProxSparseConfig]'s."""
-    from .llm import DEFAULT_LAM, METHODS, RECONSTRUCTS
+    from .llm import DEFAULT_LAM, DEFAULT_LR, METHODS, RECONSTRUCTS
 
     recipe = _recipe()
     p = _Parser(prog="torchprox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -497,11 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{lam:g} with --metric {metric}" for metric, lam in DEFAULT_LAM.items()) + ")")
     s.add_argument("--metric", choices=list(DEFAULT_LAM), default=recipe.metric,
                    help="proxsparse: the prox's metric: Adam's diagonal one (default) or the identity (the paper)")
-    s.add_argument("--lr", type=_float_in(0, low_open=True), default=recipe.lr,
-                   help="proxsparse: peak Adam learning rate (per matrix with --lr-normalization rms)")
-    s.add_argument("--lr-normalization", choices=["none", "rms"], default=recipe.lr_normalization,
-                   help="proxsparse: rms: each matrix's lr is LR * rms(W0), for models whose weights are much "
-                        "smaller or larger than SmolLM2's (e.g. Gemma-3-270M: --lr-normalization rms --lr 5e-3)")
+    s.add_argument("--lr", type=_float_in(0, low_open=True), default=None,
+                   help="proxsparse: peak Adam learning rate (default: "
+                        + ", ".join(f"{lr:g} with --lr-normalization {norm}" for norm, lr in DEFAULT_LR.items()) + ")")
+    s.add_argument("--lr-normalization", choices=list(DEFAULT_LR), default=recipe.lr_normalization,
+                   help="proxsparse: rms (default): each matrix's lr is LR * rms(W0), the same relative step on "
+                        "every matrix and model; none: LR in absolute weight units")
     s.add_argument("--warmup", type=fraction_open, default=recipe.warmup, help="proxsparse: fraction of the steps")
     s.add_argument("--mask-scores", choices=["weight", "activation"], default=recipe.mask_scores,
                    help="proxsparse: mask = top-n of |W|*||X_j|| (activation, default) or of |W| (weight, the paper)")

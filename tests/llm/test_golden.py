@@ -2,7 +2,9 @@
 the weights, losses and N:M fractions that the code gave before the issue-20 restructuring (golden file
 ``data/learn_masks_golden.pt``, written by ``python -m tests.llm.test_golden`` on that code).
 
-If a change is meant to alter the recipe's numbers, regenerate the file on purpose and say so in the commit."""
+If a change is meant to alter the recipe's numbers, regenerate the file on purpose and say so in the commit.
+Every run names its ``lr_normalization``: the golden file predates the switch of the default to ``"rms"``, and
+the runs check the code path, not the default."""
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,13 @@ GOLDEN = Path(__file__).with_name("data") / "learn_masks_golden.pt"
 #: Every stage of learn_masks: warm-up, λ ramp, frozen-weight penalty, grad clipping, both extractions, the
 #: masked fine-tune (its own loop, schedule and order) and the OBS update; lam=0 (no prox: ProxAdam alone).
 RUNS = {
-    "activation": dict(steps=6, lam=0.5, lr=1e-2, batch_size=2, lam_ramp=0.5, frozen_lam=0.1, log_every=2, seed=3),
+    "activation": dict(steps=6, lam=0.5, lr=1e-2, batch_size=2, lam_ramp=0.5, frozen_lam=0.1, log_every=2, seed=3,
+                       lr_normalization="none"),
     "weight_finetune": dict(steps=5, lam=0.2, lr=1e-2, mask_scores="weight", reconstruct="finetune",
-                            reconstruct_steps=3, reconstruct_lr=3e-3, grad_clip=None, warmup=0.0, metric="identity"),
+                            reconstruct_steps=3, reconstruct_lr=3e-3, grad_clip=None, warmup=0.0, metric="identity",
+                            lr_normalization="none"),
     "obs": dict(steps=4, lam=0.5, lr=1e-2, reconstruct="obs", reconstruct_blocks=4, lr_normalization="rms"),
-    "no_prox": dict(steps=3, lam=0.0, lr=1e-2),
+    "no_prox": dict(steps=3, lam=0.0, lr=1e-2, lr_normalization="none"),
 }
 
 

@@ -290,7 +290,8 @@ def test_lambda_and_lr_normalisation_follow_the_documented_formula(n):
         rms = float(w0s[name].square().mean().sqrt())  # λ_W = lam / rms(W0)^(n-1), lr_W = lr · rms(W0)
         assert group["lam"] == pytest.approx(0.3 / rms ** (n - 1), rel=1e-12)
         assert group["lr"] == pytest.approx(0.01 * rms, rel=1e-12)
-    raw, _ = _param_groups(model, ProxSparseConfig(lam=0.3, lr=0.01, lam_normalization="none"))
+    raw, _ = _param_groups(model, ProxSparseConfig(lam=0.3, lr=0.01, lam_normalization="none",
+                                                  lr_normalization="none"))
     assert all(g["lam"] == 0.3 and g["lr"] == 0.01 for g in raw)
 
 

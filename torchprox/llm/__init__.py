@@ -36,7 +36,7 @@ from .markup import strip_wiki_markup
 from .models import (DEFAULT_MODEL_NAMES, GEMMA3_SHA256, PACKAGED_MODELS, PackagedModel, default_cache_dir,
                      default_model_path, default_model_source, gemma3_gguf_path, load_default_model, load_model,
                      load_packaged_model, packaged_cache_dir, packaged_model, packaged_model_source)
-from .proxsparse import DEFAULT_LAM, RECONSTRUCTS, ProxSparseConfig, learn_masks, nm_progress
+from .proxsparse import DEFAULT_LAM, DEFAULT_LR, RECONSTRUCTS, ProxSparseConfig, learn_masks, nm_progress
 from .reconstruct import finetune_masked, obs_update
 from .semi_structured import to_semi_structured
 from .sparsify import METHODS, sparsify
@@ -44,7 +44,7 @@ from .targets import ROUTER, UNFLAGGED_EXPERTS, Target, coverage_report, expert_
 
 __all__ = [
     # learning masks
-    "sparsify", "METHODS", "parse_pattern", "ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS",
+    "sparsify", "METHODS", "parse_pattern", "ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "DEFAULT_LR", "RECONSTRUCTS",
     "LOSS_TERMS", "parse_loss", "distillation_loss", "dense_weights",
     # one-shot baselines
     "magnitude_prune", "wanda_prune", "sparsegpt_prune", "wanda_scores", "sparsegpt_solve",

@@ -25,8 +25,19 @@ default) the given ``lam`` is read on the scale of a matrix whose entries have u
     λ_W = lam / rms(W0)^(n-1),       rms(W0) = sqrt(mean(W0²)),
 
 which makes one setting transfer across layers and models. ``lam_normalization="none"`` uses ``lam`` as is
-(the paper's λ). The learning rate can be normalised the same way (``lr_normalization="rms"``:
-lr_W = lr · rms(W0)), since Adam's step is in absolute weight units.
+(the paper's λ).
+
+**Normalised lr.** Adam's step is in absolute weight units (about lr per step whatever the gradient's scale),
+so with ``lr_normalization="rms"`` (the default) the given ``lr`` is also read per unit RMS of the matrix:
+
+    lr_W = lr · rms(W0),
+
+so every matrix's Adam step is the same fraction of its own scale (the prox's metric s_i then grows as
+rms(W0)², so λ_W is not exactly scale-free with it: docs/choosing-lambda.md). The default
+lr 5e-3 ≈ 1e-3 / 0.19 (0.19: the median rms(W0) of the embedded SmolLM2's matrices) keeps that model's
+steps where the earlier absolute lr 1e-3 had them (held-out perplexity 63.3 against 63.4), and transfers to
+models whose weights are of another scale: on Gemma-3-270M (rms 0.04) the absolute lr 1e-3 gives 124.2, the normalised one 69.7
+(docs/benchmarks.md). ``lr_normalization="none"`` uses ``lr`` as is (``DEFAULT_LR["none"]`` = 1e-3).
 
 **λ schedule.** ``lam_ramp=f`` raises λ linearly from 0 to its value over the first fraction ``f`` of the
 steps (λ_t = λ · min(1, (t+1) / (f · steps))), so the loss moves the weights before the regularizer pins the
@@ -69,7 +80,7 @@ from .targets import Target, along_input_dim, target_key, target_tensors
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "RECONSTRUCTS"]
+__all__ = ["ProxSparseConfig", "learn_masks", "DEFAULT_LAM", "DEFAULT_LR", "RECONSTRUCTS"]
 
 
 #: ``ProxSparseConfig.reconstruct``'s values: the optional weight update after the mask is fixed.
@@ -79,6 +90,10 @@ RECONSTRUCTS = (None, RECONSTRUCT_OBS, RECONSTRUCT_FINETUNE)
 #: The recipe's λ for each ProxAdam metric (``ProxSparseConfig(lam=None)``): 0.001 in Adam's diagonal metric,
 #: the paper's 0.02 in the identity metric.
 DEFAULT_LAM = {"adam": 0.001, "identity": 0.02}
+
+#: The recipe's peak lr for each ``lr_normalization`` (``ProxSparseConfig(lr=None)``): 5e-3 per unit RMS of
+#: each matrix (``"rms"``, the default), 1e-3 in absolute weight units (``"none"``).
+DEFAULT_LR = {"rms": 5e-3, "none": 1e-3}
 
 # ProxSparseConfig's numeric fields: (integer?, accepted values, message). Every value must also be finite.
 _NUMBER_FIELDS = {
@@ -112,13 +127,15 @@ class ProxSparseConfig:
         lam: λ of the N:M regularizer (normalised per matrix, see the module docstring); None (the default):
             the metric's recipe value, [`DEFAULT_LAM`][torchprox.llm.proxsparse.DEFAULT_LAM] (0.001 with ``metric="adam"``, 0.02 with
             ``"identity"``), resolved when the config is made.
-        lr: peak Adam learning rate (normalised per matrix when ``lr_normalization="rms"``).
+        lr: peak Adam learning rate, per unit RMS of each matrix with ``lr_normalization="rms"`` (the
+            default) or absolute with ``"none"``; None (the default): the recipe value for the normalization,
+            [`DEFAULT_LR`][torchprox.llm.proxsparse.DEFAULT_LR] (5e-3 with ``"rms"``, 1e-3 with ``"none"``).
         steps: optimizer steps; each sees ``batch_size`` calibration blocks.
         batch_size: blocks per step.
         warmup: fraction of steps of linear warm-up, followed by linear decay to 0.
         grad_clip: max global gradient norm (``None``: no clipping).
-        lam_normalization: ``"rms"`` or ``"none"``.
-        lr_normalization: ``"rms"`` or ``"none"``.
+        lam_normalization: ``"rms"`` (the default) or ``"none"``.
+        lr_normalization: ``"rms"`` (the default) or ``"none"``.
         metric: ProxAdam's metric: ``"adam"`` (the default) or ``"identity"`` (the paper).
         lam_scaling: ProxAdam's λ scaling: ``"constant"`` λ (the default, the paper) or ``"lr"``.
         mask_scores: ``"activation"`` (the default: top-n of |W|·‖X_j‖₂ with input norms from the calibration
@@ -155,6 +172,8 @@ class ProxSparseConfig:
         (0.05, 100, 'rms')
         >>> ProxSparseConfig().lam, ProxSparseConfig(metric="identity").lam      # lam=None: the metric's default
         (0.001, 0.02)
+        >>> ProxSparseConfig().lr, ProxSparseConfig(lr_normalization="none").lr   # lr=None: per normalization
+        (0.005, 0.001)
         >>> ProxSparseConfig(warmup=1.5)
         Traceback (most recent call last):
             ...
@@ -162,13 +181,13 @@ class ProxSparseConfig:
     """
 
     lam: float | None = None
-    lr: float = 1e-3
+    lr: float | None = None
     steps: int = 100
     batch_size: int = 1
     warmup: float = 0.1
     grad_clip: float | None = 1.0
     lam_normalization: str = "rms"
-    lr_normalization: str = "none"
+    lr_normalization: str = "rms"
     metric: str = "adam"
     lam_scaling: str = "constant"
     mask_scores: str = "activation"
@@ -188,11 +207,13 @@ class ProxSparseConfig:
     def __post_init__(self) -> None:
         """Every field checked (type, finiteness, range, choice), so a bad setting fails here, before any
         model is touched; the message names the field, its value and the accepted range. ``lam=None``
-        becomes the metric's [`DEFAULT_LAM`][torchprox.llm.proxsparse.DEFAULT_LAM]."""
-        if self.lam is None:
-            if self.metric not in DEFAULT_LAM:
-                raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-            self.lam = DEFAULT_LAM[self.metric]
+        becomes the metric's [`DEFAULT_LAM`][torchprox.llm.proxsparse.DEFAULT_LAM], ``lr=None`` the
+        normalization's [`DEFAULT_LR`][torchprox.llm.proxsparse.DEFAULT_LR]."""
+        for key, choice, defaults in (("lam", "metric", DEFAULT_LAM), ("lr", "lr_normalization", DEFAULT_LR)):
+            if getattr(self, key) is None:
+                if getattr(self, choice) not in defaults:
+                    raise ValueError(f"{choice} must be one of {tuple(defaults)}, got {getattr(self, choice)!r}")
+                setattr(self, key, defaults[getattr(self, choice)])
         for key, (integer, ok, text) in _NUMBER_FIELDS.items():
             value = getattr(self, key)
             if key == "grad_clip" and value is None:
