@@ -5,7 +5,7 @@ without running anything).
 
 - ``recipes_perplexity.png``: held-out perplexity per method (the latest row of every recipe name), log scale.
 - ``recipes_time.png``: perplexity vs learning time (``plot_recipes.plot``).
-- ``budget.png``: the quality-vs-budget curve of the default recipe (``results_tables.budget_points``): perplexity
+- ``budget.png``: the quality-vs-budget curves of the recipes in ``results_tables.BUDGET_RECIPES``: perplexity
   against learning time, the mask alone and after the masked fine-tune, with the one-shot baselines.
 - ``nm_fraction.png``: the fraction of groups already N:M over the learning steps, from the rows' ``nm_fraction_log``
   (``[[step, fraction], ...]``). When no row carries one yet, from a short ``torchprox.llm.learn_masks`` run on a
@@ -100,7 +100,7 @@ def tiny_nm_fraction_log(steps: int = 60) -> dict:
     calib = (start + 7 * torch.arange(64) + torch.randint(0, 3, (steps, 64), generator=g)) % 128
     curves = {}
     for lam in (0.05, 0.2):
-        cfg = ProxSparseConfig(lam=lam, lr=2e-3, steps=steps, batch_size=1, log_every=2, seed=0)
+        cfg = ProxSparseConfig(lam=lam, lr=2e-3, lr_normalization="none", steps=steps, batch_size=1, log_every=2, seed=0)
         report = learn_masks(model if lam == 0.05 else _fresh(model, config), calib, 2, 4, cfg, progress=False)
         curves[f"tiny Llama, λ {lam} (normalised)"] = [list(map(float, p)) for p in report["nm_fraction"]]
     return {"source": "tiny", "note": f"a {steps}-step learn_masks run on a 2-layer Llama (hidden 64) built from a "
@@ -140,31 +140,36 @@ def plot_nm_fraction(data: dict, out: Path) -> None:
 
 
 def plot_budget(rows: list[dict], out: Path) -> None:
-    """Perplexity (Wikipedia) of the default recipe's budget runs, against minutes of learning on 2 CPU threads
-    (left) and against tokens learned from (right, host-independent): the mask alone (filled) and after the
-    40-step masked fine-tune (hollow; on the left at the learning plus the fine-tune's time)."""
+    """Perplexity (Wikipedia) of the budget runs of each recipe (``results_tables.BUDGET_RECIPES``), against
+    minutes of learning on 2 CPU threads (left) and against tokens learned from (right, host-independent): the
+    mask alone (filled) and after the 40-step masked fine-tune (hollow; on the left at the learning plus the
+    fine-tune's time)."""
     import matplotlib.pyplot as plt
 
-    from results_tables import budget_points
+    from results_tables import BUDGET_RECIPES, budget_points
 
     by_name = {r["name"]: r for r in rows}
-    points = budget_points(by_name)
-    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     series = (((1, 512), "-", "o"), ((2, 512), ":", "s"), ((1, 1024), "--", "^"))
-    for (blocks, seqlen), style, marker in series:
-        pts = [p for p in points if (p["blocks"], p["seqlen"]) == (blocks, seqlen)]
-        if not pts:
-            continue
-        tag = " (1 × 512 tokens a step)" if (blocks, seqlen) == (1, 512) else f" ({blocks} × {seqlen} tokens a step)"
-        ft = [p for p in pts if p["finetuned"] is not None]
-        axes = ((by_time, lambda p: p["seconds"] / 60, lambda p: (p["seconds"] + p["ft_seconds"]) / 60),
-                (by_tokens, lambda p: p["tokens"] / 1000, lambda p: p["tokens"] / 1000))
-        for ax, x_mask, x_ft in axes:
-            ax.plot([x_mask(p) for p in pts], [p["perplexity"] for p in pts], style, marker=marker, color="tab:blue",
-                    label=f"mask only{tag}")
-            if ft:
-                ax.plot([x_ft(p) for p in ft], [p["finetuned"] for p in ft], style, marker=marker, mfc="white",
-                        color="tab:green", label=f"+ masked fine-tune (40 steps){tag}")
+    colors = (("tab:blue", "tab:green"), ("tab:purple", "tab:orange"))
+    tokens = set()
+    for recipe, (mask_color, ft_color) in zip(BUDGET_RECIPES, colors):
+        points = budget_points(by_name, recipe)
+        tokens |= {p["tokens"] / 1000 for p in points}
+        for (blocks, seqlen), style, marker in series:
+            pts = [p for p in points if (p["blocks"], p["seqlen"]) == (blocks, seqlen)]
+            if not pts:
+                continue
+            tag = f"{recipe}" + ("" if (blocks, seqlen) == (1, 512) else f", {blocks} × {seqlen} tokens a step")
+            ft = [p for p in pts if p["finetuned"] is not None]
+            axes = ((by_time, lambda p: p["seconds"] / 60, lambda p: (p["seconds"] + p["ft_seconds"]) / 60),
+                    (by_tokens, lambda p: p["tokens"] / 1000, lambda p: p["tokens"] / 1000))
+            for ax, x_mask, x_ft in axes:
+                ax.plot([x_mask(p) for p in pts], [p["perplexity"] for p in pts], style, marker=marker,
+                        color=mask_color, label=f"mask only ({tag})")
+                if ft:
+                    ax.plot([x_ft(p) for p in ft], [p["finetuned"] for p in ft], style, marker=marker, mfc="white",
+                            color=ft_color, label=f"+ masked fine-tune ({tag})")
     for method in ("sparsegpt", "dense"):
         r = by_name.get(method)
         if r:
@@ -174,7 +179,7 @@ def plot_budget(rows: list[dict], out: Path) -> None:
     by_time.set_xlabel("minutes of learning (2 CPU threads)")
     by_tokens.set_xlabel("tokens learned from (log scale)")
     by_tokens.set_xscale("log", base=2)
-    ticks = sorted({p["tokens"] / 1000 for p in points})
+    ticks = sorted(tokens)
     by_tokens.set_xticks(ticks, [f"{t:.0f}k" for t in ticks])
     by_tokens.minorticks_off()
     by_time.set_ylabel("perplexity (Wikipedia, 16,384 held-out tokens)")
@@ -183,7 +188,7 @@ def plot_budget(rows: list[dict], out: Path) -> None:
     for ax in (by_time, by_tokens):
         ax.grid(True, alpha=0.3)
     by_tokens.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("SmolLM2-135M 2:4, ProxSparse default: quality against learning budget", fontsize=10)
+    fig.suptitle("SmolLM2-135M 2:4, ProxSparse (Adam metric, λ 0.001): quality against learning budget", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
 

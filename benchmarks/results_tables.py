@@ -23,11 +23,15 @@ GEMMA_ROWS = ROOT / "benchmarks" / "results" / "gemma3.jsonl"  # `llm_recipes.py
 FILES = ["README.md", "docs/benchmarks.md", "docs/choosing-lambda.md"]
 
 # The canonical rows: (corpus, what) -> row name. One place decides which run a figure comes from.
-DEFAULT = {"builtin": "default-vectorized-metric-kernel-100x512", "news": "news-adam-metric-normlam0.001-100x512"}
+# The default since 2026-12-03: lr 5e-3 per unit rms of each matrix (lr_normalization="rms"); PREVIOUS: the
+# absolute lr 1e-3 it replaced (the "before" of issue 19).
+DEFAULT = {"builtin": "curve-normlr-100x512", "news": "news-normlr-100x512"}
+DEFAULT_FT = {"builtin": "curve-normlr-100x512+finetune40", "news": "news-normlr-100x512+finetune40"}
+PREVIOUS = {"builtin": "default-vectorized-metric-kernel-100x512", "news": "news-adam-metric-normlam0.001-100x512"}
+PREVIOUS_FT = {"builtin": "adam-masks+finetune40-lr2e-4", "news": "news-default-100x512+finetune40"}
 PAPER = {"builtin": "paper-normlam0.02-120x512+obs", "news": "news-paper-normlam0.02-100x512+obs"}
 PAPER_ACT = {"builtin": "act-extract-normlam0.02-120x512", "news": "news-act-extract-normlam0.02-100x512"}
-DEFAULT_OBS = {"builtin": "adam-metric-normlam0.001-100x512+obs"}
-DEFAULT_FT = {"builtin": "adam-masks+finetune40-lr2e-4"}
+PREVIOUS_OBS = {"builtin": "adam-metric-normlam0.001-100x512+obs"}
 PAPER_FT = {"builtin": "paper-masks+finetune40-lr2e-4", "news": "news-paper-masks+finetune40-lr2e-4"}
 CORPORA = {"builtin": "Wikipedia (built-in)", "news": "news (Lee corpus)"}
 
@@ -36,37 +40,47 @@ LABELS = {
     "magnitude": "magnitude",
     "wanda": "Wanda",
     "sparsegpt": "SparseGPT (updates the kept weights)",
-    "default-vectorized-metric-kernel-100x512": "ProxSparse default: Adam metric, λ 0.001, activation-aware mask",
-    "adam-metric-normlam0.001-100x512": "ProxSparse default, an earlier build of the metric kernel",
-    "adam-metric-abslam0.005-100x512": "default, absolute λ 0.005 (lam_normalization=\"none\")",
-    "adam-metric-normlam0.001-normlr0.005-100x512": "default, normalised lr 5e-3 (lr_normalization=\"rms\")",
-    "default-lm+kd-100x512": "default + distillation, loss=\"lm+kd\" (τ 1; run beside other jobs: time inflated)",
-    "default-lm+hidden-100x512": "default + hidden-state distillation, loss=\"lm+hidden\" (run beside other jobs: time inflated)",
-    "default-lm+10hidden-100x512": "default + hidden-state distillation weighted up, loss=\"lm+10*hidden\"",
-    "default-rerun-2026-12-02": "default, rerun on 2026-12-02 code (zero-step rule, MoE-aware targets)",
-    "default-masks+finetune40-lm+kd": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm+kd\" (40 steps)",
-    "default-masks+finetune40-lm-rerun": "the 2026-12-02 default mask + masked fine-tune, loss=\"lm\" (40 steps)",
-    "curve-default-60x512": "default, 60 steps (the budget curve)",
-    "curve-default-60x512+finetune40": "the 60-step default mask + masked fine-tune (40 steps)",
-    "curve-default-190x512": "default, 190 steps (the budget curve; run beside other jobs: time inflated)",
-    "curve-default-95x2x512": "default, 95 steps × 2 blocks (the budget curve: tokens per step)",
-    "curve-default-375x512": "default, 375 steps (the budget curve)",
-    "curve-default-750x512": "default, 750 steps (the budget curve)",
-    "curve-default-190x512+finetune40": "the 190-step default mask + masked fine-tune (40 steps)",
-    "curve-default-375x512+finetune40": "the 375-step default mask + masked fine-tune (40 steps)",
-    "curve-default-750x512+finetune40": "the 750-step default mask + masked fine-tune (40 steps)",
-    "curve-default-95x1024": "default, 95 steps × 1024 tokens (the budget curve: sequence length)",
-    "news-default-lm+10hidden-100x512": "default + hidden-state distillation weighted up, loss=\"lm+10*hidden\"",
-    "twin4-adam-metric-normlam0.001-100x512": "default on a function-identical twin (weights ×4 / ÷4)",
+    "curve-normlr-100x512": "ProxSparse default: Adam metric, λ 0.001, lr 5e-3 per matrix, activation-aware mask",
+    "curve-normlr-100x512+finetune40": "default mask + masked fine-tune (40 steps)",
+    "curve-normlr-60x512": "default, 60 steps (the budget curve)",
+    "curve-normlr-60x512+finetune40": "the 60-step default mask + masked fine-tune (40 steps)",
+    "curve-normlr-190x512": "default, 190 steps (the budget curve)",
+    "curve-normlr-190x512+finetune40": "the 190-step default mask + masked fine-tune (40 steps)",
+    "news-normlr-100x512": "ProxSparse default: Adam metric, λ 0.001, lr 5e-3 per matrix, activation-aware mask",
+    "news-normlr-100x512+finetune40": "default mask + masked fine-tune (40 steps)",
+    "news-default-rerun-100x512": "previous default (absolute lr 1e-3), rerun on 2026-12-03 code",
+    "news-default-100x512+finetune40": "the previous default's mask (rerun) + masked fine-tune (40 steps)",
+    "default-vectorized-metric-kernel-100x512": "previous default: absolute lr 1e-3 (lr_normalization=\"none\")",
+    "adam-metric-normlam0.001-100x512": "previous default, an earlier build of the metric kernel",
+    "adam-metric-abslam0.005-100x512": "previous default, absolute λ 0.005 (lam_normalization=\"none\")",
+    "adam-metric-normlam0.001-normlr0.005-100x512": "previous default with lr 5e-3 per matrix (the first try)",
+    "default-lm+kd-100x512": "previous default + distillation, loss=\"lm+kd\" (τ 1; run beside other jobs: time inflated)",
+    "default-lm+hidden-100x512": "previous default + hidden-state distillation, loss=\"lm+hidden\" (run beside other jobs: time inflated)",
+    "default-lm+10hidden-100x512": "previous default + hidden-state distillation weighted up, loss=\"lm+10*hidden\"",
+    "default-rerun-2026-12-02": "previous default, rerun on 2026-12-02 code (zero-step rule, MoE-aware targets)",
+    "default-masks+finetune40-lm+kd": "the 2026-12-02 previous-default mask + masked fine-tune, loss=\"lm+kd\" (40 steps)",
+    "default-masks+finetune40-lm-rerun": "the 2026-12-02 previous-default mask + masked fine-tune, loss=\"lm\" (40 steps)",
+    "curve-default-60x512": "previous default, 60 steps (the budget curve)",
+    "curve-default-60x512+finetune40": "the 60-step previous-default mask + masked fine-tune (40 steps)",
+    "curve-default-190x512": "previous default, 190 steps (the budget curve; run beside other jobs: time inflated)",
+    "curve-default-95x2x512": "previous default, 95 steps × 2 blocks (the budget curve: tokens per step)",
+    "curve-default-375x512": "previous default, 375 steps (the budget curve)",
+    "curve-default-750x512": "previous default, 750 steps (the budget curve)",
+    "curve-default-190x512+finetune40": "the 190-step previous-default mask + masked fine-tune (40 steps)",
+    "curve-default-375x512+finetune40": "the 375-step previous-default mask + masked fine-tune (40 steps)",
+    "curve-default-750x512+finetune40": "the 750-step previous-default mask + masked fine-tune (40 steps)",
+    "curve-default-95x1024": "previous default, 95 steps × 1024 tokens (the budget curve: sequence length)",
+    "news-default-lm+10hidden-100x512": "previous default + hidden-state distillation, loss=\"lm+10*hidden\"",
+    "twin4-adam-metric-normlam0.001-100x512": "previous default on a function-identical twin (weights ×4 / ÷4)",
     "paper-normlam0.02-120x512": "paper's recipe: identity metric, λ 0.02, |W| mask (first run)",
     "paper-normlam0.02-120x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
     "act-extract-normlam0.02-120x512": "paper's recipe, activation-aware mask",
     "ramp0.5-normlam0.02-120x512": "paper's recipe, λ ramped up over the first half",
     "batch2-normlam0.02-60x2x512": "paper's recipe, 60 steps × 2 blocks (activation mask)",
-    "adam-metric-normlam0.001-100x512+obs": "ProxSparse default, an earlier build of the metric kernel (rerun)",
-    "adam-masks+finetune40-lr2e-4": "default mask + masked fine-tune",
+    "adam-metric-normlam0.001-100x512+obs": "previous default, an earlier build of the metric kernel (rerun)",
+    "adam-masks+finetune40-lr2e-4": "previous-default mask + masked fine-tune",
     "paper-masks+finetune40-lr2e-4": "paper's mask + masked fine-tune",
-    "news-adam-metric-normlam0.001-100x512": "ProxSparse default: Adam metric, λ 0.001, activation-aware mask",
+    "news-adam-metric-normlam0.001-100x512": "previous default: absolute lr 1e-3 (lr_normalization=\"none\")",
     "news-paper-normlam0.02-100x512+obs": "paper's recipe: identity metric, λ 0.02, |W| mask",
     "news-act-extract-normlam0.02-100x512": "paper's recipe, activation-aware mask",
     "news-paper-masks+finetune40-lr2e-4": "paper's mask + masked fine-tune",
@@ -105,18 +119,23 @@ def table_equal_data(rows) -> str:
     return _table(header, body)
 
 
-# The quality-vs-budget curve: the default recipe, one run per budget (its lr schedule spans the run), and the
-# 40-step masked fine-tune (loss "lm") on each run's mask. The 100-step point is the 2026-12-02 rerun.
-BUDGET_RUN = re.compile(r"curve-default-(\d+)x(?:(\d+)x)?(\d+)")
-BUDGET_EXTRA = {"default-rerun-2026-12-02": "default-masks+finetune40-lm-rerun"}
+# The quality-vs-budget curves: per recipe (label -> row-name prefix, extra learning rows -> their fine-tune), one
+# run per budget (its lr schedule spans the run) and the 40-step masked fine-tune (loss "lm") on each run's mask.
+# The absolute lr's 100-step point is the 2026-12-02 rerun.
+BUDGET_RECIPES = {
+    "default: lr 5e-3 per matrix": ("curve-normlr", {}),
+    "previous: lr 1e-3 absolute": ("curve-default", {"default-rerun-2026-12-02": "default-masks+finetune40-lm-rerun"}),
+}
 
 
-def budget_points(rows) -> list[dict]:
-    """The curve's points, by learning time (one block of 512 a step first): steps, blocks per step, seqlen,
-    tokens, learning seconds, perplexity with the mask alone and after the masked fine-tune (None where not
-    run), and the fine-tune's seconds."""
-    runs = {name: ft for name, ft in BUDGET_EXTRA.items() if name in rows}
-    runs.update({name: f"{name}+finetune40" for name in rows if BUDGET_RUN.fullmatch(name)})
+def budget_points(rows, recipe: str = "default: lr 5e-3 per matrix") -> list[dict]:
+    """One recipe's curve points (``BUDGET_RECIPES``), by learning time (one block of 512 a step first): steps,
+    blocks per step, seqlen, tokens, learning seconds, perplexity with the mask alone and after the masked
+    fine-tune (None where not run), and the fine-tune's seconds."""
+    prefix, extra = BUDGET_RECIPES[recipe]
+    run = re.compile(re.escape(prefix) + r"-(\d+)x(?:(\d+)x)?(\d+)")
+    runs = {name: ft for name, ft in extra.items() if name in rows}
+    runs.update({name: f"{name}+finetune40" for name in rows if run.fullmatch(name)})
     points = []
     for name, ft_name in runs.items():
         r, ft = rows[name], rows.get(ft_name)
@@ -134,11 +153,12 @@ def table_gemma(_rows) -> str:
     rows = load_rows(GEMMA_ROWS)
     names = {"gemma3-dense": "dense", "gemma3-magnitude": "magnitude", "gemma3-wanda": "Wanda",
              "gemma3-sparsegpt": "SparseGPT (updates the kept weights)",
-             "gemma3-default-60x512": "ProxSparse default (lr 1e-3), mask only",
-             "gemma3-default-60x512+finetune40": "ProxSparse default + masked fine-tune",
-             "gemma3-default-normlr0.005-60x512": "ProxSparse default with the lr per matrix "
-                                                  "(lr_normalization=\"rms\", lr 5e-3), mask only",
-             "gemma3-default-normlr0.005-60x512+finetune40": "the same + masked fine-tune"}
+             "gemma3-default-60x512": "ProxSparse, previous default (absolute lr 1e-3), 60 steps, mask only",
+             "gemma3-default-60x512+finetune40": "the same + masked fine-tune",
+             "gemma3-default-normlr0.005-60x512": "ProxSparse default (lr 5e-3 per matrix), 60 steps, mask only",
+             "gemma3-default-normlr0.005-60x512+finetune40": "the same + masked fine-tune",
+             "gemma3-default-normlr0.005-180x512": "**ProxSparse default, 180 steps, mask only**",
+             "gemma3-default-normlr0.005-180x512+finetune40": "**the same + masked fine-tune**"}
     body = []
     for name, r in rows.items():
         if r["method"] == "masks":
@@ -150,17 +170,17 @@ def table_gemma(_rows) -> str:
 
 
 def table_budget(rows) -> str:
-    """Perplexity against learning time and tokens for the default recipe (Wikipedia, 2 CPU threads)."""
-    header = ["steps × blocks × seqlen", "tokens", "learning time", "s/step", "mask only",
+    """Perplexity against learning time and tokens, per recipe of ``BUDGET_RECIPES`` (Wikipedia, 2 CPU threads)."""
+    header = ["recipe", "steps × blocks × seqlen", "tokens", "learning time", "s/step", "mask only",
               "+ masked fine-tune (40 steps)", "time in all"]
     body = []
-    for p in budget_points(rows):
-        total = p["seconds"] + (p["ft_seconds"] or 0)
-        body.append([f"{p['steps']} × {p['blocks']} × {p['seqlen']}", f"{p['tokens'] / 1000:.0f}k",
-                     minutes(p["seconds"]),
-                     f"{p['s_per_step']:.1f}",
-                     ppl(p["perplexity"]), ppl(p["finetuned"]),
-                     minutes(total) if p["finetuned"] is not None else "–"])
+    for recipe in BUDGET_RECIPES:
+        for p in budget_points(rows, recipe):
+            total = p["seconds"] + (p["ft_seconds"] or 0)
+            body.append([recipe, f"{p['steps']} × {p['blocks']} × {p['seqlen']}", f"{p['tokens'] / 1000:.0f}k",
+                         minutes(p["seconds"]), f"{p['s_per_step']:.1f}",
+                         ppl(p["perplexity"]), ppl(p["finetuned"]),
+                         minutes(total) if p["finetuned"] is not None else "–"])
     return _table(header, body)
 
 
@@ -215,8 +235,9 @@ def _by_corpus(cells: list[tuple[str, dict]]) -> str:
 def table_mask_only(rows) -> str:
     cells = [(label(m), {c: _value(_baseline(rows, c, m)) for c in CORPORA})
              for m in ("dense", "magnitude", "wanda", "sparsegpt")]
-    cells += [("**ProxSparse default** (Adam metric, λ 0.001, activation-aware mask)",
+    cells += [("**ProxSparse default** (Adam metric, λ 0.001, lr 5e-3 per matrix, activation-aware mask)",
                {c: f"**{_value(_row(rows, DEFAULT, c))}**" for c in CORPORA}),
+              ("ProxSparse, previous default (absolute lr 1e-3)", {c: _value(_row(rows, PREVIOUS, c)) for c in CORPORA}),
               ("ProxSparse, paper's recipe (identity metric, λ 0.02, \\|W\\| mask)",
                {c: _value(_row(rows, PAPER, c)) for c in CORPORA}),
               ("ProxSparse, paper's recipe, activation-aware mask", {c: _value(_row(rows, PAPER_ACT, c)) for c in CORPORA})]
@@ -225,9 +246,10 @@ def table_mask_only(rows) -> str:
 
 def table_updates(rows) -> str:
     cells = [("SparseGPT (its own update)", {c: _value(_baseline(rows, c, "sparsegpt")) for c in CORPORA}),
-             ("default mask + OBS update", {c: _value(_row(rows, DEFAULT_OBS, c), "perplexity_reconstructed")
-                                            for c in CORPORA}),
              ("default mask + masked fine-tune", {c: _value(_row(rows, DEFAULT_FT, c)) for c in CORPORA}),
+             ("previous default's mask + OBS update",
+              {c: _value(_row(rows, PREVIOUS_OBS, c), "perplexity_reconstructed") for c in CORPORA}),
+             ("previous default's mask + masked fine-tune", {c: _value(_row(rows, PREVIOUS_FT, c)) for c in CORPORA}),
              ("paper's mask + OBS update", {c: _value(_row(rows, PAPER, c), "perplexity_reconstructed")
                                             for c in CORPORA}),
              ("paper's mask + masked fine-tune", {c: _value(_row(rows, PAPER_FT, c)) for c in CORPORA})]
