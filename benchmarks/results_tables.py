@@ -46,6 +46,8 @@ LABELS = {
     "curve-normlr-60x512+finetune40": "the 60-step default mask + masked fine-tune (40 steps)",
     "curve-normlr-190x512": "default, 190 steps (the budget curve)",
     "curve-normlr-190x512+finetune40": "the 190-step default mask + masked fine-tune (40 steps)",
+    "curve-normlr-750x512": "default, 750 steps (the budget curve)",
+    "curve-normlr-750x512+finetune40": "the 750-step default mask + masked fine-tune (40 steps)",
     "news-normlr-100x512": "ProxSparse default: Adam metric, λ 0.001, lr 5e-3 per matrix, activation-aware mask",
     "news-normlr-100x512+finetune40": "default mask + masked fine-tune (40 steps)",
     "news-default-rerun-100x512": "previous default (absolute lr 1e-3), rerun on 2026-12-03 code",
