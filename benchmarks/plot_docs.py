@@ -188,7 +188,8 @@ def plot_budget(rows: list[dict], out: Path) -> None:
     for ax in (by_time, by_tokens):
         ax.grid(True, alpha=0.3)
     by_tokens.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("SmolLM2-135M 2:4, ProxSparse (Adam metric, λ 0.001): quality against learning budget", fontsize=10)
+    fig.suptitle("SmolLM2-135M 2:4, ProxSparse (Adam metric, λ 0.001): quality against learning budget\n"
+                 "default: lr 5e-3 per unit rms of each matrix; previous: absolute lr 1e-3", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
 

@@ -125,12 +125,12 @@ def table_equal_data(rows) -> str:
 # run per budget (its lr schedule spans the run) and the 40-step masked fine-tune (loss "lm") on each run's mask.
 # The absolute lr's 100-step point is the 2026-12-02 rerun.
 BUDGET_RECIPES = {
-    "default: lr 5e-3 per matrix": ("curve-normlr", {}),
-    "previous: lr 1e-3 absolute": ("curve-default", {"default-rerun-2026-12-02": "default-masks+finetune40-lm-rerun"}),
+    "default": ("curve-normlr", {}),
+    "previous": ("curve-default", {"default-rerun-2026-12-02": "default-masks+finetune40-lm-rerun"}),
 }
 
 
-def budget_points(rows, recipe: str = "default: lr 5e-3 per matrix") -> list[dict]:
+def budget_points(rows, recipe: str = "default") -> list[dict]:
     """One recipe's curve points (``BUDGET_RECIPES``), by learning time (one block of 512 a step first): steps,
     blocks per step, seqlen, tokens, learning seconds, perplexity with the mask alone and after the masked
     fine-tune (None where not run), and the fine-tune's seconds."""
