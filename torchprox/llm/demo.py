@@ -152,5 +152,6 @@ def _print_table(rows: list[dict[str, Any]], s: DemoSettings) -> None:
           + " the kept weights; the others keep the original values (ProxSparse: mask only).\n"
           f"ProxSparse: {cfg.steps} steps of {cfg.batch_size}x{s.proxsparse_seqlen} tokens, {cfg.metric}-metric prox, "
           f"lam {cfg.lam} ({'per unit rms' if cfg.lam_normalization == 'rms' else 'absolute'}), "
-          f"lr {cfg.lr} ({'per unit rms' if cfg.lr_normalization == 'rms' else 'absolute'}); baselines: {s.calib_blocks}x{s.calib_seqlen} calibration tokens.")
+          f"lr {cfg.lr} ({'per unit rms' if cfg.lr_normalization == 'rms' else 'absolute'}); "
+          f"baselines: {s.calib_blocks}x{s.calib_seqlen} calibration tokens.")
     logger.info("demo rows: %s", json.dumps(rows))

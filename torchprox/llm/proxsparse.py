@@ -114,7 +114,7 @@ _NUMBER_FIELDS = {
     "kd_temperature": (False, lambda v: v > 0, "must be a finite number > 0"),
 }
 _CHOICE_FIELDS = {
-    "lam_normalization": ("rms", "none"), "lr_normalization": ("rms", "none"), "metric": METRICS,
+    "lam_normalization": ("rms", "none"), "lr_normalization": tuple(DEFAULT_LR), "metric": METRICS,
     "lam_scaling": LAM_SCALINGS, "mask_scores": ("weight", "activation"), "reconstruct": RECONSTRUCTS,
 }
 
